@@ -1,0 +1,100 @@
+"""Publishing task events through the Dapr sidecar."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import TYPE_CHECKING
+
+import httpx
+
+from taskevents.events import TaskEvent
+
+if TYPE_CHECKING:
+    from dapr.aio.clients import DaprClient
+
+SIDECAR_WAIT_SECONDS = 60.0
+JSON = "application/json"
+
+
+class SidecarUnavailableError(RuntimeError):
+    pass
+
+
+async def wait_for_sidecar(http_port: int, *, timeout: float = SIDECAR_WAIT_SECONDS) -> None:
+    """Wait, without blocking the event loop, until the sidecar's outbound side is ready."""
+    url = f"http://127.0.0.1:{http_port}/v1.0/healthz/outbound"
+    deadline = time.monotonic() + timeout
+    async with httpx.AsyncClient(timeout=2.0) as http:
+        while True:
+            try:
+                if (await http.get(url)).is_success:
+                    return
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise SidecarUnavailableError(
+                    f"the Dapr sidecar at {url} did not become ready in {timeout:.0f}s"
+                )
+            await asyncio.sleep(0.25)
+
+
+class EventPublisher:
+    """Publishes events with a JSON content type (so subscribers get `data` as an object),
+    the event id as the CloudEvent id and the task id as the Kafka partition key.
+
+    The Dapr client is made on first use: its constructor blocks until the sidecar answers,
+    and the sidecar may in turn be waiting for the app to listen."""
+
+    def __init__(self, *, pubsub_name: str, topic: str, http_port: int, grpc_port: int) -> None:
+        self.pubsub_name = pubsub_name
+        self.topic = topic
+        self._http_port = http_port
+        self._grpc_port = grpc_port
+        self._client: DaprClient | None = None
+        self._lock = asyncio.Lock()
+
+    async def publish(self, event: TaskEvent, *, topic: str | None = None) -> None:
+        await self.publish_raw(
+            event.to_json().encode(),
+            key=event.task_id,
+            cloudevent_id=event.event_id,
+            topic=topic,
+        )
+
+    async def publish_raw(
+        self,
+        data: bytes,
+        *,
+        key: str | None,
+        cloudevent_id: str | None = None,
+        content_type: str = JSON,
+        topic: str | None = None,
+    ) -> None:
+        metadata = {}
+        if key:
+            metadata["partitionKey"] = key
+        if cloudevent_id:
+            metadata["cloudevent.id"] = cloudevent_id
+        client = await self._dapr()
+        await client.publish_event(
+            pubsub_name=self.pubsub_name,
+            topic_name=topic or self.topic,
+            data=data,
+            publish_metadata=metadata,
+            data_content_type=content_type,
+        )
+
+    async def close(self) -> None:
+        if self._client is not None:
+            await self._client.close()  # type: ignore[no-untyped-call]
+            self._client = None
+
+    async def _dapr(self) -> DaprClient:
+        async with self._lock:
+            if self._client is None:
+                await wait_for_sidecar(self._http_port)
+                from dapr.aio.clients import DaprClient
+
+                self._client = DaprClient(address=f"127.0.0.1:{self._grpc_port}")
+            return self._client

@@ -1,0 +1,144 @@
+"""FastAPI plumbing every service shares: the probes, /metrics, the app-token check and the
+subscription edge that turns a delivered message into SUCCESS / RETRY / DROP."""
+
+from __future__ import annotations
+
+import hmac
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+import structlog
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request, Response
+from fastapi.responses import JSONResponse
+from pydantic import SecretStr
+
+from taskevents.cloudevents import CloudEvent, parse_cloud_event
+from taskevents.events import InvalidEventError, TaskEvent
+from taskevents.logging import get_logger
+from taskevents.metrics import DELIVERIES, DELIVERY_SECONDS, render_latest
+from taskevents.status import Outcome
+
+log = get_logger(__name__)
+
+# Each check returns None when healthy, or what is wrong.
+ReadinessCheck = Callable[[], Awaitable[str | None]]
+EventHandler = Callable[[TaskEvent, CloudEvent], Awaitable[Outcome]]
+
+
+def app_token_guard(token: SecretStr | None) -> Callable[[Request], None]:
+    """A dependency that rejects calls without the sidecar's `dapr-api-token` when the app
+    token is configured (dapr-ext-fastapi does not check it)."""
+
+    def check(request: Request) -> None:
+        if token is None:
+            return
+        given = request.headers.get("dapr-api-token", "")
+        if not hmac.compare_digest(given.encode(), token.get_secret_value().encode()):
+            raise HTTPException(status_code=401, detail="missing or wrong dapr-api-token")
+
+    return check
+
+
+def probes_router(
+    service: str,
+    checks: Mapping[str, ReadinessCheck],
+    health_extra: Callable[[], Mapping[str, Any]] | None = None,
+) -> APIRouter:
+    router = APIRouter(tags=["probes"])
+
+    @router.get("/health")
+    async def health() -> dict[str, Any]:
+        body: dict[str, Any] = {"service": service, "status": "healthy"}
+        if health_extra is not None:
+            body.update(health_extra())
+        return body
+
+    @router.get("/ready", responses={503: {"description": "a dependency does not answer"}})
+    async def ready() -> JSONResponse:
+        failing = {}
+        for name, check in checks.items():
+            try:
+                problem = await check()
+            except Exception as error:  # a readiness probe reports, it never raises
+                problem = f"{type(error).__name__}: {error}"
+            if problem:
+                failing[name] = problem
+        if failing:
+            return JSONResponse({"status": "unready", "failing": failing}, status_code=503)
+        return JSONResponse({"status": "ready"})
+
+    @router.get("/metrics", include_in_schema=False)
+    async def metrics() -> Response:
+        body, content_type = render_latest()
+        return Response(body, media_type=content_type)
+
+    return router
+
+
+def sidecar_check(http_port: int) -> ReadinessCheck:
+    import httpx
+
+    url = f"http://127.0.0.1:{http_port}/v1.0/healthz/outbound"
+
+    async def check() -> str | None:
+        async with httpx.AsyncClient(timeout=2.0) as http:
+            try:
+                response = await http.get(url)
+            except httpx.HTTPError as error:
+                return f"sidecar at {url} does not answer: {error}"
+        return None if response.is_success else f"sidecar answered {response.status_code}"
+
+    return check
+
+
+def subscription_route(
+    app: FastAPI,
+    path: str,
+    handler: EventHandler,
+    *,
+    token: SecretStr | None,
+    on_invalid: Callable[[bytes, CloudEvent | None, str], Awaitable[Outcome]] | None = None,
+) -> None:
+    """Register the route daprd posts one message to: parse the CloudEvent, call the handler,
+    answer with the handler's outcome. An event that cannot be parsed is dropped (so Dapr
+    dead-letters it) unless `on_invalid` says otherwise; an unexpected exception is a RETRY."""
+
+    async def deliver(request: Request) -> JSONResponse:
+        started = time.perf_counter()
+        body = await request.body()
+        envelope: CloudEvent | None = None
+        event_type = "unparsed"
+        try:
+            envelope = parse_cloud_event(body)
+            event = envelope.task_event()
+        except InvalidEventError as error:
+            outcome = (
+                await on_invalid(body, envelope, str(error))
+                if on_invalid is not None
+                else Outcome.drop(str(error))
+            )
+        else:
+            event_type = event.type
+            structlog.contextvars.bind_contextvars(
+                event_id=event.event_id, task_id=event.task_id, trace_id=envelope.trace_id
+            )
+            try:
+                outcome = await handler(event, envelope)
+            except Exception as error:
+                log.exception("handler failed; asking Dapr to retry")
+                outcome = Outcome.retry(f"{type(error).__name__}: {error}")
+        DELIVERIES.labels(path, event_type, outcome.status.value).inc()
+        DELIVERY_SECONDS.labels(path).observe(time.perf_counter() - started)
+        if outcome.reason:
+            log.info("delivery handled", status=outcome.status.value, reason=outcome.reason)
+        structlog.contextvars.unbind_contextvars("event_id", "task_id", "trace_id")
+        return JSONResponse(outcome.response())
+
+    app.add_api_route(
+        path,
+        deliver,
+        methods=["POST"],
+        include_in_schema=False,
+        dependencies=[Depends(app_token_guard(token))],
+    )
