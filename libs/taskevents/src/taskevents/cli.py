@@ -60,6 +60,7 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--rate", type=float, default=5.0, help="events per second")
     demo.add_argument("--duration", type=float, default=60.0, help="seconds; 0 = until Ctrl-C")
     demo.add_argument("--seed", type=int, default=None)
+    demo.add_argument("--user-prefix", default="user", help="user ids are PREFIX-0, PREFIX-1, …")
     demo.set_defaults(run=_demo)
     return parser
 
@@ -108,7 +109,7 @@ async def _demo(args: argparse.Namespace) -> int:
     if args.rate <= 0:
         print("error: --rate must be positive", file=sys.stderr)
         return 2
-    stream = DemoStream(users=args.users, seed=args.seed)
+    stream = DemoStream(users=args.users, seed=args.seed, user_prefix=args.user_prefix)
     publisher = _publisher(args)
     started = time.monotonic()
     sent = failed = 0
@@ -133,6 +134,8 @@ async def _demo(args: argparse.Namespace) -> int:
     finally:
         await publisher.close()
         print(file=sys.stderr)
+    summary = {"published": sent, "failed": failed, "by_type": counts}
+    print(json.dumps(summary))
     return 0 if failed == 0 else 1
 
 

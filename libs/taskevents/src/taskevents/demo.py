@@ -44,6 +44,7 @@ class DemoStream:
 
     users: int
     seed: int | None = None
+    user_prefix: str = "user"
     email_domain: str = "example.com"
     _rng: random.Random = field(init=False)
     _open: list[_Task] = field(default_factory=list, init=False)
@@ -68,7 +69,7 @@ class DemoStream:
 
     def _new_task(self) -> _Task:
         user = self._rng.randrange(self.users)
-        user_id = f"user-{user}"
+        user_id = f"{self.user_prefix}-{user}"
         title = self._rng.choice(TITLES)
         payload: dict[str, Any] = {
             "title": title,

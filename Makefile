@@ -1,0 +1,93 @@
+# One set of commands for people and CI. Everything built or downloaded is cached outside
+# the checkout ($TASKEVENTS_CACHE); everything the running stack writes lives in
+# $TASKEVENTS_STATE. Every target is idempotent.
+SHELL := bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := help
+
+export TASKEVENTS_CACHE ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/taskevents
+export TASKEVENTS_STATE ?= $(or $(XDG_STATE_HOME),$(HOME)/.local/state)/taskevents
+UV_VERSION := 0.13.9
+UV_HOME := $(TASKEVENTS_CACHE)/uv-$(UV_VERSION)
+UV := $(UV_HOME)/bin/uv
+export PATH := $(UV_HOME)/bin:$(HOME)/.dapr/bin:$(PATH)
+export UV_PYTHON := python3.11
+
+# Where the services find the broker and the database; naming your own in KAFKA_BROKERS
+# or DATABASE_URL makes `make run` use them instead of starting local ones.
+BROKERS := $(or $(KAFKA_BROKERS),127.0.0.1:9092)
+DB_URL := $(or $(DATABASE_URL),postgresql://taskevents:taskevents@127.0.0.1:5432/taskevents)
+# daprd reads these through the local.env secret store (dapr-components/secretstore.yaml).
+export TASKEVENTS_KAFKA_BROKERS := $(BROKERS)
+export TASKEVENTS_DATABASE_URL := $(DB_URL)
+
+.PHONY: help
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+$(UV):
+	@echo "==> installing uv $(UV_VERSION) into $(UV_HOME)"
+	@python3.11 -m venv "$(UV_HOME)" && "$(UV_HOME)/bin/pip" install -q "uv==$(UV_VERSION)"
+
+.PHONY: deps
+deps: $(UV) ## Python dependencies (uv, from uv.lock)
+	@echo "==> Python dependencies (uv sync --frozen)"
+	@$(UV) sync --frozen
+
+.PHONY: dapr
+dapr: ## the Dapr runtime: an existing `dapr init` install, or built from the Go module
+	@bash scripts/dapr-runtime.sh >/dev/null
+
+.PHONY: infra
+infra: deps ## Kafka, Postgres and the SMTP sink (or the ones named by the environment)
+	@PYTHON="$(CURDIR)/.venv/bin/python" bash scripts/stack.sh up
+
+.PHONY: setup
+setup: deps dapr infra ## everything `make run` and `make test` need
+
+.PHONY: run
+run: setup ## run the four services with their sidecars; Ctrl-C stops them
+	@$(UV) run --frozen audit-log-service migrate
+	@echo "==> starting the services (logs: $(TASKEVENTS_STATE)/logs)"
+	@echo "    live page      http://127.0.0.1:8004/"
+	@echo "    API docs       http://127.0.0.1:8003/docs  (audit)  :8002/docs (recurring)  :8001/docs (notification)"
+	@echo "    mailbox        http://127.0.0.1:1080/"
+	@echo "    publish        uv run taskevents demo --users 5 --rate 5   (through the sidecar on 3500/50001)"
+	@if command -v dapr >/dev/null && [ -z "$${TASKEVENTS_DEVRUN:-}" ]; then \
+	  DATABASE_URL="$(DB_URL)" dapr run -f dapr.yaml; \
+	else \
+	  DATABASE_URL="$(DB_URL)" $(UV) run --frozen python -m taskevents.devrun -f dapr.yaml --log-dir "$(TASKEVENTS_STATE)/logs"; \
+	fi
+
+.PHONY: stop
+stop: ## stop the services and the local infrastructure
+	@-pkill -f 'taskevents.devrun' 2>/dev/null; command -v dapr >/dev/null && dapr stop -f dapr.yaml 2>/dev/null; true
+	@bash scripts/stack.sh down
+
+.PHONY: migrate
+migrate: deps ## apply the audit database migrations by hand
+	@DATABASE_URL="$(DB_URL)" $(UV) run --frozen audit-log-service migrate
+
+.PHONY: test
+test: setup ## set up whatever is missing, then run every test tier
+	@$(UV) run --frozen python -m taskevents.schema --check docs/event-schema.json
+	@$(UV) run --frozen pytest tests/unit tests/integration tests/e2e
+
+.PHONY: lint
+lint: deps ## ruff check, ruff format --check, mypy --strict
+	@$(UV) run --frozen ruff check .
+	@$(UV) run --frozen ruff format --check .
+	@$(UV) run --frozen mypy libs/taskevents/src audit-log-service/src notification-service/src recurring-task-service/src websocket-service/src tests bench scripts
+
+.PHONY: format
+format: deps ## apply ruff's fixes and formatting
+	@$(UV) run --frozen ruff check --fix .
+	@$(UV) run --frozen ruff format .
+
+.PHONY: schema
+schema: deps ## regenerate docs/event-schema.json from the event model
+	@$(UV) run --frozen python -m taskevents.schema docs/event-schema.json
+
+.PHONY: clean
+clean: stop ## stop everything and delete the local data (not the build cache)
+	@bash scripts/stack.sh clean

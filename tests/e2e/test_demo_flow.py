@@ -1,0 +1,112 @@
+"""The whole stack as a user runs it: `taskevents demo` publishes a stream of task
+life-cycles through a sidecar, and every service reacts to it."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import websockets
+
+from tests.conftest import Cluster
+from tests.integration.test_delivery import dev_token
+from tests.support.mailbox import mails_to
+from tests.support.stack import Stack
+from tests.support.waiting import eventually
+
+pytestmark = pytest.mark.e2e
+
+USERS = 3
+
+
+async def audit_events_of(http: httpx.AsyncClient, cluster: Cluster, user_id: str) -> list[Any]:
+    response = await http.get(
+        f"{cluster['audit-log-service'].url}/audit/events",
+        params={"user_id": user_id, "limit": 500},
+    )
+    response.raise_for_status()
+    items: list[Any] = response.json()["items"]
+    return items
+
+
+async def test_demo_stream_flows_through_every_service(
+    cluster: Cluster, http: httpx.AsyncClient, stack: Stack, unique: str
+) -> None:
+    prefix = f"e2e-{unique}".lower()
+    watched = f"{prefix}-0"
+    websocket = cluster["websocket-service"]
+    url = f"ws://127.0.0.1:{websocket.app.spec.app_port}/ws?token={dev_token(watched)}"
+    frames: list[dict[str, Any]] = []
+
+    async with websockets.connect(url) as client:
+        assert json.loads(await client.recv())["kind"] == "welcome"
+
+        async def collect() -> None:
+            async for message in client:
+                frames.append(json.loads(message))
+
+        collector = asyncio.create_task(collect())
+        cli = Path(sys.executable).parent / "taskevents"
+        demo = await asyncio.create_subprocess_exec(
+            str(cli),
+            "--dapr-http-port", str(cluster.cli.dapr_http_port),
+            "--dapr-grpc-port", str(cluster.cli.dapr_grpc_port),
+            "demo", "--users", str(USERS), "--rate", "25", "--duration", "6",
+            "--user-prefix", prefix,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env=os.environ.copy(),
+        )  # fmt: skip
+        stdout, stderr = await demo.communicate()
+        assert demo.returncode == 0, stderr.decode()[-2000:]
+        summary = json.loads(stdout.decode().strip().splitlines()[-1])
+        assert summary["failed"] == 0
+        assert summary["published"] >= 100
+        assert "published" in stderr.decode()  # the progress line
+
+        # audit-log-service stores every event of the stream, once.
+        users = [f"{prefix}-{i}" for i in range(USERS)]
+
+        async def all_stored() -> list[Any] | None:
+            rows = [r for u in users for r in await audit_events_of(http, cluster, u)]
+            return rows if len(rows) >= summary["published"] else None
+
+        rows = await eventually(all_stored, timeout=60, what="every demo event in the audit log")
+        assert len(rows) == summary["published"]
+        assert len({r["event_id"] for r in rows}) == len(rows)
+        by_type: dict[str, int] = {}
+        for row in rows:
+            by_type[row["type"]] = by_type.get(row["type"], 0) + 1
+        assert by_type == summary["by_type"]
+
+        # websocket-service: the watched user's client gets exactly that user's events.
+        expected = {r["event_id"] for r in rows if r["user_id"] == watched}
+
+        async def all_pushed() -> bool:
+            return {f["event"]["event_id"] for f in frames if f["kind"] == "event"} >= expected
+
+        await eventually(all_pushed, timeout=30, what="every event of the watched user pushed")
+        collector.cancel()
+    pushed = [f["event"] for f in frames if f["kind"] == "event"]
+    assert {e["user_id"] for e in pushed} == {watched}
+    assert len(pushed) == len(expected)
+
+    # notification-service: one mail per created task.
+    created = {
+        r["task_id"]: r["payload"]["user_email"] for r in rows if r["type"] == "task.created"
+    }
+
+    async def all_mailed() -> bool:
+        return all(mails_to(stack.mail_dir, address) for address in set(created.values()))
+
+    await eventually(all_mailed, timeout=60, what="a mail for every created task")
+    mails = [m for a in set(created.values()) for m in mails_to(stack.mail_dir, a)]
+    assert sorted(m.header("X-Taskevents-Event-Id") or "" for m in mails) == sorted(
+        r["event_id"] for r in rows if r["type"] == "task.created"
+    )

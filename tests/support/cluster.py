@@ -1,0 +1,151 @@
+"""The four services, each beside a real daprd, started from the same components as
+`make run`, with two test-only changes to the Kafka components: a consumer group per test
+session (so a running `make run` and earlier sessions don't share partitions with us) and
+the newest offset (so a session doesn't replay the topic's history)."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from taskevents.devrun import AppSpec, RunningApp, start_app
+from tests.support.stack import ROOT, RUN_ID, Stack, free_port
+
+COMPONENTS = ROOT / "dapr-components"
+VENV_BIN = Path(sys.executable).parent
+SERVICES = {
+    "notification-service": "NOTIFY_",
+    "recurring-task-service": "RECURRING_",
+    "audit-log-service": "AUDIT_",
+    "websocket-service": "WEBSOCKET_",
+}
+KAFKA_COMPONENTS = ("kafka-pubsub", "websocket-pubsub")
+
+
+@dataclass
+class Service:
+    app: RunningApp
+    consumer_groups: list[str] = field(default_factory=list)
+
+    @property
+    def app_id(self) -> str:
+        return self.app.spec.app_id
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.app.spec.app_port}"
+
+    @property
+    def dapr_http_port(self) -> int:
+        return self.app.spec.dapr_http_port
+
+    @property
+    def dapr_grpc_port(self) -> int:
+        return self.app.spec.dapr_grpc_port
+
+    def check_alive(self) -> None:
+        self.app.check_alive()
+
+
+def render_resources(
+    target: Path,
+    app_id: str,
+    *,
+    consumer_id: str,
+    extra: Iterable[dict[str, Any]] = (),
+) -> None:
+    """Copy the components and subscriptions for one sidecar, with the test consumer group."""
+    target.mkdir(parents=True, exist_ok=True)
+    for source in [*COMPONENTS.glob("*.yaml"), *(COMPONENTS / "subscriptions").glob("*.yaml")]:
+        if source.name == "configuration.yaml":
+            continue
+        documents = [d for d in yaml.safe_load_all(source.read_text()) if d]
+        for document in documents:
+            if (
+                document.get("kind") == "Component"
+                and document["metadata"]["name"] in KAFKA_COMPONENTS
+            ):
+                metadata = [
+                    m
+                    for m in document["spec"]["metadata"]
+                    if m["name"] not in ("consumerID", "initialOffset")
+                ]
+                metadata.append({"name": "consumerID", "value": consumer_id})
+                metadata.append({"name": "initialOffset", "value": "newest"})
+                document["spec"]["metadata"] = metadata
+            if (
+                "scopes" in document
+                and app_id not in document["scopes"]
+                and source.parent == COMPONENTS
+            ):
+                document["scopes"].append(app_id)
+        (target / source.name).write_text(yaml.safe_dump_all(documents, sort_keys=False))
+    for i, document in enumerate(extra):
+        (target / f"extra-{i}.yaml").write_text(yaml.safe_dump(document, sort_keys=False))
+
+
+def service_spec(
+    stack: Stack,
+    app_id: str,
+    *,
+    command: list[str] | None = None,
+    env: dict[str, str] | None = None,
+    replica: int = 0,
+    extra_resources: Iterable[dict[str, Any]] = (),
+    with_app: bool = True,
+) -> tuple[AppSpec, str]:
+    suffix = f"{RUN_ID}-{replica}" if replica else RUN_ID
+    consumer_id = f"{app_id}-{suffix}"
+    resources = stack.log_dir / "resources" / f"{app_id}-{replica}"
+    if resources.exists():
+        shutil.rmtree(resources)
+    render_resources(resources, app_id, consumer_id=consumer_id, extra=extra_resources)
+    app_port = free_port() if with_app else None
+    spec = AppSpec(
+        app_id=app_id,
+        app_dir=ROOT,
+        command=(command or [str(VENV_BIN / app_id)]) if with_app else [],
+        app_port=app_port,
+        dapr_http_port=free_port(),
+        dapr_grpc_port=free_port(),
+        metrics_port=free_port(),
+        resources_paths=[resources],
+        config_path=COMPONENTS / "configuration.yaml",
+        env={
+            "TASKEVENTS_ENV": "test",
+            "LOG_LEVEL": "INFO",
+            "DATABASE_URL": stack.database_url,
+            "NOTIFY_SMTP_HOST": stack.smtp_host,
+            "NOTIFY_SMTP_PORT": str(stack.smtp_port),
+            "RECURRING_POLL_SECONDS": "0.5",
+            **(env or {}),
+        },
+        log_level="info",
+    )
+    return spec, consumer_id
+
+
+def daprd_env(stack: Stack) -> dict[str, str]:
+    return {
+        "TASKEVENTS_KAFKA_BROKERS": stack.kafka_brokers,
+        "TASKEVENTS_DATABASE_URL": stack.database_url,
+    }
+
+
+def start_service(stack: Stack, spec: AppSpec, consumer_id: str, *, replica: int = 0) -> Service:
+    name = spec.app_id if not replica else f"{spec.app_id}-{replica}"
+    app = start_app(
+        spec, daprd=stack.daprd, log_dir=stack.log_dir / name, daprd_env=daprd_env(stack)
+    )
+    try:
+        app.wait_ready()
+    except BaseException:
+        app.stop()
+        raise
+    return Service(app=app, consumer_groups=[consumer_id])

@@ -1,0 +1,140 @@
+"""Direct Kafka access for the harness: probe messages that tell when a consumer group is
+really consuming, and reading what landed on a topic (the dead-letter topic)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+
+TOPIC = "task-events"
+DLQ_TOPIC = "task-events-dlq"
+PROBE_TYPE = "taskevents.probe"
+
+
+def cloud_event(data: Any, *, event_id: str | None = None, topic: str = TOPIC) -> bytes:
+    """A CloudEvent as daprd would have published it."""
+    return json.dumps(
+        {
+            "specversion": "1.0",
+            "id": event_id or str(uuid.uuid4()),
+            "source": "taskevents-tests",
+            "type": "com.dapr.event.sent",
+            "datacontenttype": "application/json",
+            "topic": topic,
+            "pubsubname": "kafka-pubsub",
+            "time": datetime.now(UTC).isoformat(),
+            "data": data,
+        }
+    ).encode()
+
+
+def probe_data() -> dict[str, Any]:
+    return {
+        "event_id": f"probe-{uuid.uuid4()}",
+        "type": PROBE_TYPE,
+        "task_id": "probe",
+        "user_id": "probe",
+        "timestamp": datetime.now(UTC).isoformat(),
+        "payload": {},
+    }
+
+
+async def wait_until_consuming(
+    brokers: str, groups: Iterable[str], *, timeout: float = 90.0
+) -> None:
+    """Wait until every consumer group has consumed and committed a probe published after
+    the call started: only then are messages published from now on sure to reach it."""
+    pending = set(groups)
+    deadline = time.monotonic() + timeout
+    producer = AIOKafkaProducer(bootstrap_servers=brokers)
+    admin = AIOKafkaAdminClient(bootstrap_servers=brokers)
+    await producer.start()
+    await admin.start()
+    try:
+        partition = 0
+        while pending:
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"consumer groups never caught up with a probe: {sorted(pending)}"
+                )
+            sent = await producer.send_and_wait(
+                TOPIC, cloud_event(probe_data()), key=b"probe", partition=partition
+            )
+            tp = TopicPartition(TOPIC, sent.partition)
+            partition = (partition + 1) % 6
+            settle = time.monotonic() + 4.0
+            while time.monotonic() < settle and pending:
+                for group in list(pending):
+                    offsets = await admin.list_consumer_group_offsets(group, partitions=[tp])
+                    committed = offsets.get(tp)
+                    if committed is not None and committed.offset > sent.offset:
+                        pending.discard(group)
+                await asyncio.sleep(0.25)
+    finally:
+        await producer.stop()
+        await admin.close()
+
+
+async def end_offsets(brokers: str, topic: str) -> dict[TopicPartition, int]:
+    consumer = AIOKafkaConsumer(bootstrap_servers=brokers)
+    await consumer.start()
+    try:
+        partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
+        if not partitions:
+            partitions = [TopicPartition(topic, p) for p in range(6)]
+        offsets: dict[TopicPartition, int] = await consumer.end_offsets(partitions)
+        return offsets
+    finally:
+        await consumer.stop()
+
+
+async def read_from(
+    brokers: str, start: dict[TopicPartition, int], *, until: float = 2.0
+) -> list[dict[str, Any]]:
+    """Every message after `start` (parsed JSON, with its Kafka coordinates), reading for
+    `until` seconds after the last message arrived."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=brokers, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        consumer.assign(list(start))
+        for tp, offset in start.items():
+            consumer.seek(tp, offset)
+        messages: list[dict[str, Any]] = []
+        while True:
+            batch = await consumer.getmany(timeout_ms=int(until * 1000))
+            if not batch:
+                return messages
+            for tp, records in batch.items():
+                for record in records:
+                    try:
+                        body = json.loads(record.value or b"null")
+                    except json.JSONDecodeError:
+                        body = {"raw": (record.value or b"").decode(errors="replace")}
+                    messages.append(
+                        {
+                            "partition": tp.partition,
+                            "offset": record.offset,
+                            "key": (record.key or b"").decode(errors="replace"),
+                            "headers": {k: v.decode(errors="replace") for k, v in record.headers},
+                            "body": body,
+                        }
+                    )
+    finally:
+        await consumer.stop()
+
+
+async def produce_raw(brokers: str, value: bytes, *, key: str, topic: str = TOPIC) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=brokers)
+    await producer.start()
+    try:
+        await producer.send_and_wait(topic, value, key=key.encode())
+    finally:
+        await producer.stop()

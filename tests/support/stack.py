@@ -1,0 +1,67 @@
+"""The real infrastructure the suite runs against: started once per session through the
+same scripts `make run` uses (idempotent), reused when already up."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPTS = ROOT / "scripts"
+STATE = Path(
+    os.environ.get("TASKEVENTS_STATE")
+    or Path(os.environ.get("XDG_STATE_HOME", Path.home() / ".local" / "state")) / "taskevents"
+)
+# Unique per session: consumer groups, ids and artifacts never collide with another run.
+RUN_ID = uuid.uuid4().hex[:8]
+
+
+@dataclass(frozen=True)
+class Stack:
+    kafka_brokers: str
+    database_url: str
+    smtp_host: str
+    smtp_port: int
+    mail_dir: Path
+    daprd: str
+    log_dir: Path
+
+
+def ensure_stack() -> Stack:
+    env = {**os.environ, "PYTHON": str(ROOT / ".venv" / "bin" / "python")}
+    _run(["bash", str(SCRIPTS / "stack.sh"), "up"], env)
+    bin_dir = _run(["bash", str(SCRIPTS / "dapr-runtime.sh")], env).strip().splitlines()[-1]
+    daprd = str(Path(bin_dir) / "daprd")
+    log_dir = STATE / "test-logs" / RUN_ID
+    log_dir.mkdir(parents=True, exist_ok=True)
+    return Stack(
+        kafka_brokers=os.environ.get("KAFKA_BROKERS", "127.0.0.1:9092"),
+        database_url=os.environ.get(
+            "TEST_DATABASE_URL", "postgresql://taskevents:taskevents@127.0.0.1:5432/taskevents_test"
+        ),
+        smtp_host="127.0.0.1",
+        smtp_port=int(os.environ.get("SMTP_PORT", "1025")),
+        mail_dir=Path(os.environ.get("MAILSINK_DIR", STATE / "mail")),
+        daprd=daprd,
+        log_dir=log_dir,
+    )
+
+
+def _run(argv: list[str], env: dict[str, str]) -> str:
+    result = subprocess.run(argv, env=env, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        raise RuntimeError(
+            f"{' '.join(argv)} failed ({result.returncode}):\n{result.stderr[-4000:]}"
+        )
+    return result.stdout
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
