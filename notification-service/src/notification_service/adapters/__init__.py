@@ -1,0 +1,1 @@
+"""Implementations of the ports: SMTP (aiosmtplib) and the Dapr state store."""

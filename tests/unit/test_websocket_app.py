@@ -1,0 +1,222 @@
+"""The socket endpoint in-process (Starlette's TestClient, no network): authentication,
+frames, delivery from the subscription route, dev tokens. (The going-away close at
+shutdown needs a real server: TestClient cannot stop while a socket is open.)"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import jwt
+import pytest
+from pydantic import SecretStr, ValidationError
+from starlette.testclient import TestClient
+from starlette.websockets import WebSocketDisconnect
+
+from taskevents.events import TaskEvent
+from websocket_service.adapters.jwt_tokens import JwtTokens
+from websocket_service.app import create_app
+from websocket_service.frames import reply_to_client_message
+from websocket_service.ports import TokenRejectedError
+from websocket_service.settings import Settings
+
+SECRET = "unit-test-secret-of-enough-length-for-hs256"
+
+
+def settings(**overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "environment": "development",
+        "jwt_secret": SECRET,
+        "shutdown_grace_seconds": 2.0,
+        **overrides,
+    }
+    return Settings(**values)
+
+
+@pytest.fixture
+def client() -> Iterator[TestClient]:
+    with TestClient(create_app(settings())) as client:
+        yield client
+
+
+def token_for(user_id: str, *, secret: str = SECRET, **claims: Any) -> str:
+    body = {"sub": user_id, "exp": datetime.now(UTC) + timedelta(minutes=5), **claims}
+    return jwt.encode({k: v for k, v in body.items() if v is not None}, secret, "HS256")
+
+
+def cloud_event(event: TaskEvent) -> dict[str, Any]:
+    return {
+        "id": event.event_id,
+        "specversion": "1.0",
+        "source": "unit-test",
+        "type": "com.dapr.event.sent",
+        "datacontenttype": "application/json",
+        "data": json.loads(event.to_json()),
+        "topic": "task-events",
+        "pubsubname": "websocket-pubsub",
+    }
+
+
+def deliver(client: TestClient, event: TaskEvent) -> str:
+    response = client.post(
+        "/events/task-events",
+        content=json.dumps(cloud_event(event)),
+        headers={"content-type": "application/cloudevents+json"},
+    )
+    assert response.status_code == 200
+    status: str = response.json()["status"]
+    return status
+
+
+def expect_close(client: TestClient, url: str) -> WebSocketDisconnect:
+    with client.websocket_connect(url) as ws, pytest.raises(WebSocketDisconnect) as closed:
+        ws.receive_text()
+    return closed.value
+
+
+@pytest.mark.parametrize(
+    ("token", "reason"),
+    [
+        (None, "missing token"),
+        ("not-a-jwt", "token is not a well-formed JWT"),
+        (token_for("ada", secret="someone-elses-secret-of-enough-length"), "signature"),
+        (token_for("ada", exp=datetime.now(UTC) - timedelta(minutes=1)), "token expired"),
+        (token_for("ada", exp=None), "lacks the 'exp' claim"),
+        (token_for("", exp=None, sub=None), "lacks the"),
+    ],
+    ids=["missing", "malformed", "forged", "expired", "no-exp", "no-sub"],
+)
+def test_a_bad_token_is_closed_with_policy_violation(
+    client: TestClient, token: str | None, reason: str
+) -> None:
+    url = "/ws" if token is None else f"/ws?token={token}"
+
+    closed = expect_close(client, url)
+
+    assert closed.code == 1008
+    assert reason in closed.reason
+
+
+def test_a_client_gets_a_welcome_then_its_events(client: TestClient) -> None:
+    event = TaskEvent.create("task.created", task_id="t1", user_id="ada", payload={"title": "A"})
+
+    with client.websocket_connect(f"/ws?token={token_for('ada')}") as ws:
+        welcome = ws.receive_json()
+        assert deliver(client, event) == "SUCCESS"
+        frame = ws.receive_json()
+
+    assert welcome["v"] == 1
+    assert welcome["kind"] == "welcome"
+    assert welcome["user_id"] == "ada"
+    assert frame == {"v": 1, "kind": "event", "event": json.loads(event.to_json())}
+
+
+def test_a_redelivered_event_and_other_users_events_are_not_sent(client: TestClient) -> None:
+    mine = TaskEvent.create("task.created", task_id="t1", user_id="ada")
+    theirs = TaskEvent.create("task.created", task_id="t2", user_id="bob")
+
+    with client.websocket_connect(f"/ws?token={token_for('ada')}") as ws:
+        ws.receive_json()  # welcome
+        deliver(client, mine)
+        deliver(client, mine)
+        deliver(client, theirs)
+        ws.send_json({"v": 1, "kind": "ping"})
+
+        frames = [ws.receive_json(), ws.receive_json()]
+
+    assert [f["kind"] for f in frames] == ["event", "pong"]
+    assert frames[0]["event"]["event_id"] == mine.event_id
+
+
+def test_a_malformed_client_message_gets_an_error_and_the_socket_stays(
+    client: TestClient,
+) -> None:
+    with client.websocket_connect(f"/ws?token={token_for('ada')}") as ws:
+        ws.receive_json()  # welcome
+        ws.send_text("{not json")
+        error = ws.receive_json()
+        ws.send_bytes(b"\x00\x01")
+        binary_error = ws.receive_json()
+        ws.send_json({"v": 1, "kind": "ping"})
+        pong = ws.receive_json()
+
+    assert error == {"v": 1, "kind": "error", "message": "message is not JSON"}
+    assert binary_error["kind"] == "error"
+    assert pong == {"v": 1, "kind": "pong"}
+
+
+def test_health_counts_connections(client: TestClient) -> None:
+    assert client.get("/health").json() == {
+        "service": "websocket-service",
+        "status": "healthy",
+        "connections": 0,
+    }
+    with client.websocket_connect(f"/ws?token={token_for('ada')}") as ws:
+        ws.receive_json()
+        assert client.get("/health").json()["connections"] == 1
+
+
+def test_dev_tokens_open_a_socket_in_development(client: TestClient) -> None:
+    response = client.post("/dev/token", json={"user_id": "user-7"})
+    assert response.status_code == 200
+    token = response.json()["token"]
+
+    with client.websocket_connect(f"/ws?token={token}") as ws:
+        welcome = ws.receive_json()
+
+    assert welcome["user_id"] == "user-7"
+
+
+def test_dev_tokens_do_not_exist_outside_development() -> None:
+    with TestClient(create_app(settings(environment="test"))) as client:
+        assert client.post("/dev/token", json={"user_id": "user-7"}).status_code == 404
+
+
+def test_the_live_page_is_served(client: TestClient) -> None:
+    response = client.get("/")
+
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/html")
+    assert "/dev/token" in response.text
+
+
+def test_tokens_round_trip_and_name_the_user() -> None:
+    tokens = JwtTokens(SecretStr(SECRET))
+
+    issued = tokens.issue("user-7", ttl_seconds=60)
+
+    assert tokens.verify(issued.token).user_id == "user-7"
+    assert issued.expires_at > datetime.now(UTC)
+
+
+def test_tokens_with_another_algorithm_are_refused() -> None:
+    tokens = JwtTokens(SecretStr(SECRET))
+    unsigned = jwt.encode(
+        {"sub": "ada", "exp": datetime.now(UTC) + timedelta(minutes=1)}, None, "none"
+    )
+
+    with pytest.raises(TokenRejectedError, match="algorithm"):
+        tokens.verify(unsigned)
+
+
+def test_the_dev_secret_is_refused_in_production() -> None:
+    with pytest.raises(ValidationError, match="jwt_secret"):
+        Settings(environment="production")
+    assert Settings(environment="development").placeholder_secrets() == ["jwt_secret"]
+
+
+@pytest.mark.parametrize(
+    ("message", "reply_kind"),
+    [
+        ('{"v":1,"kind":"ping"}', "pong"),
+        ('{"kind":"ping"}', "pong"),
+        ('{"v":2,"kind":"ping"}', "error"),
+        ('{"v":1,"kind":"subscribe"}', "error"),
+        ("[1,2]", "error"),
+        (None, "error"),
+    ],
+)
+def test_client_message_replies(message: str | None, reply_kind: str) -> None:
+    assert json.loads(reply_to_client_message(message))["kind"] == reply_kind
