@@ -1,0 +1,115 @@
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from audit_log_service.adapters.migrations import (
+    default_migrations_dir,
+    migrate_database,
+    migrate_when_reachable,
+)
+from audit_log_service.adapters.postgres import PostgresAuditLog, SchemaStatus
+from audit_log_service.api.dead_letters import dead_letters_router
+from audit_log_service.api.events import events_router
+from audit_log_service.api.subscriptions import add_subscription_routes
+from audit_log_service.ports import StorageUnavailableError
+from audit_log_service.settings import APP_ID, Settings
+from taskevents.logging import get_logger
+from taskevents.web import probes_router, sidecar_check
+
+logger = get_logger(__name__)
+
+
+def create_app(settings: Settings) -> FastAPI:
+    # Without migrations at start-up, someone runs `audit-log-service migrate` beforehand.
+    schema = SchemaStatus(migrated=not settings.migrate_on_start)
+    audit_log = PostgresAuditLog(
+        settings.database_dsn,
+        schema,
+        pool_max_size=settings.db_pool_max_size,
+        connect_timeout_seconds=settings.db_connect_timeout_seconds,
+        acquire_timeout_seconds=settings.db_acquire_timeout_seconds,
+        command_timeout_seconds=settings.db_command_timeout_seconds,
+    )
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await audit_log.open()
+        migrator: asyncio.Task[None] | None = None
+        try:
+            if not schema.migrated:
+                migrator = await _migrate_or_keep_trying(settings, schema)
+            logger.info("audit log started", database=settings.database_location)
+            yield
+        finally:
+            if migrator is not None:
+                migrator.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await migrator
+            await audit_log.close()
+
+    app = FastAPI(
+        title=APP_ID,
+        summary="The system of record: every task event once, every dead letter, a query API.",
+        lifespan=lifespan,
+    )
+
+    async def database_check() -> str | None:
+        return await audit_log.check(settings.ready_timeout_seconds)
+
+    app.include_router(
+        probes_router(
+            APP_ID,
+            {"database": database_check, "sidecar": sidecar_check(settings.dapr_http_port)},
+        )
+    )
+    add_subscription_routes(app, audit_log=audit_log, settings=settings)
+    app.include_router(events_router(audit_log))
+    app.include_router(dead_letters_router(audit_log))
+    app.add_exception_handler(StorageUnavailableError, _database_unavailable)
+    return app
+
+
+async def _migrate_or_keep_trying(
+    settings: Settings, schema: SchemaStatus
+) -> asyncio.Task[None] | None:
+    """Migrate now when the database answers (a broken migration stops the start-up);
+    otherwise start serving, answer RETRY, and migrate in the background once it does."""
+    directory = settings.migrations_dir or default_migrations_dir()
+    try:
+        await migrate_database(
+            settings.database_dsn,
+            directory,
+            connect_timeout_seconds=settings.db_connect_timeout_seconds,
+        )
+    except StorageUnavailableError as error:
+        schema.waiting_for = f"database unavailable: {error}"
+        logger.warning(
+            "database unavailable at start-up; deliveries get RETRY until it answers",
+            database=settings.database_location,
+            error=str(error),
+        )
+    else:
+        schema.migrated = True
+        return None
+    return asyncio.create_task(
+        migrate_when_reachable(
+            settings.database_dsn,
+            directory,
+            schema,
+            connect_timeout_seconds=settings.db_connect_timeout_seconds,
+        ),
+        name="audit-log-migrations",
+    )
+
+
+async def _database_unavailable(request: Request, error: Exception) -> JSONResponse:
+    return JSONResponse(
+        {"detail": f"the audit log's database is unavailable: {error}"},
+        status_code=503,
+        headers={"Retry-After": "5"},
+    )

@@ -1,0 +1,315 @@
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from audit_log_service.handlers import (
+    dead_letter_of_body,
+    dead_letter_of_event,
+    delivery_of,
+    record_dead_letter,
+    record_event,
+)
+from audit_log_service.ports import (
+    DeadLetter,
+    Delivery,
+    StorageUnavailableError,
+    UnstorableError,
+)
+from taskevents.cloudevents import CloudEvent, parse_cloud_event
+from taskevents.events import TaskEvent
+from taskevents.status import DaprStatus
+
+DLQ = "task-events-dlq"
+TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+
+
+@dataclass
+class FakeAuditLog:
+    """Rows keyed like the tables: events by event_id, dead letters by message_id."""
+
+    events: dict[str, tuple[TaskEvent, Delivery]] = field(default_factory=dict)
+    dead_letters: dict[str, DeadLetter] = field(default_factory=dict)
+    seen_counts: dict[str, int] = field(default_factory=dict)
+
+    async def record_event(self, event: TaskEvent, delivery: Delivery) -> bool:
+        if event.event_id in self.events:
+            return False
+        self.events[event.event_id] = (event, delivery)
+        return True
+
+    async def record_dead_letter(self, letter: DeadLetter) -> int:
+        self.dead_letters.setdefault(letter.message_id, letter)
+        self.seen_counts[letter.message_id] = self.seen_counts.get(letter.message_id, 0) + 1
+        return self.seen_counts[letter.message_id]
+
+
+class UnavailableAuditLog:
+    async def record_event(self, event: TaskEvent, delivery: Delivery) -> bool:
+        raise StorageUnavailableError("ConnectionRefusedError: connect call failed")
+
+    async def record_dead_letter(self, letter: DeadLetter) -> int:
+        raise StorageUnavailableError("no database connection within 5.0 s")
+
+
+class RefusingAuditLog:
+    async def record_event(self, event: TaskEvent, delivery: Delivery) -> bool:
+        raise UnstorableError("UntranslatableCharacterError: \\u0000 cannot be converted")
+
+    async def record_dead_letter(self, letter: DeadLetter) -> int:
+        raise UnstorableError("UntranslatableCharacterError: \\u0000 cannot be converted")
+
+
+def an_event(event_type: str = "task.created", **overrides: Any) -> TaskEvent:
+    return TaskEvent.create(
+        event_type,
+        task_id=overrides.pop("task_id", "task-1"),
+        user_id="user-1",
+        payload={"title": "Pay rent"},
+        **overrides,
+    )
+
+
+def envelope_of(data: Any, **fields: Any) -> CloudEvent:
+    body = {
+        "id": "ce-1",
+        "specversion": "1.0",
+        "source": "recurring-task-service",
+        "type": "com.dapr.event.sent",
+        "datacontenttype": "application/json",
+        "topic": "task-events",
+        "pubsubname": "kafka-pubsub",
+        "traceparent": TRACEPARENT,
+        "data": data,
+        **fields,
+    }
+    return parse_cloud_event(json.dumps(body))
+
+
+# --- task events -------------------------------------------------------------------------
+
+
+async def test_an_event_is_recorded_with_where_it_came_from() -> None:
+    log = FakeAuditLog()
+    event = an_event()
+    delivery = Delivery(source="cli", trace_id="abc", kafka_partition=2, kafka_offset=17)
+
+    outcome = await record_event(event, delivery=delivery, log=log)
+
+    assert outcome.status is DaprStatus.SUCCESS
+    assert log.events == {event.event_id: (event, delivery)}
+
+
+async def test_a_redelivered_event_leaves_one_row_and_still_succeeds() -> None:
+    log = FakeAuditLog()
+    event = an_event()
+
+    first = await record_event(event, delivery=Delivery(kafka_offset=1), log=log)
+    second = await record_event(event, delivery=Delivery(kafka_offset=9), log=log)
+
+    assert (first.status, second.status) == (DaprStatus.SUCCESS, DaprStatus.SUCCESS)
+    assert second.reason == "already recorded"
+    assert list(log.events) == [event.event_id]
+    assert log.events[event.event_id][1].kafka_offset == 1
+
+
+async def test_an_unknown_event_type_is_kept() -> None:
+    log = FakeAuditLog()
+    event = an_event("task.archived")
+
+    outcome = await record_event(event, delivery=Delivery(), log=log)
+
+    assert outcome.status is DaprStatus.SUCCESS
+    assert log.events[event.event_id][0].type == "task.archived"
+
+
+async def test_database_unavailable_means_retry() -> None:
+    outcome = await record_event(an_event(), delivery=Delivery(), log=UnavailableAuditLog())
+
+    assert outcome.status is DaprStatus.RETRY
+    assert outcome.reason is not None
+    assert "ConnectionRefusedError" in outcome.reason
+
+
+async def test_values_the_database_refuses_for_good_are_dropped() -> None:
+    outcome = await record_event(an_event(), delivery=Delivery(), log=RefusingAuditLog())
+
+    assert outcome.status is DaprStatus.DROP
+
+
+def test_delivery_reads_the_envelope_and_the_kafka_metadata() -> None:
+    envelope = envelope_of(an_event().model_dump(mode="json"))
+
+    delivery = delivery_of(envelope, {"__partition": "3", "__offset": "42", "__key": "task-1"})
+
+    assert delivery == Delivery(
+        source="recurring-task-service",
+        trace_id="4bf92f3577b34da6a3ce929d0e0e4736",
+        kafka_partition=3,
+        kafka_offset=42,
+    )
+
+
+@pytest.mark.parametrize(
+    "metadata", [{}, {"__partition": "x", "__offset": ""}, {"partition": "1", "offset": "2"}]
+)
+def test_delivery_without_usable_kafka_metadata_has_none(metadata: dict[str, str]) -> None:
+    envelope = envelope_of(an_event().model_dump(mode="json"), source="", traceparent=None)
+
+    delivery = delivery_of(envelope, metadata)
+
+    assert delivery == Delivery(source=None, trace_id=None)
+
+
+# --- dead letters ------------------------------------------------------------------------
+
+
+async def test_a_dead_letter_is_kept_and_a_redelivery_counted() -> None:
+    log = FakeAuditLog()
+    letter = DeadLetter(message_id="ce-1", topic=DLQ, raw="{}")
+
+    first = await record_dead_letter(letter, log=log)
+    second = await record_dead_letter(letter, log=log)
+
+    assert (first.status, second.status) == (DaprStatus.SUCCESS, DaprStatus.SUCCESS)
+    assert list(log.dead_letters) == ["ce-1"]
+    assert log.seen_counts["ce-1"] == 2
+
+
+async def test_a_dead_letter_meeting_an_unavailable_database_is_retried() -> None:
+    letter = DeadLetter(message_id="ce-1", topic=DLQ, raw="{}")
+
+    outcome = await record_dead_letter(letter, log=UnavailableAuditLog())
+
+    assert outcome.status is DaprStatus.RETRY
+
+
+async def test_a_dead_letter_the_database_refuses_is_dropped() -> None:
+    letter = DeadLetter(message_id="ce-1", topic=DLQ, raw="{}")
+
+    outcome = await record_dead_letter(letter, log=RefusingAuditLog())
+
+    assert outcome.status is DaprStatus.DROP
+
+
+def test_a_readable_dead_letter_keeps_the_envelope_and_the_event_ids() -> None:
+    event = an_event()
+    envelope = envelope_of(event.model_dump(mode="json"), id="ce-7")
+    metadata = {"__topic": "task-events", "__offset": "5"}
+
+    letter = dead_letter_of_event(event, envelope, topic=DLQ, metadata=metadata)
+
+    assert letter.message_id == "ce-7"
+    assert letter.topic == DLQ
+    assert letter.original_topic == "task-events"
+    assert (letter.event_id, letter.type, letter.task_id, letter.user_id) == (
+        event.event_id,
+        "task.created",
+        "task-1",
+        "user-1",
+    )
+    assert letter.reason is None
+    assert letter.metadata == metadata
+    assert parse_cloud_event(letter.raw) == envelope
+
+
+def test_a_dead_letter_without_a_cloud_event_id_gets_a_stable_one() -> None:
+    event = an_event()
+    envelope = envelope_of(event.model_dump(mode="json"), id="")
+
+    first = dead_letter_of_event(event, envelope, topic=DLQ, metadata={})
+    again = dead_letter_of_event(event, envelope, topic=DLQ, metadata={"__offset": "6"})
+
+    assert first.message_id.startswith("sha256:")
+    assert first.message_id == again.message_id
+
+
+def test_an_unparsable_dead_letter_is_kept_whole_with_its_reason() -> None:
+    body = b"not json at all"
+
+    letter = dead_letter_of_body(body, None, "body is not JSON", topic=DLQ, metadata={})
+
+    assert letter.raw == "not json at all"
+    assert letter.reason == "body is not JSON"
+    assert letter.message_id.startswith("sha256:")
+    assert letter.original_topic is None
+    assert (letter.event_id, letter.type, letter.task_id, letter.user_id) == (None,) * 4
+
+
+def test_the_same_unparsable_bytes_map_to_the_same_dead_letter() -> None:
+    one = dead_letter_of_body(b"garbage", None, "x", topic=DLQ, metadata={})
+    same = dead_letter_of_body(b"garbage", None, "x", topic=DLQ, metadata={})
+    other = dead_letter_of_body(b"garbage!", None, "x", topic=DLQ, metadata={})
+
+    assert one.message_id == same.message_id != other.message_id
+
+
+def test_an_invalid_event_in_the_dlq_keeps_the_ids_it_has() -> None:
+    data = {"event_id": "bad-1", "type": "task.created", "user_id": "u", "task_id": 42}
+    envelope = envelope_of(data, id="ce-9")
+
+    letter = dead_letter_of_body(
+        envelope.model_dump_json().encode(),
+        envelope,
+        "invalid event: task_id: Input should be a valid string",
+        topic=DLQ,
+        metadata={},
+    )
+
+    assert letter.message_id == "ce-9"
+    assert letter.original_topic == "task-events"
+    assert (letter.event_id, letter.type, letter.task_id, letter.user_id) == (
+        "bad-1",
+        "task.created",
+        None,
+        "u",
+    )
+    assert letter.reason is not None
+    assert "task_id" in letter.reason
+
+
+def test_the_original_topic_falls_back_to_the_kafka_metadata() -> None:
+    envelope = envelope_of(None, topic=None)
+
+    from_metadata = dead_letter_of_body(
+        b"{}", envelope, "no data", topic=DLQ, metadata={"__topic": "task-events"}
+    )
+    only_the_dlq = dead_letter_of_body(
+        b"{}", envelope, "no data", topic=DLQ, metadata={"__topic": DLQ}
+    )
+
+    assert from_metadata.original_topic == "task-events"
+    assert only_the_dlq.original_topic is None
+
+
+def test_nul_characters_never_reach_the_database() -> None:
+    body = b'{"id": "ce-\x00", "data": "x\x00y"}\xff'
+    metadata = {"__key": "k\x00"}
+
+    letter = dead_letter_of_body(body, None, "reason \x00", topic=DLQ, metadata=metadata)
+
+    stored_text = [letter.raw, letter.reason or "", *letter.metadata, *letter.metadata.values()]
+    assert not any("\x00" in text for text in stored_text)
+    assert letter.raw.startswith('{"id": "ce-')
+
+
+def test_lone_surrogates_never_reach_the_database() -> None:
+    data = {"event_id": "e-\ud800", "type": "task.created", "user_id": "u"}
+    envelope = envelope_of(data)
+
+    letter = dead_letter_of_body(b"{}", envelope, "invalid", topic=DLQ, metadata={})
+
+    assert letter.event_id is not None
+    letter.event_id.encode("utf-8")  # would raise on a lone surrogate
+
+
+def test_an_oversized_cloud_event_id_is_hashed() -> None:
+    envelope = envelope_of(None, id="x" * 5000)
+
+    letter = dead_letter_of_body(b"{}", envelope, "no data", topic=DLQ, metadata={})
+
+    assert letter.message_id.startswith("sha256:")
+    assert len(letter.message_id) < 100
