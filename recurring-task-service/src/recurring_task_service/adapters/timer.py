@@ -1,0 +1,143 @@
+"""APScheduler as the timer: it says *when* to look for due schedules (every poll interval,
+and at the next known fire time); Postgres says *what* is due."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from prometheus_client import Counter, Histogram
+
+from recurring_task_service.firing import OccurrenceResult, fire_due_schedules
+from recurring_task_service.ports import DueSchedules, Publisher
+from taskevents.logging import get_logger
+from taskevents.metrics import PUBLISHED
+
+log = get_logger(__name__)
+
+POLL_JOB = "poll"
+WAKE_UP_JOB = "wake-up"
+STOP_WAIT_SECONDS = 10.0
+
+OCCURRENCES = Counter(
+    "recurring_occurrences_total",
+    "Due occurrences handled, by result (published, skipped, failed).",
+    ["result"],
+)
+TRIGGER_LATENESS_SECONDS = Histogram(
+    "recurring_trigger_lateness_seconds",
+    "Time from an occurrence being due to its claim, for each published occurrence.",
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0),
+)
+
+ReadinessCheck = Callable[[], Awaitable[str | None]]
+
+
+class FiringTimer:
+    """Ticks `fire_due_schedules` from an AsyncIOScheduler. One tick runs at a time in a
+    process; replicas run side by side, the claim keeps them apart."""
+
+    def __init__(
+        self,
+        due: DueSchedules,
+        publisher: Publisher,
+        *,
+        topic: str,
+        poll_seconds: float,
+        batch_size: int,
+        grace: timedelta,
+        sidecar_ready: ReadinessCheck,
+    ) -> None:
+        self._due = due
+        self._publisher = publisher
+        self._topic = topic
+        self._poll_seconds = poll_seconds
+        self._batch_size = batch_size
+        self._grace = grace
+        self._sidecar_ready = sidecar_ready
+        self._sidecar_seen = False
+        self._ticking = asyncio.Lock()
+        self._scheduler: AsyncIOScheduler | None = None
+
+    def start(self) -> None:
+        self._scheduler = AsyncIOScheduler(timezone=UTC, event_loop=asyncio.get_running_loop())
+        self._scheduler.add_job(
+            self.tick,
+            "interval",
+            seconds=self._poll_seconds,
+            id=POLL_JOB,
+            next_run_time=datetime.now(UTC),
+            coalesce=True,
+            max_instances=1,
+            misfire_grace_time=None,
+        )
+        self._scheduler.start()
+
+    async def stop(self) -> None:
+        if self._scheduler is not None:
+            self._scheduler.shutdown(wait=False)
+            self._scheduler = None
+        # Let a running tick finish its transaction rather than cut it off.
+        try:
+            await asyncio.wait_for(self._ticking.acquire(), STOP_WAIT_SECONDS)
+        except TimeoutError:
+            log.warning("a firing tick was still running at shutdown")
+        else:
+            self._ticking.release()
+
+    def wake_at(self, when: datetime) -> None:
+        scheduler = self._scheduler
+        if scheduler is None:
+            return
+        for job_id in (POLL_JOB, WAKE_UP_JOB):
+            job = scheduler.get_job(job_id)
+            if job is not None and job.next_run_time is not None and job.next_run_time <= when:
+                return
+        scheduler.add_job(
+            self.tick,
+            "date",
+            run_date=when,
+            id=WAKE_UP_JOB,
+            replace_existing=True,
+            misfire_grace_time=None,
+        )
+
+    async def tick(self) -> None:
+        if self._ticking.locked():
+            return  # the running tick keeps claiming while anything is due
+        async with self._ticking:
+            try:
+                await self._fire()
+            except Exception:  # the timer must keep ticking whatever happens in one tick
+                log.exception("firing due schedules failed; trying again on the next tick")
+
+    async def _fire(self) -> None:
+        if not self._sidecar_seen:
+            # Claiming before the sidecar is up would only hold row locks while the
+            # publisher waits for it.
+            problem = await self._sidecar_ready()
+            if problem:
+                log.debug("not firing yet", reason=problem)
+                return
+            self._sidecar_seen = True
+        fired = await fire_due_schedules(
+            self._due, self._publisher, batch_size=self._batch_size, grace=self._grace
+        )
+        for occurrence in fired:
+            OCCURRENCES.labels(occurrence.result.value).inc()
+            if occurrence.result is OccurrenceResult.FAILED:
+                self._sidecar_seen = False  # wait for it again instead of failing each tick
+            if occurrence.result is OccurrenceResult.PUBLISHED:
+                PUBLISHED.labels(self._topic, "task.recurring.triggered").inc()
+                TRIGGER_LATENESS_SECONDS.observe(occurrence.lateness.total_seconds())
+        if fired:
+            counts = {result.value: 0 for result in OccurrenceResult}
+            for occurrence in fired:
+                counts[occurrence.result.value] += 1
+            log.info("fired due schedules", **counts)
+        earliest = await self._due.next_fire_at()
+        # One already due failed to publish: the regular poll retries it, not a busy loop.
+        if earliest is not None and earliest > datetime.now(UTC):
+            self.wake_at(earliest)

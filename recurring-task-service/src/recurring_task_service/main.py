@@ -1,0 +1,29 @@
+from __future__ import annotations
+
+import logging
+
+import uvicorn
+
+from recurring_task_service.app import create_app
+from recurring_task_service.settings import APP_ID, Settings
+from taskevents.logging import configure_logging
+
+
+def main() -> None:
+    settings = Settings()
+    configure_logging(APP_ID, level=settings.log_level, json=settings.json_logs)
+    # APScheduler logs every run of the poll job (once a second) and httpx every readiness
+    # probe of the sidecar; our own log says what fired.
+    for chatty in ("apscheduler.executors", "apscheduler.scheduler", "httpx"):
+        logging.getLogger(chatty).setLevel(logging.WARNING)
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_config=None,
+        timeout_graceful_shutdown=10,
+    )
+
+
+if __name__ == "__main__":
+    main()

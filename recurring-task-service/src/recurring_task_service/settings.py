@@ -1,0 +1,50 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import AliasChoices, Field, PostgresDsn
+from pydantic_settings import SettingsConfigDict
+
+from taskevents.settings import ServiceSettings, is_placeholder
+
+APP_ID = "recurring-task-service"
+# Beside src/ in the checkout; an image copies the folder and points the setting at it.
+DEFAULT_MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
+
+
+class Settings(ServiceSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="RECURRING_", extra="ignore", populate_by_name=True
+    )
+
+    port: int = Field(
+        default=8002, ge=1, le=65535, validation_alias=AliasChoices("APP_PORT", "RECURRING_PORT")
+    )
+    database_url: PostgresDsn = Field(
+        default=PostgresDsn("postgresql://taskevents:taskevents@127.0.0.1:5432/taskevents"),
+        validation_alias=AliasChoices("DATABASE_URL"),
+    )
+    database_pool_size: int = Field(default=5, ge=1)
+    database_wait_seconds: float = Field(
+        default=30.0, ge=0, description="How long start-up waits for Postgres to answer."
+    )
+    migrations_dir: Path = DEFAULT_MIGRATIONS_DIR
+
+    poll_seconds: float = Field(
+        default=1.0, gt=0, description="How often every replica looks for due schedules."
+    )
+    claim_batch_size: int = Field(
+        default=100, ge=1, description="Due schedules claimed (and published) per transaction."
+    )
+    catch_up_grace_seconds: float = Field(
+        default=300.0,
+        ge=1,
+        description="A due occurrence older than this (the service was down) is skipped, "
+        "not published.",
+    )
+
+    def placeholder_secrets(self) -> list[str]:
+        weak = super().placeholder_secrets()
+        if is_placeholder(self.database_url.hosts()[0].get("password")):
+            weak.append("DATABASE_URL password")
+        return weak

@@ -1,0 +1,278 @@
+"""The HTTP edges of recurring-task-service over in-memory fakes: the schedules API and
+the subscription route (the lifespan, which connects to Postgres, does not run)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import FastAPI
+
+from recurring_task_service.app import create_app
+from recurring_task_service.ports import ScheduleExistsError, StoreUnavailableError
+from recurring_task_service.schedules import NewSchedule, Schedule
+from recurring_task_service.settings import Settings
+from recurring_task_service.state import AppState
+from taskevents.events import TaskEvent
+
+
+class FakeSchedules:
+    def __init__(self) -> None:
+        self.by_id: dict[uuid.UUID, Schedule] = {}
+        self.down = False
+
+    async def create(self, new: NewSchedule) -> Schedule:
+        self._check()
+        for existing in self.by_id.values():
+            if existing.task_id == new.task_id:
+                raise ScheduleExistsError(new.task_id, existing.id)
+        return self._store(new)
+
+    async def get(self, schedule_id: uuid.UUID) -> Schedule | None:
+        self._check()
+        return self.by_id.get(schedule_id)
+
+    async def list_for_user(self, user_id: str | None, *, limit: int) -> list[Schedule]:
+        self._check()
+        return [s for s in self.by_id.values() if user_id in (None, s.user_id)][:limit]
+
+    async def delete(self, schedule_id: uuid.UUID) -> bool:
+        self._check()
+        return self.by_id.pop(schedule_id, None) is not None
+
+    async def put_for_task(self, new: NewSchedule) -> Schedule:
+        self._check()
+        await self.delete_for_task(new.task_id)
+        return self._store(new)
+
+    async def delete_for_task(self, task_id: str) -> bool:
+        self._check()
+        found = [s.id for s in self.by_id.values() if s.task_id == task_id]
+        for schedule_id in found:
+            del self.by_id[schedule_id]
+        return bool(found)
+
+    def _store(self, new: NewSchedule) -> Schedule:
+        now = datetime.now(UTC)
+        schedule = Schedule(
+            id=uuid.uuid4(),
+            task_id=new.task_id,
+            user_id=new.user_id,
+            rule=new.rule,
+            payload=dict(new.payload),
+            next_fire_at=new.next_fire_at,
+            last_fired_at=None,
+            fire_count=0,
+            active=True,
+            created_at=now,
+            updated_at=now,
+        )
+        self.by_id[schedule.id] = schedule
+        return schedule
+
+    def _check(self) -> None:
+        if self.down:
+            raise StoreUnavailableError("connection refused")
+
+
+class RecordingWaker:
+    def __init__(self) -> None:
+        self.wake_ups: list[datetime] = []
+
+    def wake_at(self, when: datetime) -> None:
+        self.wake_ups.append(when)
+
+
+async def database_fine() -> str | None:
+    return None
+
+
+@pytest.fixture
+def schedules() -> FakeSchedules:
+    return FakeSchedules()
+
+
+@pytest.fixture
+def waker() -> RecordingWaker:
+    return RecordingWaker()
+
+
+@pytest.fixture
+def app(schedules: FakeSchedules, waker: RecordingWaker) -> FastAPI:
+    app = create_app(Settings(app_api_token=None))
+    app.state.resources = AppState(
+        schedules=schedules, task_schedules=schedules, waker=waker, database_check=database_fine
+    )
+    return app
+
+
+@pytest.fixture
+async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        yield client
+
+
+def detail_text(response: httpx.Response) -> str:
+    return str(response.json()["detail"])
+
+
+async def test_create_an_interval_schedule(
+    client: httpx.AsyncClient, waker: RecordingWaker
+) -> None:
+    response = await client.post(
+        "/schedules",
+        json={"task_id": "t1", "user_id": "u1", "interval_seconds": 2, "payload": {"a": 1}},
+    )
+
+    assert response.status_code == 201, response.text
+    body = response.json()
+    assert body["interval_seconds"] == 2
+    assert body["cron"] is None
+    assert body["timezone"] == "UTC"
+    assert body["payload"] == {"a": 1}
+    next_fire_at = datetime.fromisoformat(body["next_fire_at"])
+    assert 2 <= (next_fire_at - datetime.now(UTC)).total_seconds() <= 3.1
+    assert waker.wake_ups == [next_fire_at]
+
+
+async def test_create_a_cron_schedule_and_read_it_back(client: httpx.AsyncClient) -> None:
+    created = await client.post(
+        "/schedules",
+        json={"task_id": "t1", "user_id": "u1", "cron": "0 9 * * 1-5", "timezone": "Europe/Berlin"},
+    )
+    schedule_id = created.json()["id"]
+
+    fetched = await client.get(f"/schedules/{schedule_id}")
+    listed = await client.get("/schedules", params={"user_id": "u1"})
+    others = await client.get("/schedules", params={"user_id": "u2"})
+
+    assert fetched.status_code == 200
+    assert fetched.json() == created.json()
+    assert [s["id"] for s in listed.json()["schedules"]] == [schedule_id]
+    assert others.json()["schedules"] == []
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ({"cron": "0 9 * *"}, "expected 5 fields"),
+        ({"cron": "0 24 * * *"}, "invalid cron expression"),
+        ({"cron": "0 9 * * *", "timezone": "Europe/Atlantis"}, "unknown time zone"),
+        ({"cron": "0 9 * * *", "interval_seconds": 60}, "exactly one"),
+        ({}, "exactly one"),
+        ({"interval_seconds": 0}, "greater than or equal to 1"),
+    ],
+)
+async def test_invalid_schedules_are_422_with_a_clear_message(
+    client: httpx.AsyncClient, body: dict[str, Any], message: str
+) -> None:
+    response = await client.post("/schedules", json={"task_id": "t1", "user_id": "u1", **body})
+
+    assert response.status_code == 422
+    assert message in detail_text(response)
+
+
+async def test_a_second_schedule_for_a_task_is_a_conflict(client: httpx.AsyncClient) -> None:
+    body = {"task_id": "t1", "user_id": "u1", "interval_seconds": 60}
+    first = await client.post("/schedules", json=body)
+
+    second = await client.post("/schedules", json=body)
+
+    assert second.status_code == 409
+    assert first.json()["id"] in detail_text(second)
+
+
+async def test_delete_a_schedule(client: httpx.AsyncClient) -> None:
+    created = await client.post(
+        "/schedules", json={"task_id": "t1", "user_id": "u1", "interval_seconds": 60}
+    )
+    schedule_id = created.json()["id"]
+
+    deleted = await client.delete(f"/schedules/{schedule_id}")
+    again = await client.delete(f"/schedules/{schedule_id}")
+    fetched = await client.get(f"/schedules/{schedule_id}")
+
+    assert deleted.status_code == 204
+    assert again.status_code == 404
+    assert fetched.status_code == 404
+
+
+async def test_database_down_is_503(client: httpx.AsyncClient, schedules: FakeSchedules) -> None:
+    schedules.down = True
+
+    response = await client.get("/schedules")
+
+    assert response.status_code == 503
+    assert "unavailable" in detail_text(response)
+
+
+def cloud_event(event: TaskEvent) -> dict[str, Any]:
+    return {
+        "id": event.event_id,
+        "specversion": "1.0",
+        "source": "test",
+        "type": "com.dapr.event.sent",
+        "datacontenttype": "application/json",
+        "data": event.model_dump(mode="json"),
+        "topic": "task-events",
+        "pubsubname": "kafka-pubsub",
+    }
+
+
+async def deliver(client: httpx.AsyncClient, event: TaskEvent) -> str:
+    response = await client.post(
+        "/events/task-events",
+        json=cloud_event(event),
+        headers={"content-type": "application/cloudevents+json"},
+    )
+    assert response.status_code == 200
+    status: str = response.json()["status"]
+    return status
+
+
+async def test_subscription_sets_and_removes_a_task_schedule(
+    client: httpx.AsyncClient, schedules: FakeSchedules
+) -> None:
+    created = TaskEvent.create(
+        "task.created",
+        task_id="t9",
+        user_id="u9",
+        payload={"title": "x", "recurrence": {"interval_seconds": 5}},
+    )
+
+    assert await deliver(client, created) == "SUCCESS"
+    assert [s.task_id for s in schedules.by_id.values()] == ["t9"]
+
+    deleted = TaskEvent.create("task.deleted", task_id="t9", user_id="u9")
+    assert await deliver(client, deleted) == "SUCCESS"
+    assert schedules.by_id == {}
+
+
+async def test_subscription_drops_an_invalid_recurrence(client: httpx.AsyncClient) -> None:
+    event = TaskEvent.create(
+        "task.created", task_id="t9", user_id="u9", payload={"recurrence": {"cron": "nope"}}
+    )
+
+    assert await deliver(client, event) == "DROP"
+
+
+async def test_subscription_retries_when_the_database_is_down(
+    client: httpx.AsyncClient, schedules: FakeSchedules
+) -> None:
+    schedules.down = True
+    event = TaskEvent.create(
+        "task.updated", task_id="t9", user_id="u9", payload={"recurrence": {"interval_seconds": 5}}
+    )
+
+    assert await deliver(client, event) == "RETRY"
+
+
+async def test_health_names_the_service(client: httpx.AsyncClient) -> None:
+    response = await client.get("/health")
+
+    assert response.json() == {"service": "recurring-task-service", "status": "healthy"}
