@@ -77,7 +77,7 @@ test: setup ## set up whatever is missing, then run every test tier
 lint: deps ## ruff check, ruff format --check, mypy --strict
 	@$(UV) run --frozen ruff check .
 	@$(UV) run --frozen ruff format --check .
-	@$(UV) run --frozen mypy libs/taskevents/src audit-log-service/src notification-service/src recurring-task-service/src websocket-service/src tests bench scripts
+	@$(UV) run --frozen mypy libs/taskevents/src audit-log-service/src notification-service/src recurring-task-service/src websocket-service/src tests scripts
 
 .PHONY: format
 format: deps ## apply ruff's fixes and formatting

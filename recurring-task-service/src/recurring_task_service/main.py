@@ -14,7 +14,7 @@ def main() -> None:
     configure_logging(APP_ID, level=settings.log_level, json=settings.json_logs)
     # APScheduler logs every run of the poll job (once a second) and httpx every readiness
     # probe of the sidecar; our own log says what fired.
-    for chatty in ("apscheduler.executors", "apscheduler.scheduler", "httpx"):
+    for chatty in ("apscheduler.executors", "apscheduler.scheduler"):
         logging.getLogger(chatty).setLevel(logging.WARNING)
     uvicorn.run(
         create_app(settings),

@@ -46,8 +46,9 @@ def configure_logging(service: str, *, level: str = "INFO", json: bool = False) 
     root.setLevel(level.upper())
     structlog.contextvars.clear_contextvars()
     structlog.contextvars.bind_contextvars(service=service)
-    # uvicorn's access log repeats what our own logs say, one line per health probe.
-    logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
+    # One line per request repeats what our own logs say (health probes, sidecar checks).
+    for chatty in ("uvicorn.access", "httpx", "httpcore"):
+        logging.getLogger(chatty).setLevel(logging.WARNING)
 
 
 def get_logger(name: str) -> structlog.stdlib.BoundLogger:
