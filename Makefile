@@ -12,6 +12,8 @@ UV_HOME := $(TASKEVENTS_CACHE)/uv-$(UV_VERSION)
 UV := $(UV_HOME)/bin/uv
 export PATH := $(UV_HOME)/bin:$(HOME)/.dapr/bin:$(PATH)
 export UV_PYTHON := python3.11
+# Registries may be reached through a TLS proxy whose CA only the system store knows.
+export UV_SYSTEM_CERTS ?= true
 
 # Where the services find the broker and the database; naming your own in KAFKA_BROKERS
 # or DATABASE_URL makes `make run` use them instead of starting local ones.
