@@ -33,13 +33,14 @@ from tests.support.mailbox import mails_to
 from tests.support.refusing_app import ROUTE
 from tests.support.stack import ROOT, Stack
 from tests.support.waiting import eventually
+from websocket_service.settings import DEVELOPMENT_JWT_SECRET
 
 pytestmark = pytest.mark.integration
 
 
 def dev_token(user_id: str) -> str:
     claims = {"sub": user_id, "exp": int(time.time()) + 600}
-    return jwt.encode(claims, "dev-secret", algorithm="HS256")
+    return jwt.encode(claims, DEVELOPMENT_JWT_SECRET, algorithm="HS256")
 
 
 async def audit_rows(
@@ -92,6 +93,9 @@ async def test_one_event_reaches_all_four_services(
     assert rows[0]["type"] == "task.created"
     assert rows[0]["user_id"] == user_id
     assert rows[0]["payload"]["title"] == "Pay rent"
+    # The Kafka coordinates daprd passes with the delivery are kept.
+    assert rows[0]["kafka_partition"] in range(6)
+    assert rows[0]["kafka_offset"] >= 0
 
     # notification-service: one mail with both parts in the SMTP server's store.
     async def mails() -> list[Any]:

@@ -6,6 +6,8 @@ from pydantic_settings import SettingsConfigDict
 from taskevents.settings import ServiceSettings, is_placeholder
 
 APP_ID = "websocket-service"
+# Long enough for HS256 (RFC 7518 §3.2), and refused in production.
+DEVELOPMENT_JWT_SECRET = "taskevents-development-only-jwt-secret-not-for-production"  # noqa: S105
 
 
 class Settings(ServiceSettings):
@@ -17,7 +19,7 @@ class Settings(ServiceSettings):
         default=8004, ge=1, le=65535, validation_alias=AliasChoices("APP_PORT", "WEBSOCKET_PORT")
     )
     jwt_secret: SecretStr = Field(
-        default=SecretStr("dev-secret"), description="HS256 key of the client tokens."
+        default=SecretStr(DEVELOPMENT_JWT_SECRET), description="HS256 key of the client tokens."
     )
     jwt_leeway_seconds: int = Field(default=5, ge=0, description="Clock skew allowed on exp.")
     dev_token_ttl_seconds: int = Field(
@@ -51,6 +53,7 @@ class Settings(ServiceSettings):
 
     def placeholder_secrets(self) -> list[str]:
         weak = super().placeholder_secrets()
-        if is_placeholder(self.jwt_secret):
+        secret = self.jwt_secret.get_secret_value()
+        if is_placeholder(secret) or secret == DEVELOPMENT_JWT_SECRET:
             weak.append("jwt_secret")
         return weak

@@ -39,20 +39,40 @@ async def wait_for_sidecar(http_port: int, *, timeout: float = SIDECAR_WAIT_SECO
             await asyncio.sleep(0.25)
 
 
-class EventPublisher:
-    """Publishes events with a JSON content type (so subscribers get `data` as an object),
-    the event id as the CloudEvent id and the task id as the Kafka partition key.
+class LazyDaprClient:
+    """The async Dapr client, made on first use once the sidecar answers: its constructor
+    blocks until the sidecar is healthy, and the sidecar in turn waits for the app to
+    listen, so an app must not make it while starting."""
 
-    The Dapr client is made on first use: its constructor blocks until the sidecar answers,
-    and the sidecar may in turn be waiting for the app to listen."""
-
-    def __init__(self, *, pubsub_name: str, topic: str, http_port: int, grpc_port: int) -> None:
-        self.pubsub_name = pubsub_name
-        self.topic = topic
+    def __init__(self, *, http_port: int, grpc_port: int) -> None:
         self._http_port = http_port
         self._grpc_port = grpc_port
         self._client: DaprClient | None = None
         self._lock = asyncio.Lock()
+
+    async def get(self) -> DaprClient:
+        async with self._lock:
+            if self._client is None:
+                await wait_for_sidecar(self._http_port)
+                from dapr.aio.clients import DaprClient
+
+                self._client = DaprClient(address=f"127.0.0.1:{self._grpc_port}")
+            return self._client
+
+    async def close(self) -> None:
+        if self._client is not None:
+            await self._client.close()  # type: ignore[no-untyped-call]
+            self._client = None
+
+
+class EventPublisher:
+    """Publishes events with a JSON content type (so subscribers get `data` as an object),
+    the event id as the CloudEvent id and the task id as the Kafka partition key."""
+
+    def __init__(self, *, pubsub_name: str, topic: str, http_port: int, grpc_port: int) -> None:
+        self.pubsub_name = pubsub_name
+        self.topic = topic
+        self._dapr = LazyDaprClient(http_port=http_port, grpc_port=grpc_port)
 
     async def publish(self, event: TaskEvent, *, topic: str | None = None) -> None:
         await self.publish_raw(
@@ -76,7 +96,7 @@ class EventPublisher:
             metadata["partitionKey"] = key
         if cloudevent_id:
             metadata["cloudevent.id"] = cloudevent_id
-        client = await self._dapr()
+        client = await self._dapr.get()
         await client.publish_event(
             pubsub_name=self.pubsub_name,
             topic_name=topic or self.topic,
@@ -86,15 +106,4 @@ class EventPublisher:
         )
 
     async def close(self) -> None:
-        if self._client is not None:
-            await self._client.close()  # type: ignore[no-untyped-call]
-            self._client = None
-
-    async def _dapr(self) -> DaprClient:
-        async with self._lock:
-            if self._client is None:
-                await wait_for_sidecar(self._http_port)
-                from dapr.aio.clients import DaprClient
-
-                self._client = DaprClient(address=f"127.0.0.1:{self._grpc_port}")
-            return self._client
+        await self._dapr.close()

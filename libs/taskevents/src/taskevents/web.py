@@ -6,6 +6,8 @@ from __future__ import annotations
 import hmac
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from contextvars import ContextVar
+from types import MappingProxyType
 from typing import Any
 
 import structlog
@@ -20,6 +22,25 @@ from taskevents.metrics import DELIVERIES, DELIVERY_SECONDS, render_latest
 from taskevents.status import Outcome
 
 log = get_logger(__name__)
+
+# Headers of every HTTP call rather than metadata of the message; the app token is secret.
+NOT_METADATA = frozenset(
+    {
+        "host", "content-type", "content-length", "accept", "accept-encoding", "user-agent",
+        "connection", "dapr-api-token", "authorization", "traceparent", "tracestate", "baggage",
+    }
+)  # fmt: skip
+_delivery_metadata: ContextVar[Mapping[str, str]] = ContextVar(
+    "delivery_metadata", default=MappingProxyType({})
+)
+
+
+def delivery_metadata() -> Mapping[str, str]:
+    """The metadata of the message being delivered — daprd passes it as HTTP headers: Kafka's
+    __partition, __offset, __key, __topic, __timestamp and the message's own headers.
+    Empty outside a delivery."""
+    return _delivery_metadata.get()
+
 
 # Each check returns None when healthy, or what is wrong.
 ReadinessCheck = Callable[[], Awaitable[str | None]]
@@ -107,6 +128,8 @@ def subscription_route(
     async def deliver(request: Request) -> JSONResponse:
         started = time.perf_counter()
         body = await request.body()
+        metadata = {k: v for k, v in request.headers.items() if k not in NOT_METADATA}
+        metadata_token = _delivery_metadata.set(MappingProxyType(metadata))
         envelope: CloudEvent | None = None
         event_type = "unparsed"
         try:
@@ -133,6 +156,7 @@ def subscription_route(
         if outcome.reason:
             log.info("delivery handled", status=outcome.status.value, reason=outcome.reason)
         structlog.contextvars.unbind_contextvars("event_id", "task_id", "trace_id")
+        _delivery_metadata.reset(metadata_token)
         return JSONResponse(outcome.response())
 
     app.add_api_route(

@@ -26,7 +26,7 @@ from notification_service.ports import (
     NotificationLogUnavailableError,
 )
 from taskevents.logging import get_logger
-from taskevents.publisher import SidecarUnavailableError, wait_for_sidecar
+from taskevents.publisher import LazyDaprClient, SidecarUnavailableError
 
 if TYPE_CHECKING:
     from dapr.aio.clients import DaprClient
@@ -43,9 +43,6 @@ def record_key(notification: Notification) -> str:
 
 
 class DaprNotificationLog:
-    """The Dapr client is made on first use, after the sidecar answers: the sidecar waits
-    for the app to listen, so the app cannot wait for the sidecar while starting."""
-
     def __init__(
         self,
         *,
@@ -57,13 +54,10 @@ class DaprNotificationLog:
         timeout_seconds: float = 5.0,
     ) -> None:
         self._store_name = store_name
-        self._http_port = http_port
-        self._grpc_port = grpc_port
+        self._dapr_client = LazyDaprClient(http_port=http_port, grpc_port=grpc_port)
         self._claim_ttl_seconds = claim_ttl_seconds
         self._sent_retention_seconds = sent_retention_seconds
         self._timeout_seconds = timeout_seconds
-        self._client: DaprClient | None = None
-        self._lock = asyncio.Lock()
 
     async def claim(self, notification: Notification) -> Claim:
         from dapr.clients.grpc._state import Concurrency, StateOptions
@@ -141,9 +135,7 @@ class DaprNotificationLog:
             log.info("claim not released", error=str(error))
 
     async def close(self) -> None:
-        if self._client is not None:
-            await self._client.close()  # type: ignore[no-untyped-call]
-            self._client = None
+        await self._dapr_client.close()
 
     async def _read(self, key: str) -> tuple[dict[str, Any], str] | None:
         client = await self._dapr()
@@ -168,16 +160,10 @@ class DaprNotificationLog:
             raise NotificationLogUnavailableError(f"{what}: {_detail(error)}") from error
 
     async def _dapr(self) -> DaprClient:
-        async with self._lock:
-            if self._client is None:
-                try:
-                    await wait_for_sidecar(self._http_port)
-                except SidecarUnavailableError as error:
-                    raise NotificationLogUnavailableError(str(error)) from error
-                from dapr.aio.clients import DaprClient  # late: reads the env at import
-
-                self._client = DaprClient(address=f"127.0.0.1:{self._grpc_port}")
-            return self._client
+        try:
+            return await self._dapr_client.get()
+        except SidecarUnavailableError as error:
+            raise NotificationLogUnavailableError(str(error)) from error
 
 
 def _record(notification: Notification, *, status: str, token: str) -> dict[str, Any]:
