@@ -110,3 +110,52 @@ async def test_demo_stream_flows_through_every_service(
 
     mailed = await eventually(all_mailed, timeout=60, what="a mail for every notified event")
     assert sorted(mailed) == sorted(notified)
+
+
+async def run_cli(cluster: Cluster, *args: str) -> tuple[int, str, str]:
+    cli = Path(sys.executable).parent / "taskevents"
+    process = await asyncio.create_subprocess_exec(
+        str(cli),
+        "--dapr-http-port", str(cluster.cli.dapr_http_port),
+        "--dapr-grpc-port", str(cluster.cli.dapr_grpc_port),
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    stdout, stderr = await process.communicate()
+    assert process.returncode is not None
+    return process.returncode, stdout.decode(), stderr.decode()
+
+
+async def test_cli_publishes_one_event_and_refuses_bad_input(
+    cluster: Cluster, http: httpx.AsyncClient, unique: str
+) -> None:
+    task_id = f"task-{unique}"
+    code, out, err = await run_cli(
+        cluster, "publish", "task.updated", "--task-id", task_id, "--user-id", f"u-{unique}",
+        "--payload", '{"title": "From the CLI"}',
+    )  # fmt: skip
+    assert code == 0, err
+    event_id = out.strip()
+
+    async def stored() -> list[Any]:
+        response = await http.get(
+            f"{cluster['audit-log-service'].url}/audit/events", params={"task_id": task_id}
+        )
+        items: list[Any] = response.json()["items"]
+        return items
+
+    rows = await eventually(stored, what="the CLI's event in the audit log")
+    assert [(r["event_id"], r["payload"]["title"]) for r in rows] == [(event_id, "From the CLI")]
+
+    code, _, err = await run_cli(
+        cluster, "publish", "task.updated", "--task-id", task_id, "--user-id", "u",
+        "--payload", "[1, 2]",
+    )  # fmt: skip
+    assert code == 2
+    assert "JSON object" in err
+    code, _, err = await run_cli(
+        cluster, "publish", "Not A Type", "--task-id", task_id, "--user-id", "u"
+    )
+    assert code == 2
+    assert "type" in err

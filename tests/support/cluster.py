@@ -118,7 +118,7 @@ def service_spec(
         resources_paths=[resources],
         config_path=COMPONENTS / "configuration.yaml",
         env={
-            "TASKEVENTS_ENV": "test",
+            "TASKEVENTS_ENV": "development",
             "LOG_LEVEL": "INFO",
             "DATABASE_URL": stack.database_url,
             "NOTIFY_SMTP_HOST": stack.smtp_host,

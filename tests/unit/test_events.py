@@ -102,3 +102,8 @@ def test_schema_requires_the_contract_fields() -> None:
     schema = json.loads(render())
     assert set(schema["required"]) == {"event_id", "type", "task_id", "user_id", "timestamp"}
     assert schema["properties"]["timestamp"]["format"] == "date-time"
+
+
+def test_create_reports_invalid_fields_as_invalid_event() -> None:
+    with pytest.raises(InvalidEventError, match="type"):
+        TaskEvent.create("Not A Type", task_id="t", user_id="u")

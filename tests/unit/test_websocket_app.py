@@ -170,7 +170,7 @@ def test_dev_tokens_open_a_socket_in_development(client: TestClient) -> None:
 
 
 def test_dev_tokens_do_not_exist_outside_development() -> None:
-    with TestClient(create_app(settings(environment="test"))) as client:
+    with TestClient(create_app(settings(environment="production"))) as client:
         assert client.post("/dev/token", json={"user_id": "user-7"}).status_code == 404
 
 

@@ -80,14 +80,17 @@ class TaskEvent(BaseModel):
         event_id: str | None = None,
         timestamp: datetime | None = None,
     ) -> TaskEvent:
-        return cls(
-            event_id=event_id or str(uuid.uuid4()),
-            type=str(type),
-            task_id=task_id,
-            user_id=user_id,
-            timestamp=timestamp or datetime.now(UTC),
-            payload=dict(payload or {}),
-        )
+        try:
+            return cls(
+                event_id=event_id or str(uuid.uuid4()),
+                type=str(type),
+                task_id=task_id,
+                user_id=user_id,
+                timestamp=timestamp or datetime.now(UTC),
+                payload=dict(payload or {}),
+            )
+        except ValidationError as error:
+            raise InvalidEventError(_describe(error)) from None
 
     @classmethod
     def from_data(cls, data: Mapping[str, Any]) -> TaskEvent:

@@ -8,7 +8,7 @@ from typing import Literal
 from pydantic import AliasChoices, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-Environment = Literal["development", "test", "production"]
+Environment = Literal["development", "production"]
 
 # Values that are fine on a laptop and never in production.
 PLACEHOLDER_SECRETS = frozenset({"", "changeme", "change-me", "dev-secret", "taskevents"})
@@ -56,12 +56,14 @@ class ServiceSettings(BaseSettings):
         return []
 
     @model_validator(mode="after")
-    def _refuse_placeholders_in_production(self) -> ServiceSettings:
-        if self.environment == "production":
+    def _refuse_placeholders_outside_development(self) -> ServiceSettings:
+        if self.environment != "development":
             weak = self.placeholder_secrets()
             if weak:
                 raise ValueError(
-                    "refusing to start in production with placeholder secrets: " + ", ".join(weak)
+                    f"refusing to start in {self.environment} with placeholder secrets: "
+                    + ", ".join(weak)
+                    + " (set them, or TASKEVENTS_ENV=development on a laptop)"
                 )
         return self
 

@@ -1,0 +1,112 @@
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+from pydantic import SecretStr
+
+from taskevents.cloudevents import CloudEvent
+from taskevents.events import TaskEvent
+from taskevents.status import Outcome
+from taskevents.web import delivery_metadata, probes_router, subscription_route
+
+EVENT = {
+    "event_id": "e-1",
+    "type": "task.created",
+    "task_id": "t-1",
+    "user_id": "u-1",
+    "timestamp": "2026-11-22T10:15:00Z",
+}
+
+
+def envelope(data: object) -> str:
+    return json.dumps({"id": "e-1", "source": "test", "type": "com.dapr.event.sent", "data": data})
+
+
+class RecordingHandler:
+    def __init__(self, outcome: Outcome | None = None) -> None:
+        self.seen: list[TaskEvent] = []
+        self.metadata: list[Mapping[str, str]] = []
+        self.outcome = outcome or Outcome.success()
+
+    async def __call__(self, event: TaskEvent, cloud_event: CloudEvent) -> Outcome:
+        self.seen.append(event)
+        self.metadata.append(dict(delivery_metadata()))
+        return self.outcome
+
+
+def client_for(handler: RecordingHandler, token: str | None = None) -> TestClient:
+    app = FastAPI()
+    subscription_route(
+        app, "/events", handler, token=SecretStr(token) if token is not None else None
+    )
+    return TestClient(app)
+
+
+def test_event_reaches_the_handler_and_its_outcome_is_the_answer() -> None:
+    handler = RecordingHandler(Outcome.retry("database down"))
+    response = client_for(handler).post("/events", content=envelope(EVENT))
+    assert response.json() == {"status": "RETRY"}
+    assert [e.event_id for e in handler.seen] == ["e-1"]
+
+
+def test_unparsable_messages_are_dropped_without_calling_the_handler() -> None:
+    handler = RecordingHandler()
+    client = client_for(handler)
+    for body in ("{nope", envelope("plain text"), envelope({**EVENT, "task_id": ""})):
+        assert client.post("/events", content=body).json() == {"status": "DROP"}
+    assert handler.seen == []
+
+
+def test_a_failing_handler_means_retry() -> None:
+    async def broken(event: TaskEvent, cloud_event: CloudEvent) -> Outcome:
+        raise ConnectionError("boom")
+
+    app = FastAPI()
+    subscription_route(app, "/events", broken, token=None)
+    response = TestClient(app).post("/events", content=envelope(EVENT))
+    assert response.json() == {"status": "RETRY"}
+
+
+def test_app_token_is_required_when_configured() -> None:
+    handler = RecordingHandler()
+    client = client_for(handler, token="s3cret")
+    assert client.post("/events", content=envelope(EVENT)).status_code == 401
+    wrong = client.post("/events", content=envelope(EVENT), headers={"dapr-api-token": "x"})
+    assert wrong.status_code == 401
+    right = client.post("/events", content=envelope(EVENT), headers={"dapr-api-token": "s3cret"})
+    assert right.json() == {"status": "SUCCESS"}
+    assert len(handler.seen) == 1
+
+
+def test_delivery_metadata_reaches_the_handler_without_the_token() -> None:
+    handler = RecordingHandler()
+    client = client_for(handler, token="s3cret")
+    client.post(
+        "/events",
+        content=envelope(EVENT),
+        headers={"dapr-api-token": "s3cret", "__partition": "3", "__offset": "42"},
+    )
+    assert handler.metadata[0]["__partition"] == "3"
+    assert handler.metadata[0]["__offset"] == "42"
+    assert "dapr-api-token" not in handler.metadata[0]
+    assert delivery_metadata() == {}
+
+
+def test_health_and_readiness() -> None:
+    async def fine() -> str | None:
+        return None
+
+    async def down() -> str | None:
+        return "connection refused"
+
+    app = FastAPI()
+    app.include_router(probes_router("demo-service", {"db": fine, "smtp": down}))
+    client = TestClient(app)
+    assert client.get("/health").json() == {"service": "demo-service", "status": "healthy"}
+    ready = client.get("/ready")
+    assert ready.status_code == 503
+    assert ready.json()["failing"] == {"smtp": "connection refused"}
+    assert "taskevents_deliveries_total" in client.get("/metrics").text
