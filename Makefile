@@ -58,12 +58,18 @@ run: setup ## run the four services with their sidecars; Ctrl-C stops them
 	@if command -v dapr >/dev/null && [ -z "$${TASKEVENTS_DEVRUN:-}" ]; then \
 	  DATABASE_URL="$(DB_URL)" dapr run -f dapr.yaml; \
 	else \
-	  DATABASE_URL="$(DB_URL)" $(UV) run --frozen python -m taskevents.devrun -f dapr.yaml --log-dir "$(TASKEVENTS_STATE)/logs"; \
+	  DATABASE_URL="$(DB_URL)" $(UV) run --frozen python -m taskevents.devrun -f dapr.yaml \
+	    --log-dir "$(TASKEVENTS_STATE)/logs" --pid-file "$(TASKEVENTS_STATE)/devrun.pid"; \
 	fi
 
 .PHONY: stop
 stop: ## stop the services and the local infrastructure
-	@-pkill -f 'taskevents.devrun' 2>/dev/null; command -v dapr >/dev/null && dapr stop -f dapr.yaml 2>/dev/null; true
+	@pid_file="$(TASKEVENTS_STATE)/devrun.pid"; \
+	if [ -f "$$pid_file" ] && kill "$$(cat "$$pid_file")" 2>/dev/null; then \
+	  echo "==> stopping the services"; \
+	  for _ in $$(seq 1 100); do [ -f "$$pid_file" ] || break; sleep 0.2; done; \
+	fi
+	@-command -v dapr >/dev/null && dapr stop -f dapr.yaml >/dev/null 2>&1; true
 	@bash scripts/stack.sh down
 
 .PHONY: migrate

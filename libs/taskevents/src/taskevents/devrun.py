@@ -281,6 +281,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("-f", "--run-file", type=Path, default=Path("dapr.yaml"))
     parser.add_argument("--daprd", default=str(Path.home() / ".dapr" / "bin" / "daprd"))
     parser.add_argument("--log-dir", type=Path, required=True)
+    parser.add_argument("--pid-file", type=Path, help="written while running, for `make stop`")
     args = parser.parse_args(argv)
     configure_logging("devrun")
     specs = load_run_file(args.run_file)
@@ -292,13 +293,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     signal.signal(signal.SIGINT, request_stop)
     signal.signal(signal.SIGTERM, request_stop)
+    if args.pid_file is not None:
+        args.pid_file.parent.mkdir(parents=True, exist_ok=True)
+        args.pid_file.write_text(f"{os.getpid()}\n")
     try:
         with running(specs, daprd=args.daprd, log_dir=args.log_dir, daprd_env={}) as apps:
             for app in apps:
                 log.info(
                     "running",
                     app_id=app.spec.app_id,
-                    app=f"http://127.0.0.1:{app.spec.app_port}",
+                    app=f"http://127.0.0.1:{app.spec.app_port}" if app.spec.app_port else None,
                     dapr_http=app.spec.dapr_http_port,
                     dapr_grpc=app.spec.dapr_grpc_port,
                 )
@@ -311,6 +315,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ProcessDiedError, TimeoutError) as error:
         log.error("an app failed; stopping the others", error=str(error))
         return 1
+    finally:
+        if args.pid_file is not None:
+            args.pid_file.unlink(missing_ok=True)
     return 0
 
 
