@@ -5,8 +5,6 @@ import asyncio
 import sys
 from collections.abc import Sequence
 
-import uvicorn
-
 from audit_log_service.adapters.migrations import (
     MigrationError,
     default_migrations_dir,
@@ -16,6 +14,7 @@ from audit_log_service.app import create_app
 from audit_log_service.ports import StorageUnavailableError
 from audit_log_service.settings import APP_ID, Settings
 from taskevents.logging import configure_logging, get_logger
+from taskevents.web import serve
 
 logger = get_logger(__name__)
 
@@ -35,13 +34,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     configure_logging(APP_ID, level=settings.log_level, json=settings.json_logs)
     if command == "migrate":
         sys.exit(asyncio.run(migrate(settings)))
-    uvicorn.run(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        log_config=None,
-        timeout_graceful_shutdown=10,
-    )
+    serve(create_app(settings), host=settings.host, port=settings.port)
 
 
 async def migrate(settings: Settings) -> int:

@@ -2,11 +2,10 @@ from __future__ import annotations
 
 import logging
 
-import uvicorn
-
 from recurring_task_service.app import create_app
 from recurring_task_service.settings import APP_ID, Settings
 from taskevents.logging import configure_logging
+from taskevents.web import serve
 
 
 def main() -> None:
@@ -16,13 +15,7 @@ def main() -> None:
     # probe of the sidecar; our own log says what fired.
     for chatty in ("apscheduler.executors", "apscheduler.scheduler"):
         logging.getLogger(chatty).setLevel(logging.WARNING)
-    uvicorn.run(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        log_config=None,
-        timeout_graceful_shutdown=10,
-    )
+    serve(create_app(settings), host=settings.host, port=settings.port)
 
 
 if __name__ == "__main__":

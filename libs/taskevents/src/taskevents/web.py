@@ -166,3 +166,20 @@ def subscription_route(
         include_in_schema=False,
         dependencies=[Depends(app_token_guard(token))],
     )
+
+
+GRACEFUL_SHUTDOWN_SECONDS = 10
+
+
+def serve(app: FastAPI, *, host: str, port: int) -> None:
+    """Run a service the same way everywhere: our logging (not uvicorn's), a bounded
+    graceful shutdown."""
+    import uvicorn
+
+    uvicorn.run(
+        app,
+        host=host,
+        port=port,
+        log_config=None,
+        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
+    )
