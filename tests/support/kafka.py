@@ -17,6 +17,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 TOPIC = "task-events"
 DLQ_TOPIC = "task-events-dlq"
 PROBE_TYPE = "taskevents.probe"
+POLL_SECONDS = 0.25
 
 
 def cloud_event(data: Any, *, event_id: str | None = None, topic: str = TOPIC) -> bytes:
@@ -77,7 +78,7 @@ async def wait_until_consuming(
                     committed = offsets.get(tp)
                     if committed is not None and committed.offset > sent.offset:
                         pending.discard(group)
-                await asyncio.sleep(0.25)
+                await asyncio.sleep(POLL_SECONDS)
     finally:
         await producer.stop()
         await admin.close()
