@@ -1,0 +1,137 @@
+{{/* Names ------------------------------------------------------------------------------ */}}
+
+{{- define "taskevents.fullname" -}}
+{{- if contains .Chart.Name .Release.Name -}}
+{{- .Release.Name | trunc 40 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name .Chart.Name | trunc 40 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "taskevents.labels" -}}
+app.kubernetes.io/part-of: taskevents
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
+{{- end -}}
+
+{{/* Labels that select the pods of one component: (dict "root" $ "name" "audit-log-service") */}}
+{{- define "taskevents.selectorLabels" -}}
+app.kubernetes.io/name: {{ .name }}
+app.kubernetes.io/instance: {{ .root.Release.Name }}
+{{- end -}}
+
+{{/* One service's settings: the defaults merged with its own entry. (dict "root" $ "key" "audit") */}}
+{{- define "taskevents.service" -}}
+{{- $own := index .root.Values.services .key -}}
+{{- toYaml (mergeOverwrite (deepCopy .root.Values.serviceDefaults) (deepCopy $own)) -}}
+{{- end -}}
+
+{{- define "taskevents.image" -}}
+{{- $image := .root.Values.image -}}
+{{- $tag := $image.tag | default .root.Chart.AppVersion -}}
+{{- if $image.registry -}}
+{{- printf "%s/%s/%s:%s" $image.registry $image.repository .appId $tag -}}
+{{- else -}}
+{{- printf "%s/%s:%s" $image.repository .appId $tag -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "taskevents.serviceAccountName" -}}
+{{- printf "%s-%s" (include "taskevents.fullname" .root) .appId | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* Secrets ---------------------------------------------------------------------------- */}}
+
+{{- define "taskevents.secretName" -}}
+{{- .Values.secrets.existingSecret | default (printf "%s-secrets" (include "taskevents.fullname" .)) -}}
+{{- end -}}
+
+{{- define "taskevents.appTokenSecret" -}}
+{{- .Values.dapr.appTokenSecret | default (printf "%s-dapr-app-token" (include "taskevents.fullname" .)) -}}
+{{- end -}}
+
+{{- define "taskevents.apiTokenSecret" -}}
+{{- .Values.dapr.apiTokenSecret | default (printf "%s-dapr-api-token" (include "taskevents.fullname" .)) -}}
+{{- end -}}
+
+{{/* Infrastructure addresses ------------------------------------------------------------ */}}
+
+{{- define "taskevents.kafkaBrokers" -}}
+{{- if .Values.redpanda.enabled -}}
+{{- printf "%s-redpanda:%d" (include "taskevents.fullname" .) (int .Values.kafka.port) -}}
+{{- else -}}
+{{- required "kafka.brokers is required when redpanda.enabled is false" .Values.kafka.brokers -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "taskevents.postgresHost" -}}
+{{- printf "%s-postgresql" (include "taskevents.fullname" .) -}}
+{{- end -}}
+
+{{- define "taskevents.databaseUrl" -}}
+{{- if .Values.postgresql.enabled -}}
+{{- $pg := .Values.postgresql -}}
+{{- printf "postgresql://%s:%s@%s:%d/%s" $pg.username (required "postgresql.password is required with the in-chart Postgres" $pg.password) (include "taskevents.postgresHost" .) (int .Values.postgres.port) $pg.database -}}
+{{- else -}}
+{{- required "secrets.databaseUrl (or secrets.existingSecret with the key database-url) is required without the in-chart Postgres" .Values.secrets.databaseUrl -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "taskevents.smtpHost" -}}
+{{- if .Values.mailpit.enabled -}}
+{{- printf "%s-mailpit" (include "taskevents.fullname" .) -}}
+{{- else -}}
+{{- required "smtp.host is required when mailpit.enabled is false" .Values.smtp.host -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "taskevents.smtpPort" -}}
+{{- if .Values.mailpit.enabled -}}1025{{- else -}}{{ .Values.smtp.port }}{{- end -}}
+{{- end -}}
+
+{{/* Dapr component metadata that depends on the environment ------------------------------ */}}
+
+{{/* Kafka authentication and TLS, as pubsub.kafka metadata items. */}}
+{{- define "taskevents.kafkaAuthMetadata" -}}
+{{- $kafka := .Values.kafka -}}
+- name: authType
+  value: {{ $kafka.authType | quote }}
+{{- if eq $kafka.authType "password" }}
+- name: saslUsername
+  value: {{ required "kafka.saslUsername is required with authType password" $kafka.saslUsername | quote }}
+- name: saslPassword
+  secretKeyRef: {name: {{ include "taskevents.secretName" . }}, key: kafka-sasl-password}
+- name: saslMechanism
+  value: {{ $kafka.saslMechanism | quote }}
+{{- end }}
+{{- if ne $kafka.authType "none" }}
+- name: disableTls
+  value: {{ (not $kafka.tls.enabled) | toString | quote }}
+{{- end }}
+{{- if or $kafka.tls.caCert (eq $kafka.authType "certificate") }}
+- name: caCert
+  secretKeyRef: {name: {{ include "taskevents.secretName" . }}, key: kafka-ca-cert}
+{{- end }}
+{{- end -}}
+
+{{- define "taskevents.tracing" -}}
+{{- $tracing := .Values.dapr.tracing -}}
+samplingRate: {{ $tracing.samplingRate | quote }}
+stdout: false
+{{- if $tracing.otlpEndpoint }}
+otel:
+  endpointAddress: {{ $tracing.otlpEndpoint | quote }}
+  isSecure: {{ $tracing.otlpIsSecure }}
+  protocol: {{ $tracing.otlpProtocol | quote }}
+{{- end }}
+{{- end -}}
+
+{{/* mTLS between sidecars, with the control plane's Sentry (the CRD requires all fields). */}}
+{{- define "taskevents.mtls" -}}
+enabled: true
+workloadCertTTL: 24h
+allowedClockSkew: 15m
+controlPlaneTrustDomain: {{ .Values.dapr.trustDomain | quote }}
+sentryAddress: {{ printf "dapr-sentry.%s.svc.cluster.local:443" .Values.dapr.controlPlaneNamespace | quote }}
+{{- end -}}
