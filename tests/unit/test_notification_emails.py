@@ -6,8 +6,9 @@ import pytest
 from pydantic import ValidationError
 
 from notification_service.adapters.smtp import EVENT_ID_HEADER, SmtpMailer
-from notification_service.emails import EmailComposer, is_plausible_address
+from notification_service.emails import EmailComposer
 from notification_service.ports import Channel
+from notification_service.preferences import is_plausible_address
 from notification_service.settings import Settings
 from taskevents.events import TaskEvent
 
@@ -122,6 +123,19 @@ def test_the_smtp_message_has_both_parts_and_the_tracing_headers() -> None:
     assert "<h2" in html.get_content()
 
 
+def test_non_ascii_subjects_names_and_bodies_survive_the_smtp_message() -> None:
+    mailer = SmtpMailer(host="127.0.0.1", port=1025, mail_from="Aufgaben Ä <noreply@x.test>")
+    email = COMPOSER.compose(event(title="Zahnarzt für Müller 日本"), "ada@example.com")
+
+    parsed = message_from_bytes(mailer.message(email).as_bytes(), policy=policy.default)
+
+    assert parsed["Subject"] == "New task: Zahnarzt für Müller 日本"
+    assert parsed["From"] == "Aufgaben Ä <noreply@x.test>"
+    text = parsed.get_body(("plain",))
+    assert text is not None
+    assert "Zahnarzt für Müller 日本" in text.get_content()
+
+
 def test_settings_read_event_types_as_a_comma_list(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("NOTIFY_EVENT_TYPES", "task.created, task.updated")
     monkeypatch.setenv("APP_PORT", "9001")
@@ -149,4 +163,9 @@ def test_a_claim_ttl_shorter_than_a_send_is_refused() -> None:
 
 def test_placeholder_smtp_password_is_refused_in_production() -> None:
     with pytest.raises(ValidationError, match="smtp_password"):
-        Settings(environment="production", smtp_username="mailer", smtp_password="changeme")
+        Settings(
+            environment="production",
+            secret_store="",
+            smtp_username="mailer",
+            smtp_password="changeme",
+        )

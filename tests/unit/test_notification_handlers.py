@@ -1,28 +1,48 @@
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 
 from notification_service.emails import EmailComposer
-from notification_service.handlers import EmailPolicy, send_email_notification
+from notification_service.handlers import (
+    Policy,
+    Ports,
+    combine,
+    dead_letter_with_reason,
+    deliver_due,
+    notify_user,
+)
 from notification_service.ports import (
     Channel,
     Claim,
     ClaimResult,
+    DigestLine,
+    DueItem,
     Email,
+    HistoryEntry,
+    Kind,
+    LedgerEntry,
     MailDeliveryError,
     MailRejectedError,
     MailTemporarilyFailedError,
     Notification,
     NotificationLogUnavailableError,
+    RateLimit,
+    Reservation,
+    Sms,
+    Status,
 )
+from notification_service.preferences import Preferences
+from notification_service.sms import SmsComposer
 from taskevents.events import TaskEvent
-from taskevents.status import DaprStatus
+from taskevents.status import DaprStatus, Outcome
 
 NOTIFYING = frozenset({"task.created", "task.completed", "task.recurring.triggered"})
+NOW = datetime(2026, 11, 23, 23, 30, tzinfo=UTC)
 
 
 @dataclass
@@ -34,6 +54,15 @@ class FakeMailer:
         if self.failures:
             raise self.failures.pop(0)
         self.sent.append(email)
+
+
+@dataclass
+class FakeSms:
+    name: str = "fake"
+    sent: list[Sms] = field(default_factory=list)
+
+    async def send(self, sms: Sms) -> None:
+        self.sent.append(sms)
 
 
 @dataclass
@@ -86,13 +115,142 @@ class FakeNotificationLog:
         if record is not None and record.token == claim.token and record.status == "sending":
             del self.records[key]
 
-    def status_of(self, event: TaskEvent) -> str | None:
-        record = self.records.get((event.event_id, Channel.EMAIL))
+    def status_of(self, event: TaskEvent, channel: Channel = Channel.EMAIL) -> str | None:
+        record = self.records.get((event.event_id, channel))
         return record.status if record else None
 
     def _check(self) -> None:
         if self.unavailable:
             raise NotificationLogUnavailableError("sidecar not answering")
+
+
+@dataclass
+class FakePreferences:
+    stored: dict[str, Preferences] = field(default_factory=dict)
+
+    async def get(self, user_id: str) -> Preferences | None:
+        return self.stored.get(user_id)
+
+    async def put(self, user_id: str, preferences: Preferences) -> None:
+        self.stored[user_id] = preferences
+
+    async def delete(self, user_id: str) -> bool:
+        return self.stored.pop(user_id, None) is not None
+
+
+@dataclass
+class Row:
+    entry: LedgerEntry
+    status: Status
+    kind: Kind = Kind.EVENT
+    due_at: datetime | None = None
+    reason: str | None = None
+
+
+@dataclass
+class FakeLedger:
+    """The ledger's decisions in memory: statuses per (event, channel), a count of sends per
+    user and channel (no clock: everything is in one window), one pending digest at most."""
+
+    rows: dict[tuple[str, Channel], Row] = field(default_factory=dict)
+
+    async def defer(self, entry: LedgerEntry, *, due_at: datetime, reason: str) -> bool:
+        key = _key(entry.notification)
+        if key in self.rows and self.rows[key].status in (
+            Status.SENT,
+            Status.DIGESTED,
+            Status.DEFERRED,
+            Status.DIGEST_PENDING,
+            Status.SENDING,
+        ):
+            return False
+        self.rows[key] = Row(entry, Status.DEFERRED, due_at=due_at, reason=reason)
+        return True
+
+    async def reserve(
+        self, entry: LedgerEntry, *, limit: RateLimit, from_deferred: bool = False
+    ) -> Reservation:
+        n = entry.notification
+        row = self.rows.get(_key(n))
+        if row is not None:
+            if row.status in (Status.SENT, Status.DIGESTED):
+                return Reservation.DONE
+            if row.status is Status.DIGEST_PENDING or (
+                row.status is Status.DEFERRED and not from_deferred
+            ):
+                return Reservation.QUEUED
+        sent = [
+            r for r in self.rows.values()
+            if r.entry.notification.user_id == n.user_id
+            and r.entry.notification.channel == n.channel
+            and r.status in (Status.SENDING, Status.SENT)
+        ]  # fmt: skip
+        if limit.count and len(sent) >= limit.count:
+            self.rows[_key(n)] = Row(entry, Status.DIGEST_PENDING)
+            if not any(r.kind is Kind.DIGEST and r.status is Status.DEFERRED
+                       for r in self.rows.values()):  # fmt: skip
+                digest = Notification(
+                    f"digest-{uuid.uuid4()}", n.channel, "notification.digest", n.user_id, "",
+                    n.recipient,
+                )  # fmt: skip
+                self.rows[_key(digest)] = Row(
+                    LedgerEntry(digest, ""), Status.DEFERRED, kind=Kind.DIGEST, due_at=NOW
+                )
+            return Reservation.DIGEST
+        self.rows[_key(n)] = Row(entry, Status.SENDING)
+        return Reservation.SEND
+
+    async def record(
+        self, notification: Notification, status: Status, *, reason: str | None = None
+    ) -> None:
+        row = self.rows.get(_key(notification))
+        if row is not None and not (row.status is Status.SENT and status is not Status.SENT):
+            row.status, row.reason = status, reason
+
+    async def take_due(self, *, limit: int, lease_seconds: float) -> list[DueItem]:
+        return [
+            DueItem(r.kind, r.entry.notification, 1, r.entry.event)
+            for r in self.rows.values()
+            if r.status is Status.DEFERRED
+        ][:limit]
+
+    async def reschedule(
+        self, notification: Notification, *, due_at: datetime, reason: str
+    ) -> None:
+        row = self.rows[_key(notification)]
+        row.status, row.due_at, row.reason = Status.DEFERRED, due_at, reason
+
+    async def digest_lines(self, digest: Notification) -> list[DigestLine]:
+        return [
+            DigestLine(
+                r.entry.notification.event_id,
+                r.entry.notification.event_type,
+                r.entry.notification.task_id,
+                r.entry.title,
+                NOW,
+            )
+            for r in self.rows.values()
+            if r.status is Status.DIGEST_PENDING and r.entry.notification.user_id == digest.user_id
+        ]
+
+    async def finish_digest(
+        self, digest: Notification, lines: list[DigestLine], *, limit: RateLimit
+    ) -> None:
+        for line in lines:
+            self.rows[(line.event_id, digest.channel)].status = Status.DIGESTED
+
+    async def history(
+        self, user_id: str, *, since: datetime | None, limit: int
+    ) -> list[HistoryEntry]:
+        return []
+
+    def status_of(self, event: TaskEvent, channel: Channel = Channel.EMAIL) -> Status | None:
+        row = self.rows.get((event.event_id, channel))
+        return row.status if row else None
+
+
+def _key(notification: Notification) -> tuple[str, Channel]:
+    return (notification.event_id, notification.channel)
 
 
 @pytest.fixture
@@ -108,7 +266,8 @@ def notifications() -> FakeNotificationLog:
 COMPOSER = EmailComposer(
     link_base_url="http://127.0.0.1:8004", mail_from="taskevents <noreply@taskevents.local>"
 )
-NO_WAIT = EmailPolicy(event_types=NOTIFYING, claim_wait_seconds=0.0)
+TEXTS = SmsComposer(link_base_url="http://127.0.0.1:8004")
+NO_WAIT = Policy(event_types=NOTIFYING, claim_wait_seconds=0.0)
 
 
 def created(**payload: Any) -> TaskEvent:
@@ -120,15 +279,34 @@ def created(**payload: Any) -> TaskEvent:
     )
 
 
+@dataclass
+class World:
+    mailer: FakeMailer
+    notifications: FakeNotificationLog
+    sms: FakeSms = field(default_factory=FakeSms)
+    preferences: FakePreferences = field(default_factory=FakePreferences)
+    ledger: FakeLedger = field(default_factory=FakeLedger)
+
+    def ports(self) -> Ports:
+        return Ports(
+            mailer=self.mailer, sms=self.sms, claims=self.notifications,
+            preferences=self.preferences, ledger=self.ledger, emails=COMPOSER, texts=TEXTS,
+            clock=lambda: NOW,
+        )  # fmt: skip
+
+
+@pytest.fixture
+def world(mailer: FakeMailer, notifications: FakeNotificationLog) -> World:
+    return World(mailer, notifications)
+
+
 async def notify(
     event: TaskEvent,
     mailer: FakeMailer,
     notifications: FakeNotificationLog,
-    policy: EmailPolicy = NO_WAIT,
-) -> Any:
-    return await send_email_notification(
-        event, mailer=mailer, notifications=notifications, composer=COMPOSER, policy=policy
-    )
+    policy: Policy = NO_WAIT,
+) -> Outcome:
+    return await notify_user(event, ports=World(mailer, notifications).ports(), policy=policy)
 
 
 async def test_task_created_sends_one_email_and_marks_it_sent(
@@ -182,7 +360,7 @@ async def test_other_event_types_send_nothing(
 async def test_the_notifying_types_come_from_the_policy(
     mailer: FakeMailer, notifications: FakeNotificationLog
 ) -> None:
-    only_completed = EmailPolicy(event_types=frozenset({"task.completed"}), claim_wait_seconds=0)
+    only_completed = Policy(event_types=frozenset({"task.completed"}), claim_wait_seconds=0)
 
     await notify(created(), mailer, notifications, only_completed)
     completed = TaskEvent.create(
@@ -263,13 +441,7 @@ async def test_an_unexpected_mailer_error_releases_the_claim_and_propagates(
 
     event = created()
     with pytest.raises(RuntimeError):
-        await send_email_notification(
-            event,
-            mailer=BrokenMailer(),
-            notifications=notifications,
-            composer=COMPOSER,
-            policy=NO_WAIT,
-        )
+        await notify(event, BrokenMailer(), notifications)  # type: ignore[arg-type]
     assert notifications.status_of(event) is None
 
 
@@ -295,7 +467,7 @@ async def test_waiting_for_another_delivery_that_finishes_sends_nothing(
         record.status = "sent"
 
     notifications.after_refusal = other_delivery_finishes
-    patient = EmailPolicy(event_types=NOTIFYING, claim_wait_seconds=5, claim_poll_seconds=0.01)
+    patient = Policy(event_types=NOTIFYING, claim_wait_seconds=5, claim_poll_seconds=0.01)
 
     outcome = await notify(event, mailer, notifications, patient)
 
@@ -352,3 +524,148 @@ async def test_each_event_is_its_own_notification(
 
     assert len(mailer.sent) == 2
     assert mailer.sent[0].message_id != mailer.sent[1].message_id
+
+
+# --- preferences, channels, quiet hours, rate limit ---------------------------------------
+
+
+async def test_preferences_choose_the_address_and_the_channels(world: World) -> None:
+    world.preferences.stored["user-7"] = Preferences(
+        email="pref@example.com", phone="+4915112345678", channels=frozenset({"email", "sms"})
+    )
+
+    outcome = await notify_user(created(), ports=world.ports(), policy=NO_WAIT)
+
+    assert outcome.status is DaprStatus.SUCCESS
+    assert [e.recipient for e in world.mailer.sent] == ["pref@example.com"]
+    assert [s.recipient for s in world.sms.sent] == ["+4915112345678"]
+    assert world.sms.sent[0].body.startswith("New task: Pay rent")
+
+
+async def test_payload_phone_is_the_fallback_and_must_be_e164(world: World) -> None:
+    world.preferences.stored["user-7"] = Preferences(channels=frozenset({"sms"}))
+
+    ok = await notify_user(created(user_phone="+15551234567"), ports=world.ports(), policy=NO_WAIT)
+    bad = await notify_user(created(user_phone="555-1234"), ports=world.ports(), policy=NO_WAIT)
+    none = await notify_user(created(), ports=world.ports(), policy=NO_WAIT)
+
+    assert ok.status is DaprStatus.SUCCESS
+    assert [s.recipient for s in world.sms.sent] == ["+15551234567"]
+    assert bad.status is DaprStatus.DROP
+    assert "E.164" in (bad.reason or "")
+    assert none.status is DaprStatus.SUCCESS
+    assert none.reason == "no phone"
+
+
+async def test_a_muted_type_sends_nothing(world: World) -> None:
+    world.preferences.stored["user-7"] = Preferences(muted_event_types=frozenset({"task.created"}))
+
+    outcome = await notify_user(created(), ports=world.ports(), policy=NO_WAIT)
+
+    assert outcome == Outcome.success("task.created muted")
+    assert world.mailer.sent == []
+    assert world.notifications.claims == 0
+
+
+async def test_quiet_hours_defer_and_the_background_task_sends_later(world: World) -> None:
+    # 23:30 UTC is 00:30 in Berlin, inside 22:00-07:00.
+    world.preferences.stored["user-7"] = Preferences(
+        time_zone="Europe/Berlin", quiet_hours={"start": "22:00", "end": "07:00"}
+    )
+    event = created()
+
+    outcome = await notify_user(event, ports=world.ports(), policy=NO_WAIT)
+
+    assert outcome.status is DaprStatus.SUCCESS
+    assert world.mailer.sent == []
+    row = world.ledger.rows[(event.event_id, Channel.EMAIL)]
+    assert row.status is Status.DEFERRED
+    assert row.due_at == datetime(2026, 11, 24, 6, 0, tzinfo=UTC)  # 07:00 in Berlin
+    # Delivered again while deferred: still one deferred notification.
+    await notify_user(event, ports=world.ports(), policy=NO_WAIT)
+    assert len(world.ledger.rows) == 1
+
+    due_at = row.due_at
+    later = replace(world.ports(), clock=lambda: due_at)
+    [item] = await world.ledger.take_due(limit=10, lease_seconds=60)
+    sent = await deliver_due(item, ports=later, policy=NO_WAIT)
+
+    assert sent.status is DaprStatus.SUCCESS
+    assert len(world.mailer.sent) == 1
+    assert world.ledger.status_of(event) is Status.SENT
+
+
+async def test_urgent_tasks_ignore_quiet_hours(world: World) -> None:
+    world.preferences.stored["user-7"] = Preferences(quiet_hours={"start": "22:00", "end": "07:00"})
+
+    await notify_user(created(priority="urgent"), ports=world.ports(), policy=NO_WAIT)
+
+    assert len(world.mailer.sent) == 1
+
+
+async def test_past_the_rate_limit_the_rest_goes_into_one_digest(world: World) -> None:
+    policy = Policy(event_types=NOTIFYING, claim_wait_seconds=0, rate_limit=RateLimit(2, 600))
+    events = [created(title=f"Task {i}") for i in range(5)]
+
+    for event in events:
+        await notify_user(event, ports=world.ports(), policy=policy)
+
+    assert [e.subject for e in world.mailer.sent] == ["New task: Task 0", "New task: Task 1"]
+    assert [world.ledger.status_of(e) for e in events[2:]] == [Status.DIGEST_PENDING] * 3
+    [digest] = await world.ledger.take_due(limit=10, lease_seconds=60)
+    assert digest.kind is Kind.DIGEST
+
+    outcome = await deliver_due(digest, ports=world.ports(), policy=policy)
+
+    assert outcome.status is DaprStatus.SUCCESS
+    assert len(world.mailer.sent) == 3
+    mail = world.mailer.sent[-1]
+    assert mail.subject == "3 more task notifications"
+    assert all(f"Task {i}" in mail.text and f"Task {i}" in mail.html for i in (2, 3, 4))
+    assert [world.ledger.status_of(e) for e in events[2:]] == [Status.DIGESTED] * 3
+
+
+async def test_a_retry_on_one_channel_wins_over_success_on_the_other(world: World) -> None:
+    world.preferences.stored["user-7"] = Preferences(
+        phone="+4915112345678", channels=frozenset({"email", "sms"})
+    )
+    world.mailer.failures.append(MailTemporarilyFailedError("421 busy"))
+    event = created()
+
+    first = await notify_user(event, ports=world.ports(), policy=NO_WAIT)
+    second = await notify_user(event, ports=world.ports(), policy=NO_WAIT)
+
+    assert first.status is DaprStatus.RETRY
+    assert second.status is DaprStatus.SUCCESS
+    assert len(world.mailer.sent) == 1
+    assert len(world.sms.sent) == 1  # not sent again on the redelivery
+
+
+def test_combine_prefers_retry_then_drop() -> None:
+    assert combine([Outcome.success(), Outcome.drop("x"), Outcome.retry("y")]).status is (
+        DaprStatus.RETRY
+    )
+    assert combine([Outcome.success(), Outcome.drop("x")]) == Outcome.drop("x")
+    assert combine([]) == Outcome.success()
+
+
+async def test_a_permanent_rejection_is_dead_lettered_with_its_reason(world: World) -> None:
+    @dataclass
+    class FakeDeadLetters:
+        letters: list[tuple[dict[str, Any], str]] = field(default_factory=list)
+
+        async def dead_letter(self, envelope: dict[str, Any], *, key: str, reason: str) -> None:
+            self.letters.append((envelope, reason))
+
+    dead = FakeDeadLetters()
+    ports = replace(world.ports(), dead_letters=dead)
+    world.mailer.failures.append(MailRejectedError("550 5.1.1 no such user"))
+    event = created()
+
+    outcome = await notify_user(event, ports=ports, policy=NO_WAIT)
+    final = await dead_letter_with_reason(outcome, event, {"id": "ce-1"}, ports=ports)
+
+    assert outcome.status is DaprStatus.DROP
+    assert final.status is DaprStatus.SUCCESS
+    assert dead.letters == [({"id": "ce-1"}, "SMTP rejected the email: 550 5.1.1 no such user")]
+    assert world.ledger.status_of(event) is Status.REJECTED

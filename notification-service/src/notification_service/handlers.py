@@ -1,106 +1,402 @@
-"""How a task event becomes a notification, sent at most once per (event, channel) except
-after a crash between claim and send (see README: "Never twice")."""
+"""How a task event becomes notifications: for each channel the user wants, sent at most
+once per (event, channel) except after a crash between claim and send (README: "Never
+twice"), deferred during quiet hours, summarised in a digest past the rate limit."""
 
 from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
 
-from notification_service.emails import EmailComposer, is_plausible_address
+from notification_service.emails import EmailComposer
+from notification_service.metrics import NOTIFICATIONS
 from notification_service.ports import (
     Channel,
     Claim,
     ClaimResult,
+    DeadLetters,
+    DeliveryRejectedError,
+    DeliveryTemporarilyFailedError,
+    DueItem,
+    Email,
+    Kind,
+    Ledger,
+    LedgerEntry,
+    LedgerUnavailableError,
     Mailer,
-    MailRejectedError,
-    MailTemporarilyFailedError,
+    Message,
     Notification,
     NotificationLog,
     NotificationLogUnavailableError,
+    PreferenceStore,
+    PreferencesUnavailableError,
+    RateLimit,
+    Reservation,
+    SmsSender,
+    Status,
 )
+from notification_service.preferences import (
+    Preferences,
+    is_e164,
+    is_plausible_address,
+    zone_or_utc,
+)
+from notification_service.sms import SmsComposer
 from taskevents.events import TaskEvent
 from taskevents.logging import get_logger
-from taskevents.status import Outcome
+from taskevents.status import DaprStatus, Outcome
 
 log = get_logger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
-class EmailPolicy:
+class Policy:
     event_types: frozenset[str]
+    default_channels: frozenset[Channel] = frozenset({Channel.EMAIL})
+    # Tasks whose payload.priority is one of these are sent even in quiet hours.
+    urgent_priorities: frozenset[str] = frozenset({"urgent"})
+    rate_limit: RateLimit = field(default_factory=lambda: RateLimit(0, 600.0))
     # A delivery that finds another one sending waits this long for it to finish (or for
     # its claim to expire) before asking Dapr to retry.
     claim_wait_seconds: float = 5.0
     claim_poll_seconds: float = 0.5
+    # A deferred notification whose send failed for a while is tried again this much later
+    # (doubling per attempt) and given up after `deferred_max_attempts`.
+    deferred_retry_seconds: float = 30.0
+    deferred_max_attempts: int = 10
 
 
-def email_recipient(event: TaskEvent) -> str | None:
+@dataclass(frozen=True, slots=True)
+class Ports:
+    mailer: Mailer
+    sms: SmsSender
+    claims: NotificationLog
+    preferences: PreferenceStore
+    ledger: Ledger
+    emails: EmailComposer
+    texts: SmsComposer
+    dead_letters: DeadLetters | None = None
+    clock: Callable[[], datetime] = lambda: datetime.now(UTC)
+
+
+def email_recipient(event: TaskEvent, preferences: Preferences | None = None) -> str | None:
+    if preferences is not None and preferences.email:
+        return preferences.email
     value = event.payload.get("user_email")
     if isinstance(value, str) and value.strip():
         return value.strip()
     return None
 
 
-async def send_email_notification(
-    event: TaskEvent,
-    *,
-    mailer: Mailer,
-    notifications: NotificationLog,
-    composer: EmailComposer,
-    policy: EmailPolicy,
-) -> Outcome:
+def phone_recipient(event: TaskEvent, preferences: Preferences | None = None) -> str | None:
+    if preferences is not None and preferences.phone:
+        return preferences.phone
+    value = event.payload.get("user_phone")
+    if isinstance(value, str) and value.strip():
+        return value.strip().replace(" ", "")
+    return None
+
+
+def user_zone(event: TaskEvent, preferences: Preferences | None) -> ZoneInfo:
+    """The user's time zone: preferences, else the task's `timezone`, else UTC."""
+    if preferences is not None:
+        return preferences.zone
+    return zone_or_utc(event.payload.get("timezone"))
+
+
+def is_urgent(event: TaskEvent, policy: Policy) -> bool:
+    priority = event.payload.get("priority")
+    return isinstance(priority, str) and priority.lower() in policy.urgent_priorities
+
+
+def combine(outcomes: Iterable[Outcome]) -> Outcome:
+    """One answer for all channels: a retry wins (the channels already sent are no-ops on
+    the redelivery), then a drop, then success."""
+    collected = list(outcomes)
+    for status in (DaprStatus.RETRY, DaprStatus.DROP):
+        reasons = [o.reason or "" for o in collected if o.status is status]
+        if reasons:
+            return Outcome(status, "; ".join(reasons))
+    reasons = [o.reason for o in collected if o.reason]
+    return Outcome.success("; ".join(reasons) if reasons else None)
+
+
+async def notify_user(event: TaskEvent, *, ports: Ports, policy: Policy) -> Outcome:
+    """The handler of every delivered task event."""
     if event.type not in policy.event_types:
         return Outcome.success()
-    recipient = email_recipient(event)
-    if recipient is None:
-        log.info("no email address for this event; nothing sent", user_id=event.user_id)
-        return Outcome.success("no email address")
-    if not is_plausible_address(recipient):
-        return Outcome.drop(f"payload.user_email is not an email address: {recipient[:80]!r}")
+    try:
+        preferences = await ports.preferences.get(event.user_id)
+    except PreferencesUnavailableError as error:
+        return Outcome.retry(f"preferences unavailable: {error}")
+    if preferences is not None and event.type in preferences.muted_event_types:
+        log.info("event type muted by the user; nothing sent", user_id=event.user_id)
+        return Outcome.success(f"{event.type} muted")
+    channels = (
+        {Channel(c) for c in preferences.channels}
+        if preferences is not None
+        else set(policy.default_channels)
+    )
+    if not channels:
+        return Outcome.success("no channel enabled")
+    outcomes = [
+        await notify_on_channel(event, channel, preferences, ports=ports, policy=policy)
+        for channel in sorted(channels)
+    ]
+    return combine(outcomes)
 
-    email = composer.compose(event, recipient)
+
+async def dead_letter_with_reason(
+    outcome: Outcome, event: TaskEvent, envelope: dict[str, Any] | None, *, ports: Ports
+) -> Outcome:
+    """A DROP becomes a dead letter that carries its reason: published by us, then SUCCESS.
+    When that publish fails the DROP stands and Dapr dead-letters it (without the reason)."""
+    if outcome.status is not DaprStatus.DROP or ports.dead_letters is None:
+        return outcome
+    reason = outcome.reason or "dropped"
+    try:
+        await ports.dead_letters.dead_letter(
+            envelope if envelope is not None else synthetic_envelope(event),
+            key=event.task_id,
+            reason=reason,
+        )
+    except Exception as error:
+        log.warning("could not dead-letter with the reason; Dapr will", error=str(error))
+        return outcome
+    log.warning("dead-lettered", reason=reason)
+    return Outcome.success(f"dead-lettered: {reason}")
+
+
+def synthetic_envelope(event: TaskEvent) -> dict[str, Any]:
+    """The CloudEvent Dapr would have delivered, for an event taken from the ledger."""
+    return {
+        "specversion": "1.0",
+        "id": event.event_id,
+        "source": "notification-service",
+        "type": "com.dapr.event.sent",
+        "datacontenttype": "application/json",
+        "topic": "task-events",
+        "pubsubname": "kafka-pubsub",
+        "time": datetime.now(UTC).isoformat(),
+        "data": event.model_dump(mode="json"),
+    }
+
+
+async def notify_on_channel(
+    event: TaskEvent,
+    channel: Channel,
+    preferences: Preferences | None,
+    *,
+    ports: Ports,
+    policy: Policy,
+    from_deferred: bool = False,
+) -> Outcome:
+    recipient, problem = _recipient(event, channel, preferences)
+    if problem is not None:
+        return Outcome.drop(problem)
+    if recipient is None:
+        log.info(f"no {channel} recipient for this event; nothing sent", user_id=event.user_id)
+        return Outcome.success(f"no {'email address' if channel is Channel.EMAIL else 'phone'}")
+
     notification = Notification(
         event_id=event.event_id,
-        channel=Channel.EMAIL,
+        channel=channel,
         event_type=event.type,
         user_id=event.user_id,
         task_id=event.task_id,
         recipient=recipient,
     )
+    entry = LedgerEntry(
+        notification=notification,
+        title=str(event.payload.get("title") or "")[:200],
+        event=event.model_dump(mode="json"),
+    )
     try:
-        claim = await _claim(notifications, notification, policy)
+        quiet_until = preferences.quiet_until(ports.clock()) if preferences else None
+        if quiet_until is not None and not is_urgent(event, policy):
+            if from_deferred:
+                await ports.ledger.reschedule(
+                    notification, due_at=quiet_until, reason="quiet hours"
+                )
+                return Outcome.success(f"{channel} deferred until {quiet_until.isoformat()}")
+            stored = await ports.ledger.defer(entry, due_at=quiet_until, reason="quiet hours")
+            NOTIFICATIONS.labels(channel.value, Status.DEFERRED.value).inc(int(stored))
+            log.info("quiet hours: deferred", channel=channel, until=quiet_until.isoformat())
+            return Outcome.success(
+                f"{channel} deferred until {quiet_until.isoformat()}"
+                if stored
+                else f"{channel} already handled"
+            )
+        reservation = await ports.ledger.reserve(
+            entry, limit=policy.rate_limit, from_deferred=from_deferred
+        )
+    except LedgerUnavailableError as error:
+        return Outcome.retry(f"ledger unavailable: {error}")
+    if reservation is Reservation.DONE:
+        return Outcome.success(f"{channel} already sent for this event")
+    if reservation is Reservation.QUEUED:
+        return Outcome.success(f"{channel} already queued")
+    if reservation is Reservation.DIGEST:
+        NOTIFICATIONS.labels(channel.value, Status.DIGEST_PENDING.value).inc()
+        log.info("rate limit reached: into the next digest", channel=channel)
+        return Outcome.success(f"{channel} over the rate limit: summarised in the next digest")
+
+    zone = user_zone(event, preferences)
+    message: Message = (
+        ports.emails.compose(event, recipient, zone)
+        if channel is Channel.EMAIL
+        else ports.texts.compose(event, recipient, zone)
+    )
+    return await send_once(notification, message, ports=ports, policy=policy)
+
+
+async def send_once(
+    notification: Notification, message: Message, *, ports: Ports, policy: Policy
+) -> Outcome:
+    """Claim, send, mark sent — the never-twice core, the same for events and digests."""
+    channel = notification.channel
+    try:
+        claim = await _claim(ports.claims, notification, policy)
     except NotificationLogUnavailableError as error:
+        await _record(ports.ledger, notification, Status.FAILED, f"claim: {error}")
         return Outcome.retry(f"notification log unavailable: {error}")
     if claim.result is ClaimResult.ALREADY_SENT:
-        return Outcome.success("email already sent for this event")
+        await _record(ports.ledger, notification, Status.SENT, None)
+        return Outcome.success(f"{channel} already sent for this event")
     if claim.result is ClaimResult.HELD_ELSEWHERE:
-        return Outcome.retry("another delivery of this event is sending the email")
+        return Outcome.retry(f"another delivery of this event is sending the {channel}")
 
+    label = "SMTP" if channel is Channel.EMAIL else f"SMS ({ports.sms.name})"
     try:
-        await mailer.send(email)
-    except MailTemporarilyFailedError as error:
-        await _release(notifications, claim)
-        return Outcome.retry(f"SMTP: {error.reason}")
-    except MailRejectedError as error:
+        if isinstance(message, Email):
+            await ports.mailer.send(message)
+        else:
+            await ports.sms.send(message)
+    except DeliveryTemporarilyFailedError as error:
+        await _release(ports.claims, claim)
+        await _record(ports.ledger, notification, Status.FAILED, f"{label}: {error.reason}")
+        return Outcome.retry(f"{label}: {error.reason}")
+    except DeliveryRejectedError as error:
         # Released so that a replay from the dead-letter topic may try again.
-        await _release(notifications, claim)
-        return Outcome.drop(f"SMTP rejected the email: {error.reason}")
+        await _release(ports.claims, claim)
+        reason = f"{label} rejected the {channel}: {error.reason}"
+        await _record(ports.ledger, notification, Status.REJECTED, reason)
+        return Outcome.drop(reason)
     except Exception:
-        await _release(notifications, claim)
+        await _release(ports.claims, claim)
         raise
 
     try:
-        await notifications.mark_sent(claim, message_id=email.message_id)
+        await ports.claims.mark_sent(claim, message_id=message.message_id)
     except NotificationLogUnavailableError as error:
-        # The mail is out: asking for a retry would send it again once the claim expires.
-        log.warning("email sent but not marked sent", error=str(error))
-    log.info("email sent", user_id=event.user_id, message_id=email.message_id)
+        # It is out: asking for a retry would send it again once the claim expires.
+        log.warning(f"{channel} sent but not marked sent", error=str(error))
+    await _record(ports.ledger, notification, Status.SENT, None)
+    log.info(f"{channel} sent", user_id=notification.user_id, message_id=message.message_id)
     return Outcome.success()
 
 
+async def deliver_due(item: DueItem, *, ports: Ports, policy: Policy) -> Outcome:
+    """A deferred notification or a digest whose time has come (from the background task)."""
+    if item.kind is Kind.DIGEST:
+        outcome = await send_digest(item, ports=ports, policy=policy)
+    else:
+        outcome = await _deliver_deferred_event(item, ports=ports, policy=policy)
+        if outcome.status is DaprStatus.DROP and item.event is not None:
+            event = TaskEvent.model_validate(item.event)
+            return await dead_letter_with_reason(outcome, event, None, ports=ports)
+    if outcome.status is DaprStatus.RETRY:
+        if item.attempts >= policy.deferred_max_attempts:
+            reason = f"gave up after {item.attempts} attempts: {outcome.reason}"
+            await _record(ports.ledger, item.notification, Status.REJECTED, reason)
+            log.error("deferred notification given up", reason=reason)
+            return Outcome.drop(reason)
+        delay = policy.deferred_retry_seconds * 2 ** max(0, item.attempts - 1)
+        due_at = ports.clock() + timedelta(seconds=min(delay, 3600))
+        try:
+            await ports.ledger.reschedule(
+                item.notification, due_at=due_at, reason=outcome.reason or "retry"
+            )
+        except LedgerUnavailableError as error:
+            log.warning("could not reschedule; the lease expires instead", error=str(error))
+    return outcome
+
+
+async def _deliver_deferred_event(item: DueItem, *, ports: Ports, policy: Policy) -> Outcome:
+    notification = item.notification
+    if item.event is None:
+        await _record(ports.ledger, notification, Status.REJECTED, "deferred without its event")
+        return Outcome.drop("deferred without its event")
+    event = TaskEvent.model_validate(item.event)
+    try:
+        preferences = await ports.preferences.get(event.user_id)
+    except PreferencesUnavailableError as error:
+        return Outcome.retry(f"preferences unavailable: {error}")
+    if preferences is not None and (
+        event.type in preferences.muted_event_types
+        or notification.channel.value not in preferences.channels
+    ):
+        await _record(ports.ledger, notification, Status.CANCELLED, "muted or switched off")
+        return Outcome.success("cancelled by the user's preferences")
+    return await notify_on_channel(
+        event, notification.channel, preferences, ports=ports, policy=policy, from_deferred=True
+    )
+
+
+async def send_digest(item: DueItem, *, ports: Ports, policy: Policy) -> Outcome:
+    digest = item.notification
+    try:
+        preferences = await ports.preferences.get(digest.user_id)
+    except PreferencesUnavailableError as error:
+        return Outcome.retry(f"preferences unavailable: {error}")
+    if preferences is not None:
+        quiet_until = preferences.quiet_until(ports.clock())
+        if quiet_until is not None:
+            await ports.ledger.reschedule(digest, due_at=quiet_until, reason="quiet hours")
+            return Outcome.success(f"digest deferred until {quiet_until.isoformat()}")
+    try:
+        lines = await ports.ledger.digest_lines(digest)
+    except LedgerUnavailableError as error:
+        return Outcome.retry(f"ledger unavailable: {error}")
+    if not lines:
+        await _record(ports.ledger, digest, Status.CANCELLED, "nothing to summarise")
+        return Outcome.success("empty digest")
+    zone = preferences.zone if preferences is not None else ZoneInfo("UTC")
+    message: Message = (
+        ports.emails.compose_digest(digest.event_id, digest.recipient, lines, zone)
+        if digest.channel is Channel.EMAIL
+        else ports.texts.compose_digest(digest.event_id, digest.recipient, lines)
+    )
+    outcome = await send_once(digest, message, ports=ports, policy=policy)
+    if outcome.status is DaprStatus.SUCCESS:
+        try:
+            await ports.ledger.finish_digest(digest, lines, limit=policy.rate_limit)
+        except LedgerUnavailableError as error:
+            log.warning("digest sent but its lines not marked", error=str(error))
+    return outcome
+
+
+def _recipient(
+    event: TaskEvent, channel: Channel, preferences: Preferences | None
+) -> tuple[str | None, str | None]:
+    """(recipient, why it is unusable)."""
+    if channel is Channel.EMAIL:
+        address = email_recipient(event, preferences)
+        if address is not None and not is_plausible_address(address):
+            return None, f"payload.user_email is not an email address: {address[:80]!r}"
+        return address, None
+    phone = phone_recipient(event, preferences)
+    if phone is not None and not is_e164(phone):
+        return None, f"payload.user_phone is not an E.164 number: {phone[:40]!r}"
+    return phone, None
+
+
 async def _claim(
-    notifications: NotificationLog, notification: Notification, policy: EmailPolicy
+    notifications: NotificationLog, notification: Notification, policy: Policy
 ) -> Claim:
     deadline = time.monotonic() + policy.claim_wait_seconds
     while True:
@@ -116,3 +412,14 @@ async def _release(notifications: NotificationLog, claim: Claim) -> None:
     except NotificationLogUnavailableError as error:
         # The claim then expires on its own after the claim TTL.
         log.warning("could not release the claim", error=str(error))
+
+
+async def _record(
+    ledger: Ledger, notification: Notification, status: Status, reason: str | None
+) -> None:
+    """The ledger is the history: a failure to write it never changes the answer."""
+    NOTIFICATIONS.labels(notification.channel.value, status.value).inc()
+    try:
+        await ledger.record(notification, status, reason=reason)
+    except LedgerUnavailableError as error:
+        log.warning("ledger not updated", status=status.value, error=str(error))

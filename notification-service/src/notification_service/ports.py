@@ -1,14 +1,20 @@
-"""What the handlers need from the outside world: a mailer and a log of notifications."""
+"""What the handlers need from the outside world: senders per channel, the claims that keep
+a notification from going out twice, the users' preferences and the ledger of what was
+sent, deferred or summarised."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import datetime
 from enum import StrEnum
-from typing import Protocol
+from typing import Any, Protocol
+
+from notification_service.preferences import Preferences
 
 
 class Channel(StrEnum):
     EMAIL = "email"
+    SMS = "sms"
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,23 +27,55 @@ class Email:
     event_id: str
 
 
-class MailDeliveryError(Exception):
+@dataclass(frozen=True, slots=True)
+class Sms:
+    recipient: str  # E.164
+    body: str
+    message_id: str  # the same for every attempt: an idempotency key for the provider
+    event_id: str
+
+
+Message = Email | Sms
+
+
+class DeliveryError(Exception):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
 
 
-class MailTemporarilyFailedError(MailDeliveryError):
-    """The server or the network may accept it later: SMTP 4xx, refused connection, timeout."""
+class DeliveryTemporarilyFailedError(DeliveryError):
+    """The server or the network may accept it later (SMTP 4xx, refused connection,
+    timeout, HTTP 429/5xx)."""
 
 
-class MailRejectedError(MailDeliveryError):
-    """The server will never accept it: SMTP 5xx for the recipient or the message."""
+class DeliveryRejectedError(DeliveryError):
+    """The server will never accept it (SMTP 5xx for the recipient, an invalid number)."""
+
+
+# The names the SMTP adapter raises; kept apart so a log line says which channel failed.
+class MailTemporarilyFailedError(DeliveryTemporarilyFailedError):
+    pass
+
+
+class MailRejectedError(DeliveryRejectedError):
+    pass
+
+
+MailDeliveryError = DeliveryError
 
 
 class Mailer(Protocol):
     async def send(self, email: Email) -> None:
-        """Return once the server has accepted the message, or raise a MailDeliveryError."""
+        """Return once the server has accepted the message, or raise a DeliveryError."""
+        ...
+
+
+class SmsSender(Protocol):
+    name: str
+
+    async def send(self, sms: Sms) -> None:
+        """Return once the provider has accepted the message, or raise a DeliveryError."""
         ...
 
 
@@ -81,3 +119,136 @@ class NotificationLog(Protocol):
     async def release(self, claim: Claim) -> None:
         """Give the claim up (the send failed), so that a retry can claim it again."""
         ...
+
+
+class DeadLetters(Protocol):
+    async def dead_letter(self, envelope: dict[str, Any], *, key: str, reason: str) -> None:
+        """Publish the CloudEvent to the dead-letter topic with the reason; raise on failure."""
+        ...
+
+
+class PreferencesUnavailableError(Exception):
+    """The preference store cannot answer now."""
+
+
+class PreferenceStore(Protocol):
+    async def get(self, user_id: str) -> Preferences | None: ...
+
+    async def put(self, user_id: str, preferences: Preferences) -> None: ...
+
+    async def delete(self, user_id: str) -> bool: ...
+
+
+class LedgerUnavailableError(Exception):
+    """The ledger (Postgres) cannot answer now."""
+
+
+class Status(StrEnum):
+    """What the ledger knows about one notification."""
+
+    SENDING = "sending"  # reserved: counted against the rate limit, being sent
+    SENT = "sent"
+    DEFERRED = "deferred"  # waits for due_at (quiet hours, or a retry of a deferred one)
+    DIGEST_PENDING = "digest_pending"  # over the rate limit: goes into the next digest
+    DIGESTED = "digested"  # summarised in a digest that was sent
+    FAILED = "failed"  # a temporary failure; Dapr retries the event
+    REJECTED = "rejected"  # permanently refused; dead-lettered
+    CANCELLED = "cancelled"  # deferred, then muted or switched off before it was due
+
+
+class Kind(StrEnum):
+    EVENT = "event"
+    DIGEST = "digest"
+
+
+class Reservation(StrEnum):
+    SEND = "send"  # counted against the rate limit: send it now
+    DIGEST = "digest"  # over the rate limit: waits for the next digest
+    QUEUED = "queued"  # already deferred or waiting for a digest
+    DONE = "done"  # already sent or summarised
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimit:
+    count: int  # messages per user and channel per window; 0 switches the limit off
+    window_seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerEntry:
+    notification: Notification
+    title: str
+    event: dict[str, Any] | None = None  # kept for deferred notifications (to render later)
+
+
+@dataclass(frozen=True, slots=True)
+class DueItem:
+    """A deferred notification or a digest whose time has come (leased to this process)."""
+
+    kind: Kind
+    notification: Notification
+    attempts: int
+    event: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DigestLine:
+    event_id: str
+    event_type: str
+    task_id: str
+    title: str
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryEntry:
+    event_id: str
+    channel: str
+    kind: str
+    event_type: str
+    task_id: str | None
+    recipient: str
+    status: str
+    reason: str | None
+    created_at: datetime
+    updated_at: datetime
+    sent_at: datetime | None
+    due_at: datetime | None
+    digest_id: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Ledger(Protocol):
+    async def defer(self, entry: LedgerEntry, *, due_at: datetime, reason: str) -> bool:
+        """Keep the notification for later; False when it is already sent, queued or
+        summarised (a redelivery)."""
+        ...
+
+    async def reserve(
+        self, entry: LedgerEntry, *, limit: RateLimit, from_deferred: bool = False
+    ) -> Reservation:
+        """Decide, atomically per user and channel, whether it may be sent now."""
+        ...
+
+    async def record(
+        self, notification: Notification, status: Status, *, reason: str | None = None
+    ) -> None: ...
+
+    async def take_due(self, *, limit: int, lease_seconds: float) -> list[DueItem]: ...
+
+    async def reschedule(
+        self, notification: Notification, *, due_at: datetime, reason: str
+    ) -> None: ...
+
+    async def digest_lines(self, digest: Notification) -> list[DigestLine]: ...
+
+    async def finish_digest(
+        self, digest: Notification, lines: list[DigestLine], *, limit: RateLimit
+    ) -> None:
+        """Mark the digest sent and its lines summarised; schedule another digest for what
+        arrived meanwhile."""
+        ...
+
+    async def history(
+        self, user_id: str, *, since: datetime | None, limit: int
+    ) -> list[HistoryEntry]: ...

@@ -24,7 +24,9 @@ from notification_service.ports import (
     ClaimResult,
     Notification,
     NotificationLogUnavailableError,
+    PreferencesUnavailableError,
 )
+from notification_service.preferences import Preferences
 from taskevents.logging import get_logger
 from taskevents.publisher import LazyDaprClient, SidecarUnavailableError
 
@@ -186,3 +188,69 @@ def _now() -> str:
 def _detail(error: Exception) -> str:
     details = getattr(error, "details", None)  # gRPC errors carry the message there
     return str(details() if callable(details) else error) or type(error).__name__
+
+
+def preferences_key(user_id: str) -> str:
+    return f"preferences:{user_id}"
+
+
+class DaprPreferenceStore:
+    """Preferences in the same state store, one record per user, key `preferences:<user>`."""
+
+    def __init__(
+        self, *, store_name: str, http_port: int, grpc_port: int, timeout_seconds: float = 5.0
+    ) -> None:
+        self._store_name = store_name
+        self._dapr_client = LazyDaprClient(http_port=http_port, grpc_port=grpc_port)
+        self._timeout_seconds = timeout_seconds
+
+    async def get(self, user_id: str) -> Preferences | None:
+        client = await self._dapr()
+        response = await self._guarded(
+            client.get_state(self._store_name, preferences_key(user_id)), "read preferences"
+        )
+        if not response.data:
+            return None
+        try:
+            return Preferences.model_validate_json(response.data)
+        except ValueError as error:
+            # A record written under other rules must not silently change who gets what.
+            raise PreferencesUnavailableError(
+                f"stored preferences of {user_id!r} do not validate: {error}"
+            ) from error
+
+    async def put(self, user_id: str, preferences: Preferences) -> None:
+        client = await self._dapr()
+        await self._guarded(
+            client.save_state(
+                self._store_name, preferences_key(user_id), preferences.model_dump_json()
+            ),
+            "save preferences",
+        )
+
+    async def delete(self, user_id: str) -> bool:
+        client = await self._dapr()
+        key = preferences_key(user_id)
+        existing = await self._guarded(client.get_state(self._store_name, key), "read")
+        if not existing.data:
+            return False
+        await self._guarded(client.delete_state(self._store_name, key), "delete preferences")
+        return True
+
+    async def close(self) -> None:
+        await self._dapr_client.close()
+
+    async def _guarded(self, call: Any, what: str) -> Any:
+        try:
+            async with asyncio.timeout(self._timeout_seconds):
+                return await call
+        except TimeoutError as error:
+            raise PreferencesUnavailableError(f"{what}: timed out") from error
+        except Exception as error:
+            raise PreferencesUnavailableError(f"{what}: {_detail(error)}") from error
+
+    async def _dapr(self) -> DaprClient:
+        try:
+            return await self._dapr_client.get()
+        except SidecarUnavailableError as error:
+            raise PreferencesUnavailableError(str(error)) from error

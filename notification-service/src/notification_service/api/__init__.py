@@ -1,2 +1,2 @@
-"""The service's own HTTP API (preferences, sent notifications) comes with issue #4; the
+"""The service's own HTTP API: preferences and the sent-notification history. The
 subscription route and the probes are registered in app.py."""

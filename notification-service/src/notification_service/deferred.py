@@ -1,0 +1,95 @@
+"""The background task that sends what was deferred (quiet hours) and the digests of what
+went over the rate limit, when their time comes. The due items live in the ledger, so they
+survive a restart; each is leased while it is worked on, so replicas share the work and an
+item whose worker died is taken again after the lease."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from datetime import timedelta
+
+from notification_service.adapters.postgres import PostgresLedger
+from notification_service.handlers import Policy, Ports, deliver_due
+from notification_service.ports import LedgerUnavailableError
+from taskevents.logging import get_logger
+
+log = get_logger(__name__)
+
+PRUNE_EVERY_SECONDS = 3600.0
+
+
+class DeferredDelivery:
+    def __init__(
+        self,
+        *,
+        ports: Ports,
+        policy: Policy,
+        ledger: PostgresLedger,
+        poll_seconds: float,
+        batch: int,
+        lease_seconds: float,
+        retention: timedelta | None,
+    ) -> None:
+        self._ports = ports
+        self._policy = policy
+        self._ledger = ledger
+        self._poll_seconds = poll_seconds
+        self._batch = batch
+        self._lease_seconds = lease_seconds
+        self._retention = retention
+        self._task: asyncio.Task[None] | None = None
+        self._pruned_at = 0.0
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="deferred-delivery")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def run_once(self) -> int:
+        """Deliver what is due now; returns how many items were handled."""
+        items = await self._ledger.take_due(limit=self._batch, lease_seconds=self._lease_seconds)
+        for item in items:
+            try:
+                outcome = await deliver_due(item, ports=self._ports, policy=self._policy)
+            except Exception:
+                # The lease runs out and the item is taken again.
+                log.exception("deferred delivery failed", event_id=item.notification.event_id)
+                continue
+            log.info(
+                "deferred item handled",
+                event_id=item.notification.event_id,
+                channel=item.notification.channel.value,
+                kind=item.kind.value,
+                status=outcome.status.value,
+                reason=outcome.reason,
+            )
+        return len(items)
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                handled = await self.run_once()
+                await self._prune()
+            except LedgerUnavailableError as error:
+                log.warning("ledger unavailable; deferred delivery waits", error=str(error))
+                handled = 0
+            except Exception:
+                log.exception("deferred delivery round failed")
+                handled = 0
+            if handled < self._batch:  # more may be due right away otherwise
+                await asyncio.sleep(self._poll_seconds)
+
+    async def _prune(self) -> None:
+        if self._retention is None or time.monotonic() - self._pruned_at < PRUNE_EVERY_SECONDS:
+            return
+        self._pruned_at = time.monotonic()
+        removed = await self._ledger.prune(older_than=self._retention)
+        if removed:
+            log.info("old ledger rows removed", rows=removed)
