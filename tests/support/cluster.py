@@ -83,11 +83,31 @@ def render_resources(
                 "scopes" in document
                 and app_id not in document["scopes"]
                 and source.parent == COMPONENTS
+                and _joins_resiliency(document, app_id)
             ):
                 document["scopes"].append(app_id)
         (target / source.name).write_text(yaml.safe_dump_all(documents, sort_keys=False))
     for i, document in enumerate(extra):
         (target / f"extra-{i}.yaml").write_text(yaml.safe_dump(document, sort_keys=False))
+
+
+# An app no Resiliency names (a test-only app) joins this one, the policy of the ordinary
+# apps: daprd keeps one policy per component, and with two the last loaded would win.
+SHARED_RESILIENCY = "taskevents-resiliency"
+
+
+def _joins_resiliency(document: dict[str, Any], app_id: str) -> bool:
+    """Whether a scoped document may take in `app_id`: any component, but of the Resiliency
+    resources only the shared one, and only for an app that has none of its own."""
+    if document.get("kind") != "Resiliency":
+        return True
+    if document["metadata"]["name"] != SHARED_RESILIENCY:
+        return False
+    for source in COMPONENTS.glob("*.yaml"):
+        for other in yaml.safe_load_all(source.read_text()):
+            if other and other.get("kind") == "Resiliency" and app_id in other.get("scopes", ()):
+                return False
+    return True
 
 
 def service_spec(
@@ -124,6 +144,9 @@ def service_spec(
             "NOTIFY_SMTP_HOST": stack.smtp_host,
             "NOTIFY_SMTP_PORT": str(stack.smtp_port),
             "RECURRING_POLL_SECONDS": "0.5",
+            # The e2e demo is a synthetic burst (~30 mails per user in 6 s) that expects one
+            # mail per event; the default (10 per 10 min) is for people.
+            "NOTIFY_RATE_LIMIT_COUNT": "100",
             **(env or {}),
         },
         log_level="info",

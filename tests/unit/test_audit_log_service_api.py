@@ -4,22 +4,32 @@ filters turn into, and the subscription routes passing daprd's metadata to the h
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
 import pytest
 from fastapi import FastAPI
 
-from audit_log_service.adapters.postgres import events_query
+from audit_log_service.adapters.postgres import dead_letters_query, events_query
 from audit_log_service.api.dead_letters import dead_letters_router
-from audit_log_service.api.events import EventQuery, events_router
+from audit_log_service.api.events import (
+    EventQuery,
+    InvalidCursorError,
+    decode_cursor,
+    encode_cursor,
+    events_router,
+)
 from audit_log_service.api.subscriptions import add_subscription_routes
 from audit_log_service.ports import (
     DeadLetter,
+    DeadLetterFilter,
     Delivery,
     EventFilter,
+    EventKey,
+    EventStats,
     StoredDeadLetter,
     StoredEvent,
 )
@@ -34,10 +44,17 @@ class FakeAudit:
     events: list[tuple[TaskEvent, Delivery]] = field(default_factory=list)
     dead_letters: list[DeadLetter] = field(default_factory=list)
     queries: list[Any] = field(default_factory=list)
+    batches: list[list[tuple[TaskEvent, Delivery]]] = field(default_factory=list)
+    letters: dict[int, StoredDeadLetter] = field(default_factory=dict)
+    republished: list[TaskEvent] = field(default_factory=list)
 
     async def record_event(self, event: TaskEvent, delivery: Delivery) -> bool:
         self.events.append((event, delivery))
         return True
+
+    async def record_events(self, batch: Sequence[tuple[TaskEvent, Delivery]]) -> set[str]:
+        self.batches.append(list(batch))
+        return {event.event_id for event, _ in batch}
 
     async def record_dead_letter(self, letter: DeadLetter) -> int:
         self.dead_letters.append(letter)
@@ -51,9 +68,56 @@ class FakeAudit:
         self.queries.append((task_id, limit))
         return [stored_event("e-1", task_id=task_id)]
 
-    async def list_dead_letters(self, limit: int) -> list[StoredDeadLetter]:
-        self.queries.append(limit)
-        return []
+    async def event_stats(self, since: datetime, until: datetime) -> EventStats:
+        self.queries.append((since, until))
+        return EventStats(since=since, until=until, total=0, by_type={}, by_hour=[])
+
+    async def list_dead_letters(self, where: DeadLetterFilter) -> list[StoredDeadLetter]:
+        self.queries.append(where)
+        return sorted(self.letters.values(), key=lambda d: -d.id)[: where.limit]
+
+    async def get_dead_letter(self, letter_id: int) -> StoredDeadLetter | None:
+        return self.letters.get(letter_id)
+
+    async def mark_replayed(self, letter_id: int, operator: str) -> StoredDeadLetter | None:
+        return self._update(letter_id, status="replayed", replayed_by=operator, replay_count=1)
+
+    async def mark_discarded(self, letter_id: int, operator: str) -> StoredDeadLetter | None:
+        return self._update(letter_id, status="discarded", discarded_by=operator)
+
+    def _update(self, letter_id: int, **changes: Any) -> StoredDeadLetter | None:
+        if letter_id not in self.letters:
+            return None
+        self.letters[letter_id] = self.letters[letter_id].model_copy(update=changes)
+        return self.letters[letter_id]
+
+    async def republish(self, event: TaskEvent) -> None:
+        self.republished.append(event)
+
+
+def stored_dead_letter(letter_id: int, raw: str) -> StoredDeadLetter:
+    return StoredDeadLetter(
+        id=letter_id,
+        message_id=f"m-{letter_id}",
+        topic="task-events-dlq",
+        original_topic="task-events",
+        event_id=None,
+        type=None,
+        task_id=None,
+        user_id=None,
+        reason=None,
+        first_seen=NOW,
+        last_seen=NOW,
+        seen_count=1,
+        status="new",
+        replay_count=0,
+        replayed_at=None,
+        replayed_by=None,
+        discarded_at=None,
+        discarded_by=None,
+        metadata={},
+        raw=raw,
+    )
 
 
 def stored_event(event_id: str, task_id: str = "task-1") -> StoredEvent:
@@ -83,7 +147,7 @@ def client(audit: FakeAudit) -> httpx.AsyncClient:
     app = FastAPI()
     add_subscription_routes(app, audit_log=audit, settings=Settings())
     app.include_router(events_router(audit))
-    app.include_router(dead_letters_router(audit))
+    app.include_router(dead_letters_router(audit, audit))
     return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://audit")
 
 
@@ -92,6 +156,51 @@ def client(audit: FakeAudit) -> httpx.AsyncClient:
 
 def test_the_event_query_defaults_to_the_newest_hundred() -> None:
     assert EventQuery().to_filter() == EventFilter(limit=100)
+
+
+def test_a_cursor_carries_the_last_row_and_nothing_else_is_accepted() -> None:
+    key = EventKey(datetime(2026, 11, 22, 10, 15, 0, 123456, tzinfo=UTC), "e-1")
+
+    assert decode_cursor(encode_cursor(key)) == key
+    with pytest.raises(InvalidCursorError):
+        decode_cursor("bm90IGpzb24")  # "not json"
+
+
+async def test_pages_end_with_a_cursor_while_more_rows_follow(
+    client: httpx.AsyncClient, audit: FakeAudit
+) -> None:
+    response = await client.get("/audit/events", params={"limit": 1})
+
+    # The fake always has one row; asking for two (limit + 1) finds no second one.
+    assert response.json()["next_cursor"] is None
+    assert audit.queries == [EventFilter(limit=2)]
+
+
+@pytest.mark.parametrize(
+    ("params", "field"),
+    [
+        ({"cursor": "garbage"}, "cursor"),
+        ({"since": "2026-11-22T10:00:00"}, "since"),  # no time zone
+        ({"since": "2026-11-22T10:00:00Z", "until": "2026-11-22T09:00:00Z"}, "since must"),
+    ],
+)
+async def test_bad_ranges_and_cursors_get_422(
+    client: httpx.AsyncClient, params: dict[str, Any], field: str
+) -> None:
+    response = await client.get("/audit/events", params=params)
+
+    assert response.status_code == 422
+    assert field in response.text
+
+
+async def test_stats_default_to_a_day_and_refuse_more_than_a_month(
+    client: httpx.AsyncClient, audit: FakeAudit
+) -> None:
+    assert (await client.get("/audit/stats")).status_code == 200
+    [(since, until)] = audit.queries
+    assert until - since == timedelta(hours=24)
+    too_long = {"since": "2026-01-01T00:00:00Z", "until": "2026-03-01T00:00:00Z"}
+    assert (await client.get("/audit/stats", params=too_long)).status_code == 422
 
 
 @pytest.mark.parametrize(
@@ -118,7 +227,8 @@ async def test_the_events_route_passes_the_filters_on(
 
     assert response.status_code == 200
     assert [item["event_id"] for item in response.json()["items"]] == ["e-1"]
-    assert audit.queries == [EventFilter(task_id="t-1", type="task.created", limit=5)]
+    # One row more than asked for tells whether another page follows.
+    assert audit.queries == [EventFilter(task_id="t-1", type="task.created", limit=6)]
 
 
 async def test_the_events_route_answers_422_with_the_reason(client: httpx.AsyncClient) -> None:
@@ -148,8 +258,53 @@ async def test_an_item_has_the_documented_fields(client: httpx.AsyncClient) -> N
 
 async def test_dead_letters_are_limited_too(client: httpx.AsyncClient, audit: FakeAudit) -> None:
     assert (await client.get("/audit/dead-letters", params={"limit": 501})).status_code == 422
-    assert (await client.get("/audit/dead-letters")).json() == {"items": []}
-    assert audit.queries == [100]
+    assert (await client.get("/audit/dead-letters")).json() == {"items": [], "next_cursor": None}
+    assert audit.queries == [DeadLetterFilter(limit=101)]
+
+
+async def test_a_replay_publishes_the_event_again_and_records_who(
+    client: httpx.AsyncClient, audit: FakeAudit
+) -> None:
+    audit.letters[3] = stored_dead_letter(3, cloud_event(EVENT))
+
+    response = await client.post("/audit/dead-letters/3/replay", headers={"X-Operator": "ada"})
+
+    assert response.status_code == 200
+    assert (response.json()["status"], response.json()["replayed_by"]) == ("replayed", "ada")
+    [event] = audit.republished
+    assert (event.event_id, event.task_id) == ("e-1", "t-1")
+
+
+async def test_what_cannot_be_replayed_gets_409_and_missing_letters_404(
+    client: httpx.AsyncClient, audit: FakeAudit
+) -> None:
+    audit.letters[4] = stored_dead_letter(4, "{oops")
+    audit.letters[5] = stored_dead_letter(5, cloud_event(EVENT))
+    await client.delete("/audit/dead-letters/5")
+
+    not_an_event = await client.post("/audit/dead-letters/4/replay")
+    discarded = await client.post("/audit/dead-letters/5/replay")
+    missing = await client.post("/audit/dead-letters/6/replay")
+
+    assert (not_an_event.status_code, discarded.status_code, missing.status_code) == (
+        409, 409, 404,
+    )  # fmt: skip
+    assert "no valid task event" in not_an_event.json()["detail"]
+    assert audit.letters[5].discarded_by == "unknown"
+    assert audit.republished == []
+
+
+async def test_a_bulk_replay_reports_each_letter(
+    client: httpx.AsyncClient, audit: FakeAudit
+) -> None:
+    audit.letters[1] = stored_dead_letter(1, cloud_event(EVENT))
+    audit.letters[2] = stored_dead_letter(2, "{oops")
+
+    response = await client.post("/audit/dead-letters/replay", json={"original_topic": "x"})
+
+    assert response.json()["replayed"] == [1]
+    assert [f["id"] for f in response.json()["failed"]] == [2]
+    assert audit.queries[-1] == DeadLetterFilter(status="new", original_topic="x", limit=500)
 
 
 # --- SQL ---------------------------------------------------------------------------------
@@ -161,6 +316,23 @@ def test_no_filter_selects_the_newest_rows() -> None:
     assert "WHERE" not in sql
     assert sql.endswith("ORDER BY occurred_at DESC, event_id DESC LIMIT $1")
     assert args == [7]
+
+
+def test_time_range_and_cursor_become_a_keyset_condition() -> None:
+    after = EventKey(NOW, "e-9")
+
+    sql, args = events_query(EventFilter(user_id="u", since=NOW, after=after, limit=5))
+
+    assert "user_id = $1 AND occurred_at >= $2 AND (occurred_at, event_id) < ($3, $4)" in sql
+    assert args == ["u", NOW, NOW, "e-9", 5]
+
+
+def test_dead_letter_filters_are_parameters_too() -> None:
+    sql, args = dead_letters_query(DeadLetterFilter(status="new", before_id=40, limit=9))
+
+    assert "WHERE status = $1 AND id < $2" in sql
+    assert sql.endswith("ORDER BY id DESC LIMIT $3")
+    assert args == ["new", 40, 9]
 
 
 def test_filters_become_numbered_parameters_never_text() -> None:
@@ -209,6 +381,54 @@ async def test_a_delivered_event_is_recorded_with_its_kafka_position(
     [(event, delivery)] = audit.events
     assert event.event_id == "e-1"
     assert delivery == Delivery(source="cli", kafka_partition=4, kafka_offset=99)
+
+
+def bulk(*events: Any) -> dict[str, Any]:
+    return {
+        "id": "b-1",
+        "type": "com.dapr.event.sent.bulk",
+        "topic": "task-events",
+        "pubsubname": "kafka-pubsub",
+        "metadata": {},
+        "entries": [
+            {
+                "entryId": f"entry-{n}",
+                "event": event,
+                "contentType": "application/cloudevents+json",
+                "metadata": {"__partition": "2", "__offset": str(10 + n)},
+            }
+            for n, event in enumerate(events)
+        ],
+    }
+
+
+async def test_a_bulk_delivery_gets_one_status_per_entry(
+    client: httpx.AsyncClient, audit: FakeAudit
+) -> None:
+    good = json.loads(cloud_event(EVENT))
+    other = json.loads(cloud_event({**EVENT, "event_id": "e-2"}))
+    invalid = json.loads(cloud_event({"type": "task.created"}))
+
+    response = await client.post(
+        "/events/task-events/bulk", json=bulk(good, invalid, "not a cloud event", other)
+    )
+
+    assert response.json() == {
+        "statuses": [
+            {"entryId": "entry-0", "status": "SUCCESS"},
+            {"entryId": "entry-1", "status": "DROP"},
+            {"entryId": "entry-2", "status": "DROP"},
+            {"entryId": "entry-3", "status": "SUCCESS"},
+        ]
+    }
+    [batch] = audit.batches  # the valid entries together, in one call
+    assert [(e.event_id, d.kafka_offset) for e, d in batch] == [("e-1", 10), ("e-2", 13)]
+
+
+async def test_a_bulk_delivery_that_is_not_one_is_refused(client: httpx.AsyncClient) -> None:
+    response = await client.post("/events/task-events/bulk", json={"id": "x"})
+
+    assert response.status_code == 400
 
 
 async def test_an_invalid_task_event_is_dropped_not_stored(

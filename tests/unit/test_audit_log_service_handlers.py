@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+import base64
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -9,9 +11,12 @@ import pytest
 from audit_log_service.handlers import (
     dead_letter_of_body,
     dead_letter_of_event,
+    dead_letter_of_message,
     delivery_of,
+    raw_payload_of,
     record_dead_letter,
     record_event,
+    record_events,
 )
 from audit_log_service.ports import (
     DeadLetter,
@@ -34,12 +39,21 @@ class FakeAuditLog:
     events: dict[str, tuple[TaskEvent, Delivery]] = field(default_factory=dict)
     dead_letters: dict[str, DeadLetter] = field(default_factory=dict)
     seen_counts: dict[str, int] = field(default_factory=dict)
+    round_trips: int = 0
 
     async def record_event(self, event: TaskEvent, delivery: Delivery) -> bool:
         if event.event_id in self.events:
             return False
         self.events[event.event_id] = (event, delivery)
         return True
+
+    async def record_events(self, batch: Sequence[tuple[TaskEvent, Delivery]]) -> set[str]:
+        if any("\x00" in event.task_id for event, _ in batch):
+            raise UnstorableError("CharacterNotInRepertoireError: invalid byte 0x00")
+        self.round_trips += 1
+        return {
+            event.event_id for event, delivery in batch if await self.record_event(event, delivery)
+        }
 
     async def record_dead_letter(self, letter: DeadLetter) -> int:
         self.dead_letters.setdefault(letter.message_id, letter)
@@ -51,12 +65,18 @@ class UnavailableAuditLog:
     async def record_event(self, event: TaskEvent, delivery: Delivery) -> bool:
         raise StorageUnavailableError("ConnectionRefusedError: connect call failed")
 
+    async def record_events(self, batch: Sequence[tuple[TaskEvent, Delivery]]) -> set[str]:
+        raise StorageUnavailableError("ConnectionRefusedError: connect call failed")
+
     async def record_dead_letter(self, letter: DeadLetter) -> int:
         raise StorageUnavailableError("no database connection within 5.0 s")
 
 
 class RefusingAuditLog:
     async def record_event(self, event: TaskEvent, delivery: Delivery) -> bool:
+        raise UnstorableError("UntranslatableCharacterError: \\u0000 cannot be converted")
+
+    async def record_events(self, batch: Sequence[tuple[TaskEvent, Delivery]]) -> set[str]:
         raise UnstorableError("UntranslatableCharacterError: \\u0000 cannot be converted")
 
     async def record_dead_letter(self, letter: DeadLetter) -> int:
@@ -90,6 +110,58 @@ def envelope_of(data: Any, **fields: Any) -> CloudEvent:
 
 
 # --- task events -------------------------------------------------------------------------
+
+
+async def test_a_batch_is_one_round_trip_with_a_status_per_event() -> None:
+    log = FakeAuditLog()
+    first, second = an_event(), an_event()
+    await record_event(first, delivery=Delivery(), log=log)
+
+    outcomes = await record_events(
+        [(first, Delivery()), (second, Delivery()), (second, Delivery())], log=log
+    )
+
+    assert [o.status for o in outcomes] == [DaprStatus.SUCCESS] * 3
+    assert [o.reason for o in outcomes] == ["already recorded", None, "already recorded"]
+    assert log.round_trips == 1
+    assert sorted(log.events) == sorted([first.event_id, second.event_id])
+
+
+async def test_a_batch_meeting_an_unavailable_database_is_retried_whole() -> None:
+    outcomes = await record_events([(an_event(), Delivery())] * 3, log=UnavailableAuditLog())
+
+    assert [o.status for o in outcomes] == [DaprStatus.RETRY] * 3
+
+
+async def test_a_batch_the_database_refuses_drops_only_the_bad_event() -> None:
+    log = FakeAuditLog()
+    good, bad = an_event(), an_event(task_id="task-\x00")
+
+    outcomes = await record_events([(good, Delivery()), (bad, Delivery())], log=log)
+
+    assert [o.status for o in outcomes] == [DaprStatus.SUCCESS, DaprStatus.SUCCESS]
+    # The fake refuses NUL only in batches; one by one both are stored: what matters is
+    # that the batch was split rather than dropped whole.
+    assert sorted(log.events) == sorted([good.event_id, bad.event_id])
+
+
+def test_a_raw_dead_letter_is_unwrapped_and_keeps_its_own_id() -> None:
+    message = json.dumps({"id": "ce-9", "topic": "task-events", "data": {"event_id": "e"}})
+    wrapper = {
+        "id": "random-per-delivery",
+        "datacontenttype": "application/octet-stream",
+        "data_base64": base64.b64encode(message.encode()).decode(),
+    }
+
+    unwrapped = raw_payload_of(json.dumps(wrapper).encode())
+    letter = dead_letter_of_message(unwrapped, topic=DLQ, metadata={})
+
+    assert unwrapped == message.encode()
+    assert (letter.message_id, letter.raw, letter.event_id) == ("ce-9", message, "e")
+    assert letter.reason is not None  # no task_id: not a valid event
+    not_json = dead_letter_of_message(b"not json", topic=DLQ, metadata={"__topic": "task-events"})
+    assert not_json.raw == "not json"
+    assert not_json.original_topic == "task-events"
 
 
 async def test_an_event_is_recorded_with_where_it_came_from() -> None:

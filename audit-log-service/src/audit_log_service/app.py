@@ -13,6 +13,7 @@ from audit_log_service.adapters.migrations import (
     migrate_when_reachable,
 )
 from audit_log_service.adapters.postgres import PostgresAuditLog, SchemaStatus
+from audit_log_service.adapters.republisher import DaprRepublisher
 from audit_log_service.api.dead_letters import dead_letters_router
 from audit_log_service.api.events import events_router
 from audit_log_service.api.subscriptions import add_subscription_routes
@@ -34,22 +35,35 @@ def create_app(settings: Settings) -> FastAPI:
         connect_timeout_seconds=settings.db_connect_timeout_seconds,
         acquire_timeout_seconds=settings.db_acquire_timeout_seconds,
         command_timeout_seconds=settings.db_command_timeout_seconds,
+        partitions_ahead_months=settings.partitions_ahead_months,
+    )
+    republisher = DaprRepublisher(
+        pubsub_name=settings.pubsub_name,
+        topic=settings.topic,
+        http_port=settings.dapr_http_port,
+        grpc_port=settings.dapr_grpc_port,
     )
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await audit_log.open()
         migrator: asyncio.Task[None] | None = None
+        maintainer: asyncio.Task[None] | None = None
         try:
             if not schema.migrated:
                 migrator = await _migrate_or_keep_trying(settings, schema)
+            maintainer = asyncio.create_task(
+                _maintain_partitions(audit_log, settings), name="audit-log-partitions"
+            )
             logger.info("audit log started", database=settings.database_location)
             yield
         finally:
-            if migrator is not None:
-                migrator.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await migrator
+            for task in (maintainer, migrator):
+                if task is not None:
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
+            await republisher.close()
             await audit_log.close()
 
     app = FastAPI(
@@ -69,7 +83,7 @@ def create_app(settings: Settings) -> FastAPI:
     )
     add_subscription_routes(app, audit_log=audit_log, settings=settings)
     app.include_router(events_router(audit_log))
-    app.include_router(dead_letters_router(audit_log))
+    app.include_router(dead_letters_router(audit_log, republisher))
     app.add_exception_handler(StorageUnavailableError, _database_unavailable)
     return app
 
@@ -105,6 +119,33 @@ async def _migrate_or_keep_trying(
         ),
         name="audit-log-migrations",
     )
+
+
+MAINTENANCE_RETRY_SECONDS = 30.0
+
+
+async def _maintain_partitions(audit_log: PostgresAuditLog, settings: Settings) -> None:
+    """Now and then: the coming months' partitions, and the retention. A failure (database
+    away, schema not migrated yet) is tried again soon; the insert path creates a missing
+    partition itself too, so nothing depends on this running on time."""
+    while True:
+        try:
+            dropped = await audit_log.maintain_partitions(settings.retention_months)
+        except StorageUnavailableError as error:
+            logger.info("partition maintenance postponed", error=str(error))
+            await asyncio.sleep(MAINTENANCE_RETRY_SECONDS)
+            continue
+        except Exception:
+            logger.exception("partition maintenance failed")
+            await asyncio.sleep(MAINTENANCE_RETRY_SECONDS)
+            continue
+        if dropped:
+            logger.info(
+                "retention: dropped old partitions",
+                partitions=dropped,
+                retention_months=settings.retention_months,
+            )
+        await asyncio.sleep(settings.maintenance_interval_seconds)
 
 
 async def _database_unavailable(request: Request, error: Exception) -> JSONResponse:

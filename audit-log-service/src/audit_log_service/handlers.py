@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
+import dataclasses
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from audit_log_service.ports import (
     AuditLog,
     DeadLetter,
+    DeadLetterDesk,
     Delivery,
+    EventRepublisher,
     StorageUnavailableError,
+    StoredDeadLetter,
     UnstorableError,
 )
-from taskevents.cloudevents import CloudEvent
+from taskevents.cloudevents import CloudEvent, parse_cloud_event
 from taskevents.events import InvalidEventError, TaskEvent
 from taskevents.logging import get_logger
 from taskevents.status import Outcome
@@ -39,6 +45,77 @@ async def record_event(event: TaskEvent, *, delivery: Delivery, log: AuditLog) -
     except UnstorableError as error:
         return Outcome.drop(f"the database refuses this event: {error}")
     return Outcome.success() if is_new else Outcome.success("already recorded")
+
+
+async def record_events(
+    batch: Sequence[tuple[TaskEvent, Delivery]], *, log: AuditLog
+) -> list[Outcome]:
+    """One outcome per event, in order. The batch is written in one round trip; SUCCESS only
+    once it committed, RETRY for all when the database is away. Should the database refuse
+    the batch for good (one bad value fails the whole statement), each event is written on
+    its own so that only the bad ones are dropped."""
+    if not batch:
+        return []
+    try:
+        new_ids = await log.record_events(batch)
+    except StorageUnavailableError as error:
+        return [Outcome.retry(f"audit log unavailable: {error}")] * len(batch)
+    except UnstorableError as error:
+        logger.warning("the database refuses a batch; writing it event by event", error=str(error))
+        return [await record_event(event, delivery=delivery, log=log) for event, delivery in batch]
+    seen: set[str] = set()
+    outcomes = []
+    for event, _ in batch:
+        is_new = event.event_id in new_ids and event.event_id not in seen
+        seen.add(event.event_id)
+        outcomes.append(Outcome.success() if is_new else Outcome.success("already recorded"))
+    return outcomes
+
+
+class ReplayRefusedError(Exception):
+    """This dead letter cannot be replayed; the message says why."""
+
+
+async def replay_dead_letter(
+    letter_id: int, *, operator: str, desk: DeadLetterDesk, publisher: EventRepublisher
+) -> StoredDeadLetter | None:
+    """Publish the dead letter's event to task-events again, with its own event id and task
+    id as the key, then mark it replayed. None when there is no such letter."""
+    letter = await desk.get_dead_letter(letter_id)
+    if letter is None:
+        return None
+    if letter.status == "discarded":
+        raise ReplayRefusedError(f"dead letter {letter_id} was discarded")
+    event = event_of_dead_letter(letter)
+    await publisher.republish(event)
+    logger.info(
+        "dead letter replayed",
+        dead_letter_id=letter_id,
+        event_id=event.event_id,
+        task_id=event.task_id,
+        operator=operator,
+    )
+    return await desk.mark_replayed(letter_id, operator)
+
+
+async def discard_dead_letter(
+    letter_id: int, *, operator: str, desk: DeadLetterDesk
+) -> StoredDeadLetter | None:
+    letter = await desk.mark_discarded(letter_id, operator)
+    if letter is not None:
+        logger.info("dead letter discarded", dead_letter_id=letter_id, operator=operator)
+    return letter
+
+
+def event_of_dead_letter(letter: StoredDeadLetter) -> TaskEvent:
+    """The task event inside a stored dead letter (its `raw` is the whole CloudEvent)."""
+    try:
+        return parse_cloud_event(letter.raw).task_event()
+    except InvalidEventError as error:
+        raise ReplayRefusedError(
+            f"dead letter {letter.id} holds no valid task event, so there is nothing to "
+            f"replay: {error}"
+        ) from None
 
 
 async def record_dead_letter(letter: DeadLetter, *, log: AuditLog) -> Outcome:
@@ -94,6 +171,37 @@ def dead_letter_of_event(
         task_id=_clean_id(event.task_id),
         user_id=_clean_id(event.user_id),
     )
+
+
+def raw_payload_of(body: bytes) -> bytes:
+    """The message itself out of what daprd posts for a `rawPayload` subscription: the
+    bytes as they are on the topic, base64-encoded in an envelope of daprd's own (whose id
+    is new on every delivery, so it is no use as a key)."""
+    try:
+        wrapper = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return body
+    if isinstance(wrapper, Mapping) and isinstance(wrapper.get("data_base64"), str):
+        try:
+            return base64.b64decode(wrapper["data_base64"], validate=True)
+        except (binascii.Error, ValueError):
+            return body
+    return body
+
+
+def dead_letter_of_message(
+    message: bytes, *, topic: str, metadata: Mapping[str, str]
+) -> DeadLetter:
+    """A dead letter from the bytes that reached the dead-letter topic: whatever they are,
+    the letter keeps them whole, with the event's ids when they can be read."""
+    envelope: CloudEvent | None = None
+    try:
+        envelope = parse_cloud_event(message)
+        event = envelope.task_event()
+    except InvalidEventError as error:
+        return dead_letter_of_body(message, envelope, str(error), topic=topic, metadata=metadata)
+    letter = dead_letter_of_event(event, envelope, topic=topic, metadata=metadata)
+    return dataclasses.replace(letter, raw=_clean(message.decode("utf-8", errors="replace")))
 
 
 def dead_letter_of_body(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal, Protocol
@@ -49,6 +49,11 @@ class AuditLog(Protocol):
         """Store the event unless its event_id is already there; True when it was new."""
         ...
 
+    async def record_events(self, batch: Sequence[tuple[TaskEvent, Delivery]]) -> set[str]:
+        """Store a batch in one round trip and one transaction, skipping the event ids
+        already stored (or repeated in the batch); returns the ids that were new."""
+        ...
+
     async def record_dead_letter(self, letter: DeadLetter) -> int:
         """Store the dead letter, or count one more sighting of it; returns the count."""
         ...
@@ -90,8 +95,21 @@ class StoredDeadLetter(BaseModel):
     last_seen: datetime
     seen_count: int
     status: DeadLetterStatus
+    replay_count: int
+    replayed_at: datetime | None
+    replayed_by: str | None
+    discarded_at: datetime | None
+    discarded_by: str | None
     metadata: dict[str, str]
     raw: str
+
+
+@dataclass(frozen=True, slots=True)
+class EventKey:
+    """A row's place in the order of GET /audit/events: the keyset a cursor carries."""
+
+    occurred_at: datetime
+    event_id: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,18 +117,69 @@ class EventFilter:
     task_id: str | None = None
     user_id: str | None = None
     type: str | None = None
+    since: datetime | None = None  # the event's timestamp, inclusive
+    until: datetime | None = None  # exclusive
+    after: EventKey | None = None  # the last row of the previous page
     limit: int = 100
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetterFilter:
+    status: DeadLetterStatus | None = None
+    original_topic: str | None = None
+    type: str | None = None
+    since: datetime | None = None  # first seen, inclusive
+    until: datetime | None = None  # exclusive
+    before_id: int | None = None  # the last id of the previous page
+    limit: int = 100
+
+
+class HourCount(BaseModel):
+    hour: datetime
+    count: int
+
+
+class EventStats(BaseModel):
+    since: datetime
+    until: datetime
+    total: int
+    by_type: dict[str, int]
+    by_hour: list[HourCount]
 
 
 class AuditReader(Protocol):
     async def list_events(self, where: EventFilter) -> list[StoredEvent]:
-        """Newest first."""
+        """Newest first, at most `where.limit` rows after `where.after`."""
         ...
 
     async def task_history(self, task_id: str, limit: int) -> list[StoredEvent]:
         """Oldest first."""
         ...
 
-    async def list_dead_letters(self, limit: int) -> list[StoredDeadLetter]:
-        """Newest first."""
+    async def event_stats(self, since: datetime, until: datetime) -> EventStats:
+        """Counts of the events whose timestamp is in [since, until)."""
+        ...
+
+
+class DeadLetterDesk(Protocol):
+    """The dead letters as operators see them."""
+
+    async def list_dead_letters(self, where: DeadLetterFilter) -> list[StoredDeadLetter]:
+        """Newest first (by id)."""
+        ...
+
+    async def get_dead_letter(self, letter_id: int) -> StoredDeadLetter | None: ...
+
+    async def mark_replayed(self, letter_id: int, operator: str) -> StoredDeadLetter | None:
+        """Count one more replay by `operator`; None when there is no such letter."""
+        ...
+
+    async def mark_discarded(self, letter_id: int, operator: str) -> StoredDeadLetter | None:
+        """Discard it, recording who and when; None when there is no such letter."""
+        ...
+
+
+class EventRepublisher(Protocol):
+    async def republish(self, event: TaskEvent) -> None:
+        """Publish the event to task-events again (same event id, same partition key)."""
         ...

@@ -28,6 +28,18 @@ class Settings(ServiceSettings):
     )
     db_command_timeout_seconds: float = Field(default=10.0, gt=0)
     ready_timeout_seconds: float = Field(default=2.0, gt=0)
+    retention_months: int | None = Field(
+        default=None,
+        ge=1,
+        description="Drop the monthly partitions older than this many months (besides the "
+        "current one); default: keep everything.",
+    )
+    partitions_ahead_months: int = Field(
+        default=3, ge=1, le=24, description="Months of partitions created ahead of need."
+    )
+    maintenance_interval_seconds: float = Field(
+        default=3600.0, gt=0, description="How often partitions and retention are seen to."
+    )
     migrate_on_start: bool = True
     migrations_dir: Path | None = Field(
         default=None, description="Default: the migrations/ folder shipped with the service."

@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import asyncpg
 
 from audit_log_service.ports import (
     DeadLetter,
+    DeadLetterFilter,
     Delivery,
     EventFilter,
+    EventStats,
+    HourCount,
     StorageUnavailableError,
     StoredDeadLetter,
     StoredEvent,
@@ -46,14 +50,35 @@ EVENT_COLUMNS = (
 EVENT_FILTER_COLUMNS = ("task_id", "user_id", "type")
 DEAD_LETTER_COLUMNS = (
     "id, message_id, topic, original_topic, event_id, type, task_id, user_id, reason, "
-    "first_seen, last_seen, seen_count, status, metadata, raw"
+    "first_seen, last_seen, seen_count, status, replay_count, replayed_at, replayed_by, "
+    "discarded_at, discarded_by, metadata, raw"
 )
+DEAD_LETTER_FILTER_COLUMNS = ("status", "original_topic", "type")
 
-INSERT_EVENT = """
+# A whole batch in one statement: the ids are claimed in audit_event_ids (see migration
+# 0003) and only the rows whose id was claimed here are written, in the same transaction.
+# DISTINCT ON drops an id repeated inside the batch (a redelivery in the same batch).
+INSERT_EVENTS = """
+WITH batch AS (
+    SELECT DISTINCT ON (event_id) *
+      FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[],
+                  $6::text[], $7::text[], $8::text[], $9::integer[], $10::bigint[],
+                  $11::integer[])
+           AS b(event_id, type, task_id, user_id, occurred_at, payload, source, trace_id,
+                kafka_partition, kafka_offset, schema_version)
+     ORDER BY event_id
+), claimed AS (
+    INSERT INTO audit_event_ids (event_id)
+    SELECT event_id FROM batch
+    ON CONFLICT (event_id) DO NOTHING
+    RETURNING event_id
+)
 INSERT INTO audit_events (event_id, type, task_id, user_id, occurred_at, payload, source,
                           trace_id, kafka_partition, kafka_offset, schema_version)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
-ON CONFLICT (event_id) DO NOTHING
+SELECT b.event_id, b.type, b.task_id, b.user_id, b.occurred_at, b.payload::jsonb, b.source,
+       b.trace_id, b.kafka_partition, b.kafka_offset, b.schema_version
+  FROM batch b JOIN claimed USING (event_id)
+RETURNING event_id
 """
 UPSERT_DEAD_LETTER = """
 INSERT INTO dead_letters (message_id, topic, original_topic, raw, metadata, event_id, type,
@@ -66,6 +91,32 @@ ON CONFLICT (message_id) DO UPDATE
        reason = COALESCE(EXCLUDED.reason, dead_letters.reason)
 RETURNING seen_count
 """
+MARK_REPLAYED = f"""
+UPDATE dead_letters
+   SET status = 'replayed', replay_count = replay_count + 1, replayed_at = now(),
+       replayed_by = $2
+ WHERE id = $1
+RETURNING {DEAD_LETTER_COLUMNS}
+"""  # noqa: S608 (fixed names)
+MARK_DISCARDED = f"""
+UPDATE dead_letters
+   SET status = 'discarded', discarded_at = now(), discarded_by = $2
+ WHERE id = $1
+RETURNING {DEAD_LETTER_COLUMNS}
+"""  # noqa: S608 (fixed names)
+EVENT_STATS = """
+SELECT type, date_trunc('hour', occurred_at, 'UTC') AS hour, count(*) AS count
+  FROM audit_events
+ WHERE occurred_at >= $1 AND occurred_at < $2
+ GROUP BY type, hour
+"""
+# Partitions: how many months ahead exist, and how long rows are kept.
+ENSURE_PARTITIONS = "SELECT audit_events_ensure_partitions(now(), $1)"
+DROP_PARTITIONS = "SELECT audit_events_drop_partitions_before($1) AS dropped"
+# One replica at a time maintains the partitions ("audit_pt" in ASCII).
+MAINTENANCE_LOCK_KEY = 0x61756469745F7074
+# A row whose month has no partition yet: Postgres says "no partition of relation … found".
+NO_PARTITION = "no partition of relation"
 
 
 def describe_db_error(error: BaseException) -> str:
@@ -106,7 +157,9 @@ async def _init_connection(connection: Any) -> None:
 
 
 def events_query(where: EventFilter) -> tuple[str, list[object]]:
-    """SELECT for GET /audit/events: the filters that are set, newest first."""
+    """SELECT for GET /audit/events: the filters that are set, newest first, keyset-paged
+    on (occurred_at, event_id) — a total order of values that never change, so a row is
+    on exactly one page however many rows are inserted meanwhile."""
     conditions: list[str] = []
     args: list[object] = []
     for column in EVENT_FILTER_COLUMNS:
@@ -114,11 +167,47 @@ def events_query(where: EventFilter) -> tuple[str, list[object]]:
         if value is not None:
             args.append(value)
             conditions.append(f"{column} = ${len(args)}")
+    if where.since is not None:
+        args.append(where.since)
+        conditions.append(f"occurred_at >= ${len(args)}")
+    if where.until is not None:
+        args.append(where.until)
+        conditions.append(f"occurred_at < ${len(args)}")
+    if where.after is not None:
+        args += [where.after.occurred_at, where.after.event_id]
+        conditions.append(f"(occurred_at, event_id) < (${len(args) - 1}, ${len(args)})")
     args.append(where.limit)
     where_clause = f" WHERE {' AND '.join(conditions)}" if conditions else ""
     sql = (
         f"SELECT {EVENT_COLUMNS} FROM audit_events{where_clause}"  # noqa: S608 (fixed names)
         f" ORDER BY occurred_at DESC, event_id DESC LIMIT ${len(args)}"
+    )
+    return sql, args
+
+
+def dead_letters_query(where: DeadLetterFilter) -> tuple[str, list[object]]:
+    """SELECT for GET /audit/dead-letters: newest first, keyset-paged on id."""
+    conditions: list[str] = []
+    args: list[object] = []
+    for column in DEAD_LETTER_FILTER_COLUMNS:
+        value = getattr(where, column)
+        if value is not None:
+            args.append(value)
+            conditions.append(f"{column} = ${len(args)}")
+    if where.since is not None:
+        args.append(where.since)
+        conditions.append(f"first_seen >= ${len(args)}")
+    if where.until is not None:
+        args.append(where.until)
+        conditions.append(f"first_seen < ${len(args)}")
+    if where.before_id is not None:
+        args.append(where.before_id)
+        conditions.append(f"id < ${len(args)}")
+    args.append(where.limit)
+    where_clause = f" WHERE {' AND '.join(conditions)}" if conditions else ""
+    sql = (
+        f"SELECT {DEAD_LETTER_COLUMNS} FROM dead_letters{where_clause}"  # noqa: S608
+        f" ORDER BY id DESC LIMIT ${len(args)}"
     )
     return sql, args
 
@@ -137,8 +226,10 @@ class PostgresAuditLog:
         connect_timeout_seconds: float,
         acquire_timeout_seconds: float,
         command_timeout_seconds: float,
+        partitions_ahead_months: int = 3,
     ) -> None:
         self._dsn = dsn
+        self._partitions_ahead_months = partitions_ahead_months
         self._schema = schema
         self._pool_max_size = pool_max_size
         self._connect_timeout_seconds = connect_timeout_seconds
@@ -186,22 +277,34 @@ class PostgresAuditLog:
                 await self._pool.release(connection)
 
     async def record_event(self, event: TaskEvent, delivery: Delivery) -> bool:
-        async with self._connection() as connection:
-            status: str = await connection.execute(
-                INSERT_EVENT,
-                event.event_id,
-                event.type,
-                event.task_id,
-                event.user_id,
-                event.timestamp,
-                event.payload,
-                delivery.source,
-                delivery.trace_id,
-                delivery.kafka_partition,
-                delivery.kafka_offset,
+        return bool(await self.record_events([(event, delivery)]))
+
+    async def record_events(self, batch: Sequence[tuple[TaskEvent, Delivery]]) -> set[str]:
+        if not batch:
+            return set()
+        columns: list[list[Any]] = [[] for _ in range(11)]
+        for event, delivery in batch:
+            values = (
+                event.event_id, event.type, event.task_id, event.user_id, event.timestamp,
+                json.dumps(event.payload, ensure_ascii=False), delivery.source,
+                delivery.trace_id, delivery.kafka_partition, delivery.kafka_offset,
                 event.schema_version,
-            )
-        return status == "INSERT 0 1"
+            )  # fmt: skip
+            for column, value in zip(columns, values, strict=True):
+                column.append(value)
+        async with self._connection() as connection:
+            try:
+                rows = await connection.fetch(INSERT_EVENTS, *columns)
+            except asyncpg.exceptions.CheckViolationError as error:
+                if NO_PARTITION not in str(error):
+                    raise
+                # The partitions ran out (maintenance lagging): add them, then let Dapr
+                # deliver the batch again.
+                await connection.fetchval(ENSURE_PARTITIONS, self._partitions_ahead_months)
+                raise StorageUnavailableError(
+                    "no partition for this month yet; created, try again"
+                ) from error
+        return {row["event_id"] for row in rows}
 
     async def record_dead_letter(self, letter: DeadLetter) -> int:
         async with self._connection() as connection:
@@ -230,20 +333,75 @@ class PostgresAuditLog:
         async with self._connection() as connection:
             rows = await connection.fetch(
                 f"SELECT {EVENT_COLUMNS} FROM audit_events WHERE task_id = $1"  # noqa: S608
-                " ORDER BY occurred_at, received_at, event_id LIMIT $2",
+                " ORDER BY occurred_at, event_id LIMIT $2",
                 task_id,
                 limit,
             )
         return [_stored_event(row) for row in rows]
 
-    async def list_dead_letters(self, limit: int) -> list[StoredDeadLetter]:
+    async def event_stats(self, since: datetime, until: datetime) -> EventStats:
         async with self._connection() as connection:
-            rows = await connection.fetch(
-                f"SELECT {DEAD_LETTER_COLUMNS} FROM dead_letters"  # noqa: S608
-                " ORDER BY id DESC LIMIT $1",
-                limit,
-            )
+            rows = await connection.fetch(EVENT_STATS, since, until)
+        by_type: dict[str, int] = {}
+        by_hour: dict[datetime, int] = {}
+        for row in rows:
+            by_type[row["type"]] = by_type.get(row["type"], 0) + row["count"]
+            by_hour[row["hour"]] = by_hour.get(row["hour"], 0) + row["count"]
+        return EventStats(
+            since=since,
+            until=until,
+            total=sum(by_type.values()),
+            by_type=dict(sorted(by_type.items())),
+            by_hour=[HourCount(hour=hour, count=n) for hour, n in sorted(by_hour.items())],
+        )
+
+    async def list_dead_letters(self, where: DeadLetterFilter) -> list[StoredDeadLetter]:
+        sql, args = dead_letters_query(where)
+        async with self._connection() as connection:
+            rows = await connection.fetch(sql, *args)
         return [StoredDeadLetter.model_validate(dict(row)) for row in rows]
+
+    async def get_dead_letter(self, letter_id: int) -> StoredDeadLetter | None:
+        async with self._connection() as connection:
+            row = await connection.fetchrow(
+                f"SELECT {DEAD_LETTER_COLUMNS} FROM dead_letters WHERE id = $1",  # noqa: S608
+                letter_id,
+            )
+        return StoredDeadLetter.model_validate(dict(row)) if row is not None else None
+
+    async def mark_replayed(self, letter_id: int, operator: str) -> StoredDeadLetter | None:
+        return await self._update_dead_letter(MARK_REPLAYED, letter_id, operator)
+
+    async def mark_discarded(self, letter_id: int, operator: str) -> StoredDeadLetter | None:
+        return await self._update_dead_letter(MARK_DISCARDED, letter_id, operator)
+
+    async def _update_dead_letter(
+        self, sql: str, letter_id: int, operator: str
+    ) -> StoredDeadLetter | None:
+        async with self._connection() as connection:
+            row = await connection.fetchrow(sql, letter_id, operator)
+        return StoredDeadLetter.model_validate(dict(row)) if row is not None else None
+
+    async def maintain_partitions(self, retention_months: int | None) -> list[str]:
+        """Create the partitions of the coming months and, with a retention, drop the
+        months older than it; returns the partitions dropped. One replica at a time."""
+        async with self._connection() as connection, connection.transaction():
+            locked = await connection.fetchval(
+                "SELECT pg_try_advisory_xact_lock($1)", MAINTENANCE_LOCK_KEY
+            )
+            if not locked:
+                return []
+            await connection.fetchval(ENSURE_PARTITIONS, self._partitions_ahead_months)
+            if retention_months is None:
+                return []
+            # Keep the current month and the `retention_months` before it.
+            cutoff = await connection.fetchval(
+                "SELECT date_trunc('month', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'"
+                " - make_interval(months => $1)",
+                retention_months,
+            )
+            rows = await connection.fetch(DROP_PARTITIONS, cutoff)
+        return [row["dropped"] for row in rows]
 
     async def check(self, timeout_seconds: float) -> str | None:
         """None when the schema is in place and the database answers, else what is wrong."""

@@ -1,31 +1,147 @@
-"""The dead letters the audit log keeps, for operators."""
+"""The dead letters the audit log keeps, for operators: list, inspect, replay, discard."""
 
 from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query
-from pydantic import BaseModel, ConfigDict
+from fastapi import APIRouter, Header, HTTPException, Path, Query
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-from audit_log_service.api.events import DEFAULT_LIMIT, Limit
-from audit_log_service.ports import AuditReader, StoredDeadLetter
+from audit_log_service.api.events import DEFAULT_LIMIT, MAX_LIMIT, Limit, TimeRange, TypeParam
+from audit_log_service.handlers import (
+    ReplayRefusedError,
+    discard_dead_letter,
+    replay_dead_letter,
+)
+from audit_log_service.ports import (
+    DeadLetterDesk,
+    DeadLetterFilter,
+    DeadLetterStatus,
+    EventRepublisher,
+    StoredDeadLetter,
+)
+
+UNKNOWN_OPERATOR = "unknown"
+OPERATOR_HEADER = "X-Operator"
+
+TopicParam = Annotated[str, StringConstraints(min_length=1, max_length=300)]
+LetterId = Annotated[int, Path(ge=1, description="The dead letter's id (from the list).")]
+Operator = Annotated[
+    str | None,
+    Header(
+        alias=OPERATOR_HEADER,
+        max_length=200,
+        description="Who does this; recorded with the action (default: unknown).",
+    ),
+]
 
 
-class DeadLetterQuery(BaseModel):
+class DeadLetterQuery(TimeRange):
+    status: DeadLetterStatus | None = None
+    original_topic: TopicParam | None = None
+    type: TypeParam | None = None
+    cursor: Annotated[int | None, Field(ge=1, description="next_cursor of the page before")] = None
+    limit: Limit = DEFAULT_LIMIT
+
+    def to_filter(self, *, extra: int = 0) -> DeadLetterFilter:
+        return DeadLetterFilter(
+            status=self.status,
+            original_topic=self.original_topic,
+            type=self.type,
+            since=self.since,
+            until=self.until,
+            before_id=self.cursor,
+            limit=self.limit + extra,
+        )
+
+
+class ReplayFilter(DeadLetterQuery):
+    """The body of a bulk replay: which dead letters (default: the new ones), at most
+    `limit` of them per call."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    limit: Limit = DEFAULT_LIMIT
+    status: DeadLetterStatus | None = "new"
+    limit: Limit = MAX_LIMIT
 
 
 class DeadLetterPage(BaseModel):
     items: list[StoredDeadLetter]
+    next_cursor: int | None = Field(
+        description="Pass as `cursor` for the next (older) page; null on the last page."
+    )
 
 
-def dead_letters_router(reader: AuditReader) -> APIRouter:
+class ReplayFailure(BaseModel):
+    id: int
+    reason: str
+
+
+class BulkReplay(BaseModel):
+    replayed: list[int]
+    failed: list[ReplayFailure]
+
+
+def dead_letters_router(desk: DeadLetterDesk, publisher: EventRepublisher) -> APIRouter:
     router = APIRouter(prefix="/audit", tags=["dead letters"])
 
-    @router.get("/dead-letters", summary="Dead letters, newest first")
+    @router.get("/dead-letters", summary="Dead letters, newest first, a page at a time")
     async def list_dead_letters(query: Annotated[DeadLetterQuery, Query()]) -> DeadLetterPage:
-        return DeadLetterPage(items=await reader.list_dead_letters(query.limit))
+        rows = await desk.list_dead_letters(query.to_filter(extra=1))
+        items = rows[: query.limit]
+        next_cursor = items[-1].id if len(rows) > query.limit else None
+        return DeadLetterPage(items=items, next_cursor=next_cursor)
+
+    @router.get("/dead-letters/{letter_id}", summary="One dead letter, whole")
+    async def get_dead_letter(letter_id: LetterId) -> StoredDeadLetter:
+        return _found(await desk.get_dead_letter(letter_id), letter_id)
+
+    @router.post(
+        "/dead-letters/replay",
+        summary="Replay every dead letter matching a filter (default: the new ones)",
+    )
+    async def replay_matching(body: ReplayFilter, operator: Operator = None) -> BulkReplay:
+        letters = await desk.list_dead_letters(body.to_filter())
+        result = BulkReplay(replayed=[], failed=[])
+        for letter in letters:
+            try:
+                await replay_dead_letter(
+                    letter.id, operator=operator or UNKNOWN_OPERATOR, desk=desk, publisher=publisher
+                )
+            except ReplayRefusedError as error:
+                result.failed.append(ReplayFailure(id=letter.id, reason=str(error)))
+            else:
+                result.replayed.append(letter.id)
+        return result
+
+    @router.post(
+        "/dead-letters/{letter_id}/replay",
+        summary="Publish the dead letter's event to task-events again and mark it replayed",
+        responses={409: {"description": "discarded, or no valid event inside"}},
+    )
+    async def replay(letter_id: LetterId, operator: Operator = None) -> StoredDeadLetter:
+        try:
+            letter = await replay_dead_letter(
+                letter_id, operator=operator or UNKNOWN_OPERATOR, desk=desk, publisher=publisher
+            )
+        except ReplayRefusedError as error:
+            raise HTTPException(status_code=409, detail=str(error)) from None
+        return _found(letter, letter_id)
+
+    @router.delete(
+        "/dead-letters/{letter_id}",
+        summary="Discard a dead letter (it is kept, marked with who discarded it and when)",
+    )
+    async def discard(letter_id: LetterId, operator: Operator = None) -> StoredDeadLetter:
+        letter = await discard_dead_letter(
+            letter_id, operator=operator or UNKNOWN_OPERATOR, desk=desk
+        )
+        return _found(letter, letter_id)
 
     return router
+
+
+def _found(letter: StoredDeadLetter | None, letter_id: int) -> StoredDeadLetter:
+    if letter is None:
+        raise HTTPException(status_code=404, detail=f"no dead letter with id {letter_id}")
+    return letter

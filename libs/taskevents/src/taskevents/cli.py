@@ -1,4 +1,5 @@
-"""The `taskevents` command line: publish events through a Dapr sidecar, run a demo stream."""
+"""The `taskevents` command line: publish events through a Dapr sidecar, run a demo stream,
+handle the dead letters the audit log keeps."""
 
 from __future__ import annotations
 
@@ -62,7 +63,130 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=None)
     demo.add_argument("--user-prefix", default="user", help="user ids are PREFIX-0, PREFIX-1, …")
     demo.set_defaults(run=_demo)
+    _add_dlq_commands(commands)
     return parser
+
+
+AUDIT_APP_ID = "audit-log-service"
+DLQ_TIMEOUT_SECONDS = 60.0
+
+
+def _add_dlq_commands(commands: Any) -> None:
+    """`taskevents dlq …`: the dead letters the audit log keeps. The calls go to
+    audit-log-service through the sidecar (Dapr service invocation, by app-id), or straight
+    to --audit-url when there is no sidecar to go through."""
+    dlq = commands.add_parser("dlq", help="list, show, replay or discard dead letters")
+    dlq.add_argument(
+        "--audit-app-id",
+        default=AUDIT_APP_ID,
+        help="app-id to invoke through the sidecar (default %(default)s)",
+    )
+    dlq.add_argument(
+        "--audit-url",
+        default=os.environ.get("TASKEVENTS_AUDIT_URL"),
+        help="call the audit API here directly instead, e.g. http://127.0.0.1:8003 "
+        "(env TASKEVENTS_AUDIT_URL)",
+    )
+    actions = dlq.add_subparsers(required=True, metavar="ACTION")
+
+    def add_operator(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument(
+            "--operator",
+            default=os.environ.get("TASKEVENTS_OPERATOR") or os.environ.get("USER"),
+            help="who acts, recorded with the replay or discard (default: "
+            "$TASKEVENTS_OPERATOR, else $USER, else the service records 'unknown')",
+        )
+
+    def add_filters(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--status", choices=("new", "replayed", "discarded"))
+        parser.add_argument("--original-topic")
+        parser.add_argument("--type", help="event type")
+        parser.add_argument("--since", help="first seen at or after (ISO 8601, with zone)")
+        parser.add_argument("--until", help="first seen before (ISO 8601, with zone)")
+        parser.add_argument("--limit", type=int)
+
+    listing = actions.add_parser("list", help="dead letters, newest first (JSON)")
+    add_filters(listing)
+    listing.add_argument("--cursor", type=int, help="next_cursor of the page before")
+    listing.set_defaults(run=_dlq_list)
+
+    show = actions.add_parser("show", help="one dead letter, whole (JSON)")
+    show.add_argument("id", type=int)
+    show.set_defaults(run=_dlq_show)
+
+    replay = actions.add_parser(
+        "replay",
+        help="publish a dead letter's event to task-events again; without an id, every "
+        "dead letter matching the filters (default: status new)",
+    )
+    replay.add_argument("id", type=int, nargs="?")
+    add_filters(replay)
+    add_operator(replay)
+    replay.set_defaults(run=_dlq_replay)
+
+    discard = actions.add_parser("discard", help="discard a dead letter (kept, marked)")
+    discard.add_argument("id", type=int)
+    add_operator(discard)
+    discard.set_defaults(run=_dlq_discard)
+
+
+def _filters(args: argparse.Namespace) -> dict[str, Any]:
+    names = ("status", "original_topic", "type", "since", "until", "limit")
+    return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
+
+
+async def _dlq_list(args: argparse.Namespace) -> int:
+    params = _filters(args)
+    if args.cursor is not None:
+        params["cursor"] = args.cursor
+    return await _audit_call(args, "GET", "audit/dead-letters", params=params)
+
+
+async def _dlq_show(args: argparse.Namespace) -> int:
+    return await _audit_call(args, "GET", f"audit/dead-letters/{args.id}")
+
+
+async def _dlq_replay(args: argparse.Namespace) -> int:
+    if args.id is not None:
+        return await _audit_call(args, "POST", f"audit/dead-letters/{args.id}/replay")
+    return await _audit_call(args, "POST", "audit/dead-letters/replay", body=_filters(args))
+
+
+async def _dlq_discard(args: argparse.Namespace) -> int:
+    return await _audit_call(args, "DELETE", f"audit/dead-letters/{args.id}")
+
+
+async def _audit_call(
+    args: argparse.Namespace,
+    method: str,
+    path: str,
+    *,
+    params: dict[str, Any] | None = None,
+    body: dict[str, Any] | None = None,
+) -> int:
+    import httpx
+
+    if args.audit_url:
+        url = f"{args.audit_url.rstrip('/')}/{path}"
+    else:
+        url = (
+            f"http://127.0.0.1:{args.dapr_http_port}/v1.0/invoke/{args.audit_app_id}/method/{path}"
+        )
+    operator = getattr(args, "operator", None)
+    headers = {"X-Operator": operator} if operator else {}
+    if token := os.environ.get("DAPR_API_TOKEN"):
+        headers["dapr-api-token"] = token
+    async with httpx.AsyncClient(timeout=DLQ_TIMEOUT_SECONDS) as http:
+        try:
+            response = await http.request(method, url, params=params, json=body, headers=headers)
+        except httpx.HTTPError as error:
+            print(f"error: {method} {url} failed: {error}", file=sys.stderr)
+            return 1
+    if not response.is_success:
+        print(f"error: {response.status_code} from {url}: {response.text}", file=sys.stderr)
+        return 1 if response.status_code >= 500 else 2
+    print(json.dumps(response.json(), indent=2))
+    return 0
 
 
 def _publisher(args: argparse.Namespace) -> Any:

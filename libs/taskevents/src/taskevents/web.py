@@ -4,9 +4,11 @@ subscription edge that turns a delivered message into SUCCESS / RETRY / DROP."""
 from __future__ import annotations
 
 import hmac
+import json
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextvars import ContextVar
+from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
@@ -19,7 +21,7 @@ from taskevents.cloudevents import CloudEvent, parse_cloud_event
 from taskevents.events import InvalidEventError, TaskEvent
 from taskevents.logging import get_logger
 from taskevents.metrics import DELIVERIES, DELIVERY_SECONDS, render_latest
-from taskevents.status import Outcome
+from taskevents.status import DaprStatus, Outcome
 
 log = get_logger(__name__)
 
@@ -166,6 +168,122 @@ def subscription_route(
         include_in_schema=False,
         dependencies=[Depends(app_token_guard(token))],
     )
+
+
+@dataclass(frozen=True, slots=True)
+class BulkEntry:
+    """One readable event of a bulk delivery, with the metadata daprd sent for it
+    (__partition, __offset, …)."""
+
+    entry_id: str
+    event: TaskEvent
+    envelope: CloudEvent
+    metadata: Mapping[str, str]
+
+
+# Returns one outcome per entry, in order; the handler owns the batch's round trip.
+BulkEventHandler = Callable[[Sequence[BulkEntry]], Awaitable[Sequence[Outcome]]]
+
+
+def bulk_subscription_route(
+    app: FastAPI,
+    path: str,
+    handler: BulkEventHandler,
+    *,
+    token: SecretStr | None,
+) -> None:
+    """Register the route daprd posts a bulk delivery to (a subscription with
+    `bulkSubscribe.enabled`): {"entries": [{"entryId", "event", "metadata", …}]}, answered
+    with {"statuses": [{"entryId", "status"}]} — one status per entry. An entry that is not
+    a valid event is dropped with its reason logged (Dapr dead-letters it); the readable
+    ones go to the handler together; an unexpected exception is a RETRY of those."""
+
+    async def deliver(request: Request) -> JSONResponse:
+        started = time.perf_counter()
+        try:
+            bulk = json.loads(await request.body())
+            entries = bulk["entries"]
+            if not isinstance(entries, list):
+                raise TypeError("entries is not a list")
+        except (ValueError, KeyError, TypeError) as error:
+            # Not a bulk delivery at all: refuse it (daprd retries, then dead-letters).
+            log.error("bulk delivery without readable entries", error=str(error))
+            return JSONResponse({"detail": f"not a bulk delivery: {error}"}, status_code=400)
+        statuses: dict[str, DaprStatus] = {}
+        readable: list[BulkEntry] = []
+        for position, raw_entry in enumerate(entries):
+            entry = raw_entry if isinstance(raw_entry, Mapping) else {}
+            entry_id = str(entry.get("entryId") or f"#{position}")
+            statuses[entry_id] = DaprStatus.RETRY  # until decided; keeps the entries' order
+            metadata = entry.get("metadata")
+            if not isinstance(metadata, Mapping):
+                metadata = {}
+            envelope: CloudEvent | None = None
+            try:
+                envelope = parse_cloud_event(_entry_event(entry))
+                event = envelope.task_event()
+            except InvalidEventError as error:
+                log.warning(
+                    "bulk entry dropped: not a valid event", entry_id=entry_id, reason=str(error)
+                )
+                statuses[entry_id] = DaprStatus.DROP
+                DELIVERIES.labels(path, "unparsed", DaprStatus.DROP.value).inc()
+                continue
+            readable.append(
+                BulkEntry(
+                    entry_id=entry_id,
+                    event=event,
+                    envelope=envelope,
+                    metadata={str(k): str(v) for k, v in metadata.items()},
+                )
+            )
+        if readable:
+            try:
+                outcomes = list(await handler(readable))
+                if len(outcomes) != len(readable):
+                    raise RuntimeError(f"{len(outcomes)} outcomes for {len(readable)} events")
+            except Exception as error:
+                log.exception("bulk handler failed; asking Dapr to retry the batch")
+                outcomes = [Outcome.retry(f"{type(error).__name__}: {error}")] * len(readable)
+            # One log line per batch and status, not one per entry: a database outage
+            # turns every entry of every batch into a RETRY.
+            unsuccessful: dict[DaprStatus, list[Outcome]] = {}
+            for item, outcome in zip(readable, outcomes, strict=True):
+                statuses[item.entry_id] = outcome.status
+                DELIVERIES.labels(path, item.event.type, outcome.status.value).inc()
+                if outcome.status is not DaprStatus.SUCCESS:
+                    unsuccessful.setdefault(outcome.status, []).append(outcome)
+            for status, failed in unsuccessful.items():
+                log.info(
+                    "bulk entries not stored",
+                    status=status.value,
+                    entries=len(failed),
+                    of=len(entries),
+                    reason=failed[0].reason,
+                )
+        DELIVERY_SECONDS.labels(path).observe(time.perf_counter() - started)
+        return JSONResponse(
+            {"statuses": [{"entryId": k, "status": v.value} for k, v in statuses.items()]}
+        )
+
+    app.add_api_route(
+        path,
+        deliver,
+        methods=["POST"],
+        include_in_schema=False,
+        dependencies=[Depends(app_token_guard(token))],
+    )
+
+
+def _entry_event(entry: Mapping[str, Any]) -> bytes | str | Mapping[str, Any]:
+    """A bulk entry's event: daprd sends a CloudEvent as an object; anything else (raw bytes
+    it could not read as one) as a string, possibly base64 for binary content."""
+    event = entry.get("event")
+    if event is None:
+        raise InvalidEventError("the bulk entry carries no event")
+    if isinstance(event, Mapping | str):
+        return event
+    raise InvalidEventError(f"the bulk entry's event is a {type(event).__name__}")
 
 
 GRACEFUL_SHUTDOWN_SECONDS = 10
