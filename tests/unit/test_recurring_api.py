@@ -4,7 +4,8 @@ the subscription route (the lifespan, which connects to Postgres, does not run).
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -13,8 +14,14 @@ import pytest
 from fastapi import FastAPI
 
 from recurring_task_service.app import create_app
-from recurring_task_service.ports import ScheduleExistsError, StoreUnavailableError
-from recurring_task_service.schedules import NewSchedule, Schedule
+from recurring_task_service.ports import (
+    MissedRecord,
+    ScheduleExistsError,
+    ScheduleUpdate,
+    StoreUnavailableError,
+    TaskChange,
+)
+from recurring_task_service.schedules import MissedReason, MissedRun, NewSchedule, Schedule
 from recurring_task_service.settings import Settings
 from recurring_task_service.state import AppState
 from taskevents.events import TaskEvent
@@ -23,6 +30,8 @@ from taskevents.events import TaskEvent
 class FakeSchedules:
     def __init__(self) -> None:
         self.by_id: dict[uuid.UUID, Schedule] = {}
+        self.outbox: list[TaskEvent] = []
+        self.missed_runs: list[MissedRecord] = []
         self.down = False
 
     async def create(self, new: NewSchedule) -> Schedule:
@@ -44,17 +53,57 @@ class FakeSchedules:
         self._check()
         return self.by_id.pop(schedule_id, None) is not None
 
-    async def put_for_task(self, new: NewSchedule) -> Schedule:
+    async def update(
+        self, schedule_id: uuid.UUID, edit: Callable[[Schedule], ScheduleUpdate]
+    ) -> Schedule | None:
         self._check()
-        await self.delete_for_task(new.task_id)
-        return self._store(new)
+        current = self.by_id.get(schedule_id)
+        if current is None:
+            return None
+        change = edit(current)
+        self.by_id[schedule_id] = replace(
+            current,
+            rule=change.rule,
+            payload=change.payload,
+            options=change.options,
+            paused=change.paused,
+            next_fire_at=change.next_fire_at,
+            active=change.active,
+        )
+        return self.by_id[schedule_id]
 
-    async def delete_for_task(self, task_id: str) -> bool:
+    async def enqueue(
+        self, schedule_id: uuid.UUID, make_event: Callable[[Schedule], TaskEvent]
+    ) -> TaskEvent | None:
+        self._check()
+        current = self.by_id.get(schedule_id)
+        if current is None:
+            return None
+        event = make_event(current)
+        if all(e.event_id != event.event_id for e in self.outbox):
+            self.outbox.append(event)
+        return event
+
+    async def missed(self, schedule_id: uuid.UUID, *, limit: int) -> list[MissedRecord]:
+        return [r for r in self.missed_runs if r.schedule_id == schedule_id][:limit]
+
+    async def put_for_task(self, new: NewSchedule, *, event_at: datetime) -> TaskChange:
+        self._check()
+        await self.delete_for_task(new.task_id, event_at=event_at)
+        self._store(new)
+        return TaskChange.APPLIED
+
+    async def delete_for_task(self, task_id: str, *, event_at: datetime) -> TaskChange:
         self._check()
         found = [s.id for s in self.by_id.values() if s.task_id == task_id]
         for schedule_id in found:
             del self.by_id[schedule_id]
-        return bool(found)
+        return TaskChange.APPLIED if found else TaskChange.NOTHING
+
+    async def complete_task(
+        self, task_id: str, *, completed_at: datetime, plan: Callable[[Schedule], datetime | None]
+    ) -> TaskChange:
+        return TaskChange.NOTHING
 
     def _store(self, new: NewSchedule) -> Schedule:
         now = datetime.now(UTC)
@@ -70,6 +119,8 @@ class FakeSchedules:
             active=True,
             created_at=now,
             updated_at=now,
+            options=new.options,
+            paused=new.paused,
         )
         self.by_id[schedule.id] = schedule
         return schedule
@@ -164,6 +215,16 @@ async def test_create_a_cron_schedule_and_read_it_back(client: httpx.AsyncClient
         ({"cron": "0 24 * * *"}, "invalid cron expression"),
         ({"cron": "0 9 * * *", "timezone": "Europe/Atlantis"}, "unknown time zone"),
         ({"cron": "0 9 * * *", "interval_seconds": 60}, "exactly one"),
+        ({"interval_seconds": 60, "max_count": 0}, "greater than or equal to 1"),
+        (
+            {
+                "interval_seconds": 60,
+                "starts_at": "2026-02-01T00:00:00Z",
+                "ends_at": "2026-01-01T00:00:00Z",
+            },
+            "must be after starts_at",
+        ),
+        ({"interval_seconds": 60, "starts_at": "2026-02-01T00:00:00"}, "timezone"),
         ({}, "exactly one"),
         ({"interval_seconds": 0}, "greater than or equal to 1"),
     ],
@@ -276,3 +337,141 @@ async def test_health_names_the_service(client: httpx.AsyncClient) -> None:
     response = await client.get("/health")
 
     assert response.json() == {"service": "recurring-task-service", "status": "healthy"}
+
+
+async def create(client: httpx.AsyncClient, **fields: Any) -> dict[str, Any]:
+    response = await client.post("/schedules", json={"task_id": "t1", "user_id": "u1", **fields})
+    assert response.status_code == 201, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+async def test_create_with_bounds_and_coalescing(client: httpx.AsyncClient) -> None:
+    body = await create(
+        client,
+        interval_seconds=60,
+        starts_at="2030-01-01T09:00:00+01:00",
+        ends_at="2030-01-02T00:00:00Z",
+        max_count=3,
+        coalesce_missed=True,
+    )
+
+    assert body["next_fire_at"] == "2030-01-01T08:00:00Z"
+    assert body["max_count"] == 3
+    assert body["coalesce_missed"] is True
+    assert body["state"] == "active"
+
+
+async def test_preview_the_next_occurrences(client: httpx.AsyncClient) -> None:
+    body = await create(client, interval_seconds=60, starts_at="2030-01-01T08:00:00Z", max_count=3)
+
+    response = await client.get(f"/schedules/{body['id']}/occurrences", params={"next": 5})
+
+    assert response.status_code == 200
+    assert response.json()["occurrences"] == [
+        "2030-01-01T08:00:00Z",
+        "2030-01-01T08:01:00Z",
+        "2030-01-01T08:02:00Z",
+    ]
+
+
+async def test_patch_changes_only_what_is_given(client: httpx.AsyncClient) -> None:
+    body = await create(client, cron="0 9 * * *", timezone="Europe/Berlin", payload={"a": 1})
+
+    renamed = await client.patch(f"/schedules/{body['id']}", json={"payload": {"a": 2}})
+    rezoned = await client.patch(f"/schedules/{body['id']}", json={"timezone": "America/New_York"})
+    interval = await client.patch(f"/schedules/{body['id']}", json={"interval_seconds": 30})
+
+    assert renamed.json()["payload"] == {"a": 2}
+    assert renamed.json()["next_fire_at"] == body["next_fire_at"]
+    assert rezoned.json()["cron"] == "0 9 * * *"
+    assert rezoned.json()["timezone"] == "America/New_York"
+    assert rezoned.json()["next_fire_at"] != body["next_fire_at"]
+    assert interval.json()["cron"] is None
+    assert interval.json()["interval_seconds"] == 30
+    assert interval.json()["payload"] == {"a": 2}
+
+
+async def test_patch_with_an_invalid_cron_or_zone_is_a_422(client: httpx.AsyncClient) -> None:
+    body = await create(client, interval_seconds=60)
+
+    bad_cron = await client.patch(f"/schedules/{body['id']}", json={"cron": "0 24 * * *"})
+    bad_zone = await client.patch(f"/schedules/{body['id']}", json={"timezone": "Nowhere/X"})
+    missing = await client.patch(f"/schedules/{uuid.uuid4()}", json={"payload": {}})
+
+    assert bad_cron.status_code == 422
+    assert "invalid cron expression" in detail_text(bad_cron)
+    assert bad_zone.status_code == 422
+    assert "unknown time zone" in detail_text(bad_zone)
+    assert missing.status_code == 404
+
+
+async def test_pause_and_resume(client: httpx.AsyncClient) -> None:
+    body = await create(client, interval_seconds=60)
+
+    paused = await client.post(f"/schedules/{body['id']}/pause")
+    resumed = await client.post(f"/schedules/{body['id']}/resume")
+
+    assert paused.json()["state"] == "paused"
+    assert paused.json()["paused"] is True
+    assert resumed.json()["state"] == "active"
+    assert resumed.json()["next_fire_at"] == body["next_fire_at"]
+
+
+async def test_trigger_puts_one_manual_event_in_the_outbox(
+    client: httpx.AsyncClient, schedules: FakeSchedules, waker: RecordingWaker
+) -> None:
+    body = await create(client, interval_seconds=60, payload={"title": "Now"})
+
+    first = await client.post(f"/schedules/{body['id']}/trigger", headers={"Idempotency-Key": "k1"})
+    again = await client.post(f"/schedules/{body['id']}/trigger", headers={"Idempotency-Key": "k1"})
+    other = await client.post(f"/schedules/{body['id']}/trigger")
+
+    assert first.status_code == 202
+    assert first.json()["event_id"] == again.json()["event_id"]
+    assert other.json()["event_id"] != first.json()["event_id"]
+    assert len(schedules.outbox) == 2
+    event = schedules.outbox[0]
+    assert event.type == "task.recurring.triggered"
+    assert event.payload["trigger"] == "manual"
+    assert event.payload["title"] == "Now"
+    assert len(waker.wake_ups) == 4  # the creation and each trigger
+
+
+async def test_trigger_of_an_unknown_schedule_is_404(client: httpx.AsyncClient) -> None:
+    response = await client.post(f"/schedules/{uuid.uuid4()}/trigger")
+
+    assert response.status_code == 404
+
+
+async def test_missed_occurrences_are_listed(
+    client: httpx.AsyncClient, schedules: FakeSchedules
+) -> None:
+    body = await create(client, interval_seconds=60)
+    schedule_id = uuid.UUID(body["id"])
+    first = datetime(2030, 1, 1, tzinfo=UTC)
+    schedules.missed_runs.append(
+        MissedRecord(
+            schedule_id, "t1", MissedRun(MissedReason.BEYOND_GRACE, first, first, 1), first
+        )
+    )
+
+    response = await client.get(f"/schedules/{schedule_id}/missed")
+
+    assert response.json()["missed"] == [
+        {
+            "reason": "beyond_grace",
+            "first_occurrence": "2030-01-01T00:00:00Z",
+            "last_occurrence": "2030-01-01T00:00:00Z",
+            "occurrences": 1,
+            "recorded_at": "2030-01-01T00:00:00Z",
+        }
+    ]
+
+
+async def test_a_completion_schedule_waits_for_a_completion(client: httpx.AsyncClient) -> None:
+    body = await create(client, after_completion_days=2)
+
+    assert body["after_completion_days"] == 2
+    assert body["next_fire_at"] is None
+    assert body["state"] == "waiting_for_completion"

@@ -1,17 +1,28 @@
+"""Claiming due occurrences into the outbox and relaying the outbox, over in-memory fakes
+that behave like the Postgres adapter (a claim commits only when its block ends)."""
+
 from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
 from recurring_task_service.firing import (
-    OccurrenceResult,
-    fire_due_schedules,
+    claim_due_occurrences,
+    relay_outbox,
     triggered_event,
 )
-from recurring_task_service.schedules import Rule, Schedule, cron_rule, interval_rule
+from recurring_task_service.ports import OutboxEntry, PlannedEvent
+from recurring_task_service.schedules import (
+    MissedRun,
+    Rule,
+    Schedule,
+    ScheduleOptions,
+    cron_rule,
+    interval_rule,
+)
 from taskevents.events import TaskEvent
 
 NOW = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)
@@ -19,7 +30,11 @@ GRACE = timedelta(minutes=5)
 
 
 def schedule(
-    task_id: str, rule: Rule, next_fire_at: datetime, payload: dict[str, str] | None = None
+    task_id: str,
+    rule: Rule,
+    next_fire_at: datetime,
+    payload: dict[str, str] | None = None,
+    options: ScheduleOptions | None = None,
 ) -> Schedule:
     return Schedule(
         id=uuid.uuid5(uuid.NAMESPACE_URL, task_id),
@@ -33,6 +48,7 @@ def schedule(
         active=True,
         created_at=NOW - timedelta(days=1),
         updated_at=NOW - timedelta(days=1),
+        options=options or ScheduleOptions(),
     )
 
 
@@ -40,42 +56,79 @@ def schedule(
 class FakeClaim:
     now: datetime
     schedules: Sequence[Schedule]
-    advances: list[tuple[Schedule, datetime | None, datetime | None]] = field(default_factory=list)
+    settled: list[tuple[Schedule, list[PlannedEvent], list[MissedRun], datetime | None, bool]] = (
+        field(default_factory=list)
+    )
 
-    def advance(
-        self, schedule: Schedule, *, next_fire_at: datetime | None, fired_at: datetime | None
+    def settle(
+        self,
+        schedule: Schedule,
+        *,
+        events: Sequence[PlannedEvent],
+        missed: Sequence[MissedRun],
+        next_fire_at: datetime | None,
+        finished: bool,
     ) -> None:
-        self.advances.append((schedule, next_fire_at, fired_at))
+        self.settled.append((schedule, list(events), list(missed), next_fire_at, finished))
 
 
-class FakeDueSchedules:
-    """Schedules in memory; a claim takes the due ones, the commit applies the advances."""
+@dataclass
+class FakeBatch:
+    entries: Sequence[OutboxEntry]
+    done: list[int] = field(default_factory=list)
+
+    def published(self, entry: OutboxEntry) -> None:
+        self.done.append(entry.id)
+
+
+class FakeStore:
+    """Schedules, outbox and missed runs in memory."""
 
     def __init__(self, schedules: list[Schedule], *, now: datetime = NOW) -> None:
         self.by_id = {s.id: s for s in schedules}
         self.now = now
-        self.claims = 0
+        self.outbox: dict[int, OutboxEntry] = {}
+        self.missed: list[MissedRun] = []
+        self.crash_before_commit = False
 
     @asynccontextmanager
     async def claim_due(self, *, limit: int) -> AsyncIterator[FakeClaim]:
-        self.claims += 1
         due = sorted(
-            (s for s in self.by_id.values() if s.active and s.next_fire_at <= self.now),
-            key=lambda s: s.next_fire_at,
+            (
+                s
+                for s in self.by_id.values()
+                if s.active and not s.paused and s.next_fire_at and s.next_fire_at <= self.now
+            ),
+            key=lambda s: s.next_fire_at or self.now,
         )[:limit]
         claim = FakeClaim(self.now, due)
         yield claim
-        for claimed, next_fire_at, fired_at in claim.advances:
+        if self.crash_before_commit:
+            raise ConnectionResetError("the replica died before the commit")
+        for claimed, events, missed, next_fire_at, finished in claim.settled:
+            for planned in events:
+                entry_id = len(self.outbox) + 1 + max(self.outbox, default=0)
+                self.outbox[entry_id] = OutboxEntry(entry_id, planned.event, planned.due_at)
+            self.missed.extend(missed)
             self.by_id[claimed.id] = replace(
                 claimed,
-                next_fire_at=next_fire_at or claimed.next_fire_at,
-                active=next_fire_at is not None,
-                last_fired_at=fired_at or claimed.last_fired_at,
-                fire_count=claimed.fire_count + (fired_at is not None),
+                next_fire_at=next_fire_at,
+                active=not finished,
+                fire_count=claimed.fire_count + len(events),
             )
 
     async def next_fire_at(self) -> datetime | None:
-        return min((s.next_fire_at for s in self.by_id.values() if s.active), default=None)
+        return min(
+            (s.next_fire_at for s in self.by_id.values() if s.active and s.next_fire_at),
+            default=None,
+        )
+
+    @asynccontextmanager
+    async def take(self, *, limit: int) -> AsyncIterator[FakeBatch]:
+        batch = FakeBatch([self.outbox[i] for i in sorted(self.outbox)[:limit]])
+        yield batch
+        for entry_id in batch.done:
+            del self.outbox[entry_id]
 
 
 class RecordingPublisher:
@@ -87,6 +140,11 @@ class RecordingPublisher:
         if event.task_id in self.failing_tasks:
             raise ConnectionError("sidecar unavailable")
         self.published.append(event)
+
+
+async def fire(store: FakeStore, publisher: RecordingPublisher) -> None:
+    await claim_due_occurrences(store, batch_size=10, grace=GRACE)
+    await relay_outbox(store, publisher, batch_size=10, clock=lambda: store.now)
 
 
 def test_the_triggered_event_carries_the_template_and_the_occurrence() -> None:
@@ -114,8 +172,8 @@ def test_the_triggered_event_is_the_same_however_often_it_is_built() -> None:
     )
 
 
-async def test_due_schedules_are_published_once_and_advanced() -> None:
-    due = FakeDueSchedules(
+async def test_due_schedules_go_through_the_outbox_once_and_advance() -> None:
+    store = FakeStore(
         [
             schedule("due", interval_rule(60), NOW - timedelta(seconds=1)),
             schedule("later", interval_rule(60), NOW + timedelta(seconds=30)),
@@ -123,31 +181,62 @@ async def test_due_schedules_are_published_once_and_advanced() -> None:
     )
     publisher = RecordingPublisher()
 
-    fired = await fire_due_schedules(due, publisher, batch_size=10, grace=GRACE)
+    report = await claim_due_occurrences(store, batch_size=10, grace=GRACE)
+
+    assert report.queued == 1
+    assert publisher.published == []  # nothing is published inside the claim
+    assert [e.event.task_id for e in store.outbox.values()] == ["due"]
+
+    relayed = await relay_outbox(store, publisher, batch_size=10, clock=lambda: NOW)
 
     assert [e.task_id for e in publisher.published] == ["due"]
-    assert [f.result for f in fired] == [OccurrenceResult.PUBLISHED]
-    advanced = due.by_id[uuid.uuid5(uuid.NAMESPACE_URL, "due")]
+    assert store.outbox == {}
+    assert relayed[0].lateness == timedelta(seconds=1)
+    advanced = store.by_id[uuid.uuid5(uuid.NAMESPACE_URL, "due")]
     assert advanced.next_fire_at == NOW + timedelta(seconds=59)
     assert advanced.fire_count == 1
-    assert advanced.last_fired_at == NOW
 
 
 async def test_a_second_tick_publishes_nothing_new() -> None:
-    due = FakeDueSchedules([schedule("due", interval_rule(60), NOW)])
+    store = FakeStore([schedule("due", interval_rule(60), NOW)])
     publisher = RecordingPublisher()
 
-    await fire_due_schedules(due, publisher, batch_size=10, grace=GRACE)
-    await fire_due_schedules(due, publisher, batch_size=10, grace=GRACE)
+    await fire(store, publisher)
+    await fire(store, publisher)
 
     assert len(publisher.published) == 1
 
 
-async def test_missed_occurrences_within_the_grace_period_are_caught_up_in_order() -> None:
-    due = FakeDueSchedules([schedule("task-1", interval_rule(60), NOW - timedelta(minutes=3))])
+async def test_a_crash_before_the_claim_commits_leaves_the_occurrence_due() -> None:
+    store = FakeStore([schedule("task-1", interval_rule(60), NOW)])
+    store.crash_before_commit = True
     publisher = RecordingPublisher()
 
-    await fire_due_schedules(due, publisher, batch_size=10, grace=GRACE)
+    with suppress(ConnectionResetError):
+        await claim_due_occurrences(store, batch_size=10, grace=GRACE)
+    store.crash_before_commit = False
+    await fire(store, publisher)
+
+    assert [e.payload["occurrence"] for e in publisher.published] == ["2026-03-01T12:00:00Z"]
+
+
+async def test_a_crash_after_the_claim_leaves_the_event_in_the_outbox_for_any_replica() -> None:
+    store = FakeStore([schedule("task-1", interval_rule(60), NOW)])
+    await claim_due_occurrences(store, batch_size=10, grace=GRACE)
+    # The replica that claimed dies here; another one relays.
+    other_replica = RecordingPublisher()
+
+    await fire(store, other_replica)
+
+    assert [e.payload["occurrence"] for e in other_replica.published] == ["2026-03-01T12:00:00Z"]
+    assert store.outbox == {}
+
+
+async def test_missed_occurrences_within_the_grace_period_are_caught_up_in_order() -> None:
+    store = FakeStore([schedule("task-1", interval_rule(60), NOW - timedelta(minutes=3))])
+    publisher = RecordingPublisher()
+
+    await fire(store, publisher)
 
     assert [e.payload["occurrence"] for e in publisher.published] == [
         "2026-03-01T11:57:00Z",
@@ -157,15 +246,17 @@ async def test_missed_occurrences_within_the_grace_period_are_caught_up_in_order
     ]
 
 
-async def test_occurrences_missed_beyond_the_grace_period_are_skipped() -> None:
-    due = FakeDueSchedules([schedule("task-1", interval_rule(60), NOW - timedelta(hours=2))])
+async def test_occurrences_missed_beyond_the_grace_period_are_skipped_and_recorded() -> None:
+    store = FakeStore([schedule("task-1", interval_rule(60), NOW - timedelta(hours=2))])
     publisher = RecordingPublisher()
 
-    fired = await fire_due_schedules(due, publisher, batch_size=10, grace=GRACE)
+    report = await claim_due_occurrences(store, batch_size=10, grace=GRACE)
+    await relay_outbox(store, publisher, batch_size=10)
 
-    assert fired[0].result is OccurrenceResult.SKIPPED
-    # Then the occurrences of the last five minutes are published.
+    assert report.skipped == 115  # 10:00 .. 11:54
+    assert [(run.reason.value, run.count) for run in store.missed] == [("beyond_grace", 115)]
     assert [e.payload["occurrence"] for e in publisher.published] == [
+        "2026-03-01T11:55:00Z",
         "2026-03-01T11:56:00Z",
         "2026-03-01T11:57:00Z",
         "2026-03-01T11:58:00Z",
@@ -174,45 +265,56 @@ async def test_occurrences_missed_beyond_the_grace_period_are_skipped() -> None:
     ]
 
 
-async def test_a_failed_publish_leaves_the_occurrence_due_and_the_others_advance() -> None:
-    due = FakeDueSchedules(
+async def test_coalescing_publishes_one_event_that_names_the_run() -> None:
+    options = ScheduleOptions(coalesce_missed=True)
+    store = FakeStore(
+        [schedule("task-1", interval_rule(60), NOW - timedelta(minutes=3), options=options)]
+    )
+    publisher = RecordingPublisher()
+
+    await fire(store, publisher)
+
+    [event] = publisher.published
+    assert event.payload["occurrence"] == "2026-03-01T12:00:00Z"
+    assert event.payload["coalesced"] == {
+        "first_occurrence": "2026-03-01T11:57:00Z",
+        "occurrences": 4,
+    }
+    assert [(run.reason.value, run.count) for run in store.missed] == [("coalesced", 3)]
+
+
+async def test_a_failed_publish_keeps_the_event_and_the_task_order() -> None:
+    store = FakeStore(
         [
-            schedule("fails", interval_rule(60), NOW),
+            schedule("fails", interval_rule(60), NOW - timedelta(minutes=1)),
             schedule("works", interval_rule(60), NOW),
         ]
     )
     publisher = RecordingPublisher(failing_tasks={"fails"})
 
-    fired = await fire_due_schedules(due, publisher, batch_size=10, grace=GRACE)
+    await fire(store, publisher)
 
-    results = {f.task_id: f.result for f in fired}
-    assert results == {"fails": OccurrenceResult.FAILED, "works": OccurrenceResult.PUBLISHED}
-    failed = due.by_id[uuid.uuid5(uuid.NAMESPACE_URL, "fails")]
-    assert failed.next_fire_at == NOW
-    assert failed.fire_count == 0
+    assert [e.task_id for e in publisher.published] == ["works"]
+    assert sorted(e.event.payload["occurrence"] for e in store.outbox.values()) == [
+        "2026-03-01T11:59:00Z",
+        "2026-03-01T12:00:00Z",
+    ]
 
     publisher.failing_tasks.clear()
-    await fire_due_schedules(due, publisher, batch_size=10, grace=GRACE)
+    await fire(store, publisher)
 
-    assert sorted(e.task_id for e in publisher.published) == ["fails", "works"]
-
-
-async def test_when_every_publish_fails_the_tick_gives_up() -> None:
-    due = FakeDueSchedules([schedule("fails", interval_rule(60), NOW)])
-
-    fired = await fire_due_schedules(
-        due, RecordingPublisher(failing_tasks={"fails"}), batch_size=10, grace=GRACE
-    )
-
-    assert [f.result for f in fired] == [OccurrenceResult.FAILED]
-    assert due.claims == 1
+    assert [e.payload["occurrence"] for e in publisher.published if e.task_id == "fails"] == [
+        "2026-03-01T11:59:00Z",
+        "2026-03-01T12:00:00Z",
+    ]
+    assert store.outbox == {}
 
 
 async def test_more_due_schedules_than_a_batch_are_claimed_in_several_batches() -> None:
-    due = FakeDueSchedules([schedule(f"task-{i}", interval_rule(3600), NOW) for i in range(25)])
+    store = FakeStore([schedule(f"task-{i}", interval_rule(3600), NOW) for i in range(25)])
     publisher = RecordingPublisher()
 
-    await fire_due_schedules(due, publisher, batch_size=10, grace=GRACE)
+    await fire(store, publisher)
 
     assert len(publisher.published) == 25
     assert len({e.event_id for e in publisher.published}) == 25

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import itertools
 import uuid
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
@@ -7,20 +8,35 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from recurring_task_service.schedules import (
+    AfterCompletionRule,
     IntervalRule,
     InvalidScheduleError,
+    MissedReason,
+    MissedRun,
+    NewSchedule,
     Rule,
+    Schedule,
+    ScheduleOptions,
+    after_completion_rule,
     cron_rule,
     first_occurrence,
     interval_rule,
+    next_after_completion,
     occurrence_event_id,
     occurrence_iso,
-    plan_due_occurrence,
+    options_from_recurrence,
+    plan_claim,
+    reconcile,
+    resumed_next_fire_at,
     rule_from_fields,
     rule_from_recurrence,
+    schedule_options,
+    trigger_event_id,
+    upcoming,
 )
 
 BERLIN = ZoneInfo("Europe/Berlin")
+NEW_YORK = ZoneInfo("America/New_York")
 
 
 def utc(
@@ -214,6 +230,8 @@ def test_exactly_one_of_cron_and_interval() -> None:
     with pytest.raises(InvalidScheduleError, match="exactly one"):
         rule_from_fields(cron="* * * * *", interval_seconds=5)
     with pytest.raises(InvalidScheduleError, match="exactly one"):
+        rule_from_fields(cron=None, interval_seconds=5, after_completion_days=1)
+    with pytest.raises(InvalidScheduleError, match="exactly one"):
         rule_from_fields(cron=None, interval_seconds=None)
 
 
@@ -247,44 +265,326 @@ def test_invalid_recurrence_is_refused_with_a_reason(recurrence: object, message
         rule_from_recurrence(recurrence)
 
 
-# --- due occurrences
+# --- due occurrences: what a claim publishes, skips and coalesces
+
+GRACE = timedelta(minutes=5)
 
 
 def test_a_due_occurrence_is_published_and_the_schedule_moves_on() -> None:
-    plan = plan_due_occurrence(
+    plan = plan_claim(
+        interval_rule(60), utc(2026, 1, 1, 12), now=utc(2026, 1, 1, 12, 0, 1), grace=GRACE
+    )
+
+    assert [p.occurrence for p in plan.publish] == [utc(2026, 1, 1, 12)]
+    assert plan.missed == ()
+    assert plan.next_fire_at == utc(2026, 1, 1, 12, 1)
+    assert not plan.finished
+
+
+def test_occurrences_missed_within_the_grace_period_are_each_published_in_order() -> None:
+    plan = plan_claim(
+        interval_rule(60), utc(2026, 1, 1, 12), now=utc(2026, 1, 1, 12, 4), grace=GRACE
+    )
+
+    assert [p.occurrence for p in plan.publish] == [utc(2026, 1, 1, 12, m) for m in range(5)]
+    assert all(p.coalesced is None for p in plan.publish)
+    assert plan.next_fire_at == utc(2026, 1, 1, 12, 5)
+
+
+def test_occurrences_older_than_the_grace_period_are_skipped_and_recorded() -> None:
+    plan = plan_claim(interval_rule(60), utc(2026, 1, 1, 12), now=utc(2026, 1, 1, 13), grace=GRACE)
+
+    # 12:00 .. 12:54 are older than 12:55: one recorded run; 12:55 .. 13:00 are published.
+    assert plan.missed == (
+        MissedRun(MissedReason.BEYOND_GRACE, utc(2026, 1, 1, 12), utc(2026, 1, 1, 12, 54), 55),
+    )
+    assert [p.occurrence for p in plan.publish] == [
+        utc(2026, 1, 1, 12, m) for m in range(55, 60)
+    ] + [utc(2026, 1, 1, 13)]
+    assert plan.next_fire_at == utc(2026, 1, 1, 13, 1)
+
+
+def test_coalescing_publishes_one_event_for_a_run_of_missed_occurrences() -> None:
+    plan = plan_claim(
+        interval_rule(60),
+        utc(2026, 1, 1, 12),
+        now=utc(2026, 1, 1, 13, 0, 30),
+        grace=GRACE,
+        options=ScheduleOptions(coalesce_missed=True),
+    )
+
+    coalesced = MissedRun(
+        MissedReason.COALESCED, utc(2026, 1, 1, 12, 56), utc(2026, 1, 1, 12, 59), 4
+    )
+    assert plan.missed == (
+        MissedRun(MissedReason.BEYOND_GRACE, utc(2026, 1, 1, 12), utc(2026, 1, 1, 12, 55), 56),
+        coalesced,
+    )
+    assert len(plan.publish) == 1
+    assert plan.publish[0].occurrence == utc(2026, 1, 1, 13)
+    assert plan.publish[0].coalesced == coalesced
+
+
+def test_coalescing_leaves_a_single_due_occurrence_alone() -> None:
+    plan = plan_claim(
         interval_rule(60),
         utc(2026, 1, 1, 12),
         now=utc(2026, 1, 1, 12, 0, 1),
-        grace=timedelta(minutes=5),
+        grace=GRACE,
+        options=ScheduleOptions(coalesce_missed=True),
     )
 
-    assert plan.publish
-    assert plan.next_fire_at == utc(2026, 1, 1, 12, 1)
+    assert [(p.occurrence, p.coalesced) for p in plan.publish] == [(utc(2026, 1, 1, 12), None)]
+    assert plan.missed == ()
 
 
-def test_a_late_occurrence_within_the_grace_period_is_still_published() -> None:
-    plan = plan_due_occurrence(
+def test_a_very_long_outage_is_recorded_without_counting_forever() -> None:
+    plan = plan_claim(interval_rule(1), utc(2026, 1, 1), now=utc(2026, 1, 2), grace=GRACE)
+
+    assert plan.missed == (MissedRun(MissedReason.BEYOND_GRACE, utc(2026, 1, 1), None, None),)
+    assert plan.publish[0].occurrence == utc(2026, 1, 1, 23, 55)
+    assert len(plan.publish) == 301  # 23:55:00 .. 00:00:00
+
+
+def test_a_claim_publishes_a_bounded_number_and_leaves_the_rest_due() -> None:
+    plan = plan_claim(
+        interval_rule(1), utc(2026, 1, 1, 12), now=utc(2026, 1, 1, 12, 4), grace=GRACE, limit=100
+    )
+
+    assert len(plan.publish) == 100
+    assert plan.next_fire_at == utc(2026, 1, 1, 12, 1, 40)  # still due: the next round
+
+
+def test_the_schedule_ends_after_its_maximum_count() -> None:
+    options = ScheduleOptions(max_count=3)
+
+    plan = plan_claim(
         interval_rule(60),
         utc(2026, 1, 1, 12),
         now=utc(2026, 1, 1, 12, 4),
-        grace=timedelta(minutes=5),
+        grace=GRACE,
+        options=options,
+        fire_count=1,
     )
 
-    assert plan.publish
-    assert plan.next_fire_at == utc(2026, 1, 1, 12, 1)  # the next missed one is caught up too
+    assert [p.occurrence for p in plan.publish] == [utc(2026, 1, 1, 12), utc(2026, 1, 1, 12, 1)]
+    assert plan.finished
+    assert plan.next_fire_at is None
 
 
-def test_occurrences_older_than_the_grace_period_are_skipped() -> None:
-    plan = plan_due_occurrence(
+def test_the_schedule_ends_at_its_end_time() -> None:
+    options = ScheduleOptions(ends_at=utc(2026, 1, 1, 12, 1))
+
+    plan = plan_claim(
         interval_rule(60),
         utc(2026, 1, 1, 12),
-        now=utc(2026, 1, 1, 13),
-        grace=timedelta(minutes=5),
+        now=utc(2026, 1, 1, 12),
+        grace=GRACE,
+        options=options,
     )
 
-    assert not plan.publish
-    # The first occurrence still within the grace period, due at once.
-    assert plan.next_fire_at == utc(2026, 1, 1, 12, 56)
+    assert [p.occurrence for p in plan.publish] == [utc(2026, 1, 1, 12)]
+    assert not plan.finished  # 12:01 is still within the end
+    assert plan.next_fire_at == utc(2026, 1, 1, 12, 1)
+    last = plan_claim(
+        interval_rule(60), utc(2026, 1, 1, 12, 1), now=utc(2026, 1, 1, 12, 1), grace=GRACE,
+        options=options,
+    )  # fmt: skip
+    assert last.finished
+    assert last.next_fire_at is None
+
+
+def test_a_completion_occurrence_fires_once_and_then_waits() -> None:
+    rule = after_completion_rule(2)
+
+    plan = plan_claim(rule, utc(2026, 1, 3), now=utc(2026, 1, 3, 0, 0, 1), grace=GRACE)
+
+    assert [p.occurrence for p in plan.publish] == [utc(2026, 1, 3)]
+    assert plan.next_fire_at is None
+    assert not plan.finished  # the next completion schedules the next one
+
+
+# --- bounds, completion, pause, preview
+
+
+def test_an_interval_with_a_start_runs_from_the_start() -> None:
+    options = ScheduleOptions(starts_at=utc(2026, 1, 1, 12, 0, 0))
+
+    assert first_occurrence(interval_rule(60), utc(2026, 1, 1, 11), options) == utc(2026, 1, 1, 12)
+    # Started already: the next point of its grid.
+    assert first_occurrence(interval_rule(60), utc(2026, 1, 1, 12, 2, 30), options) == utc(
+        2026, 1, 1, 12, 3
+    )
+
+
+def test_a_cron_with_a_start_fires_first_at_or_after_the_start() -> None:
+    options = ScheduleOptions(starts_at=utc(2026, 1, 5, 9))
+
+    assert first_occurrence(cron_rule("0 9 * * *"), utc(2026, 1, 1), options) == utc(2026, 1, 5, 9)
+
+
+def test_a_schedule_that_ends_before_its_first_occurrence_never_fires() -> None:
+    options = ScheduleOptions(ends_at=utc(2026, 1, 1, 8))
+
+    assert first_occurrence(cron_rule("0 9 * * *"), utc(2026, 1, 1), options) is None
+
+
+def test_bounds_are_checked() -> None:
+    with pytest.raises(InvalidScheduleError, match=r"ends_at .* must be after starts_at"):
+        schedule_options(starts_at=utc(2026, 1, 2), ends_at=utc(2026, 1, 1))
+    with pytest.raises(InvalidScheduleError, match="max_count"):
+        schedule_options(max_count=0)
+
+
+def test_after_completion_fires_n_days_after_each_completion() -> None:
+    rule = rule_from_recurrence({"after_completion_days": 3})
+
+    assert rule == AfterCompletionRule(3 * 86_400, "UTC")
+    assert first_occurrence(rule, utc(2026, 1, 1)) is None  # waits for a completion
+    completed = datetime(2026, 1, 1, 17, 30, tzinfo=UTC)
+    assert next_after_completion(rule, completed, ScheduleOptions(), 0) == utc(2026, 1, 4, 17, 30)
+    assert next_after_completion(rule, completed, ScheduleOptions(max_count=2), 2) is None
+
+
+@pytest.mark.parametrize("days", [0, -1, "3", True, 10_000])
+def test_invalid_after_completion_days_are_refused(days: object) -> None:
+    with pytest.raises(InvalidScheduleError, match="after_completion_days"):
+        rule_from_recurrence({"after_completion_days": days})
+
+
+def test_recurrence_options() -> None:
+    options = options_from_recurrence(
+        {"interval_seconds": 5, "starts_at": "2026-01-01T09:00:00+01:00", "ends_at": None,
+         "max_count": 4, "coalesce_missed": True}
+    )  # fmt: skip
+
+    assert options == ScheduleOptions(utc(2026, 1, 1, 8), None, 4, True)
+    with pytest.raises(InvalidScheduleError, match="needs a time zone"):
+        options_from_recurrence({"starts_at": "2026-01-01T09:00:00"})
+    with pytest.raises(InvalidScheduleError, match="max_count must be an integer"):
+        options_from_recurrence({"max_count": "4"})
+
+
+def test_a_resumed_schedule_goes_on_from_now_on_its_grid() -> None:
+    rule = interval_rule(60)
+
+    resumed = resumed_next_fire_at(
+        rule, utc(2026, 1, 1, 12), utc(2026, 1, 1, 12, 30, 10), ScheduleOptions()
+    )
+
+    assert resumed == utc(2026, 1, 1, 12, 31)
+
+
+def test_preview_lists_the_next_occurrences_within_the_bounds() -> None:
+    rule = cron_rule("0 9 * * *", "Europe/Berlin")
+
+    assert upcoming(rule, utc(2026, 3, 28, 8), ScheduleOptions(), 0, 3) == [
+        utc(2026, 3, 28, 8),
+        utc(2026, 3, 29, 7),
+        utc(2026, 3, 30, 7),
+    ]
+    assert upcoming(rule, utc(2026, 3, 28, 8), ScheduleOptions(max_count=5), 4, 3) == [
+        utc(2026, 3, 28, 8)
+    ]
+    assert upcoming(
+        rule, utc(2026, 3, 28, 8), ScheduleOptions(ends_at=utc(2026, 3, 29, 7)), 0, 3
+    ) == [
+        utc(2026, 3, 28, 8),
+        utc(2026, 3, 29, 7),
+    ]
+
+
+def _schedule(rule: Rule, next_fire_at: datetime | None, *, fire_count: int = 0) -> Schedule:
+    return Schedule(
+        id=uuid.uuid4(), task_id="t", user_id="u", rule=rule, payload={},
+        next_fire_at=next_fire_at, last_fired_at=None, fire_count=fire_count, active=True,
+        created_at=utc(2026, 1, 1), updated_at=utc(2026, 1, 1),
+    )  # fmt: skip
+
+
+def test_an_event_with_the_same_rule_keeps_the_next_fire_time() -> None:
+    existing = _schedule(interval_rule(60), utc(2026, 1, 1, 12, 0, 30))
+    again = NewSchedule("t", "u", interval_rule(60), {}, utc(2026, 1, 1, 12, 1, 10))
+
+    assert reconcile(existing, again) == (utc(2026, 1, 1, 12, 0, 30), True)
+    changed = NewSchedule("t", "u", interval_rule(30), {}, utc(2026, 1, 1, 12, 0, 40))
+    assert reconcile(existing, changed) == (utc(2026, 1, 1, 12, 0, 40), True)
+    capped = NewSchedule("t", "u", interval_rule(60), {}, None, ScheduleOptions(max_count=2))
+    assert reconcile(_schedule(interval_rule(60), utc(2026, 1, 2), fire_count=2), capped) == (
+        None,
+        False,
+    )
+
+
+# --- America/New_York (2026-03-08 02:00 EST -> 03:00 EDT, 2026-11-01 02:00 EDT -> 01:00 EST)
+
+
+def test_new_york_daily_cron_keeps_its_local_time_across_both_transitions() -> None:
+    rule = cron_rule("0 9 * * *", "America/New_York")
+
+    assert occurrences(rule, utc(2026, 3, 7, 0), 2) == [
+        utc(2026, 3, 7, 14),  # 09:00 EST
+        utc(2026, 3, 8, 13),  # 09:00 EDT
+    ]
+    assert occurrences(rule, utc(2026, 10, 31, 0), 2) == [
+        utc(2026, 10, 31, 13),  # 09:00 EDT
+        utc(2026, 11, 1, 14),  # 09:00 EST
+    ]
+
+
+def test_new_york_spring_gap_fires_once_an_hour_later() -> None:
+    rule = cron_rule("30 2 * * *", "America/New_York")  # 02:30 does not exist on 2026-03-08
+
+    assert occurrences(rule, utc(2026, 3, 7, 12), 2) == [
+        utc(2026, 3, 8, 7, 30),  # 03:30 EDT
+        utc(2026, 3, 9, 6, 30),  # 02:30 EDT
+    ]
+
+
+def test_new_york_autumn_overlap_fires_once() -> None:
+    rule = cron_rule("30 1 * * *", "America/New_York")  # 01:30 happens twice on 2026-11-01
+
+    assert occurrences(rule, utc(2026, 10, 31, 12), 2) == [
+        utc(2026, 11, 1, 5, 30),  # the first 01:30 (EDT)
+        utc(2026, 11, 2, 6, 30),  # the next day's 01:30 (EST)
+    ]
+
+
+def test_new_york_every_15_minutes_across_the_autumn_overlap_never_repeats() -> None:
+    rule = cron_rule("*/15 * * * *", "America/New_York")
+
+    fired = occurrences(rule, utc(2026, 11, 1, 4, 50), 12)  # from 00:50 EDT
+
+    assert fired == sorted(set(fired))
+    # 01:00-01:45 EDT fire; the repeated 01:00-01:45 EST do not; then 02:00 EST.
+    assert fired[:6] == [
+        utc(2026, 11, 1, 5, 0),
+        utc(2026, 11, 1, 5, 15),
+        utc(2026, 11, 1, 5, 30),
+        utc(2026, 11, 1, 5, 45),
+        utc(2026, 11, 1, 7, 0),
+        utc(2026, 11, 1, 7, 15),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("zone_name", "spring_day", "autumn_day"),
+    [("Europe/Berlin", 29, 25), ("America/New_York", 8, 1)],
+)
+def test_catching_up_across_a_transition_publishes_each_local_occurrence_once(
+    zone_name: str, spring_day: int, autumn_day: int
+) -> None:
+    rule = cron_rule("*/30 * * * *", zone_name)
+    zone_info = ZoneInfo(zone_name)
+    autumn_month = 10 if zone_name == "Europe/Berlin" else 11
+    for month, day in ((3, spring_day), (autumn_month, autumn_day)):
+        start = datetime(2026, month, day, 0, 0, tzinfo=zone_info).astimezone(UTC)
+        plan = plan_claim(rule, start, now=start + timedelta(hours=4), grace=timedelta(hours=5))
+        published = [p.occurrence for p in plan.publish]
+        local = [o.astimezone(zone_info).strftime("%H:%M") for o in published]
+        assert published == sorted(set(published))
+        assert local == sorted(set(local))  # the wall clock never repeats or goes back
+        assert all(b - a >= timedelta(minutes=30) for a, b in itertools.pairwise(published))
 
 
 # --- event ids
@@ -326,3 +626,13 @@ def test_occurrence_event_id_is_pinned() -> None:
             "0b9c8a52-5ad4-4a7e-9d8e-5f8d1f7a2c11/2026-01-01T09:00:00Z",
         )
     )
+
+
+def test_a_manual_trigger_never_has_an_occurrence_id() -> None:
+    schedule_id = uuid.UUID("0b9c8a52-5ad4-4a7e-9d8e-5f8d1f7a2c11")
+
+    manual = trigger_event_id(schedule_id, "key-1")
+
+    assert manual == trigger_event_id(schedule_id, "key-1")
+    assert manual != trigger_event_id(schedule_id, "key-2")
+    assert manual != occurrence_event_id(schedule_id, utc(2026, 1, 1, 9))

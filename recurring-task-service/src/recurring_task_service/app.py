@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from datetime import timedelta
 
@@ -20,9 +20,20 @@ from taskevents.cloudevents import CloudEvent
 from taskevents.events import TaskEvent
 from taskevents.publisher import EventPublisher
 from taskevents.status import Outcome
-from taskevents.web import ReadinessCheck, probes_router, sidecar_check, subscription_route
+from taskevents.web import (
+    BulkEntry,
+    ReadinessCheck,
+    bulk_subscription_route,
+    probes_router,
+    sidecar_check,
+    subscription_route,
+)
 
 DATABASE_CHECK_SECONDS = 2.0
+TASK_EVENTS_ROUTE = "/events/task-events"
+# The subscription's route (dapr-components/subscriptions/recurring-task-service.yaml):
+# batches, because every triggered event this service publishes comes back to it too.
+TASK_EVENTS_BULK_ROUTE = "/events/task-events/bulk"
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -44,6 +55,7 @@ def create_app(settings: Settings) -> FastAPI:
                 grpc_port=settings.dapr_grpc_port,
             )
             timer = FiringTimer(
+                schedules,
                 schedules,
                 publisher,
                 topic=settings.topic,
@@ -89,7 +101,18 @@ def create_app(settings: Settings) -> FastAPI:
         )
     )
     app.include_router(schedules_router)
-    subscription_route(app, "/events/task-events", on_task_event, token=settings.app_api_token)
+
+    async def on_task_events(entries: Sequence[BulkEntry]) -> list[Outcome]:
+        # In order: the entries of one batch come from one partition, so one task's events
+        # are applied as they were published. Most are this service's own triggered
+        # events, which need no database.
+        task_schedules = resources(app.state).task_schedules
+        return [await sync_task_schedule(e.event, schedules=task_schedules) for e in entries]
+
+    subscription_route(app, TASK_EVENTS_ROUTE, on_task_event, token=settings.app_api_token)
+    bulk_subscription_route(
+        app, TASK_EVENTS_BULK_ROUTE, on_task_events, token=settings.app_api_token
+    )
 
     @app.exception_handler(StoreUnavailableError)
     async def store_unavailable(_request: Request, error: StoreUnavailableError) -> JSONResponse:

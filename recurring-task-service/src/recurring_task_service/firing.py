@@ -1,54 +1,59 @@
-"""Publishing the occurrences that are due: one `task.recurring.triggered` per occurrence,
-claimed in a transaction so that among several replicas one publishes it."""
+"""Firing due occurrences exactly once. A claim (row lock) plans each due schedule and
+writes its events into the outbox in the transaction that advances the schedule; the relay
+publishes the outbox afterwards and deletes what was published. A crash between the two
+loses nothing (the outbox row stays for any replica) and a crash after a publish but
+before its delete publishes the same event id again, which consumers recognise."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
-from dataclasses import dataclass
-from datetime import datetime, timedelta
-from enum import StrEnum
+from collections import defaultdict
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from recurring_task_service.ports import ClaimedSchedules, DueSchedules, Publisher
+from recurring_task_service.ports import (
+    DueSchedules,
+    Outbox,
+    OutboxEntry,
+    PlannedEvent,
+    Publisher,
+)
 from recurring_task_service.schedules import (
-    DueOccurrence,
+    MissedReason,
+    OccurrenceToPublish,
     Schedule,
     occurrence_event_id,
     occurrence_iso,
-    plan_due_occurrence,
+    plan_claim,
 )
 from taskevents.events import EventType, TaskEvent
 from taskevents.logging import get_logger
 
 log = get_logger(__name__)
 
-# Rounds of claiming in one tick, so catching up after an outage cannot run forever.
-MAX_CLAIM_ROUNDS_PER_TICK = 50
+# Rounds of claiming (or relaying) in one tick, so catching up cannot run forever.
+MAX_ROUNDS_PER_TICK = 50
+
+Clock = Callable[[], datetime]
 
 
-class OccurrenceResult(StrEnum):
-    PUBLISHED = "published"
-    SKIPPED = "skipped"  # missed by more than the grace period
-    FAILED = "failed"  # publishing failed; claimed again on a later tick
+def utc_now() -> datetime:
+    return datetime.now(UTC)
 
 
-@dataclass(frozen=True, slots=True)
-class FiredOccurrence:
-    schedule_id: str
-    task_id: str
-    occurrence: datetime
-    result: OccurrenceResult
-    lateness: timedelta  # when it was handled minus when it was due
-
-
-def triggered_event(schedule: Schedule, occurrence: datetime) -> TaskEvent:
+def triggered_event(
+    schedule: Schedule, occurrence: datetime, *, coalesced: Mapping[str, Any] | None = None
+) -> TaskEvent:
     """The event of one occurrence; the same bytes however often it is built."""
-    payload: Mapping[str, Any] = {
+    payload: dict[str, Any] = {
         **schedule.payload,
         "schedule_id": str(schedule.id),
         "occurrence": occurrence_iso(occurrence),
     }
+    if coalesced is not None:
+        payload["coalesced"] = dict(coalesced)
     return TaskEvent.create(
         EventType.TASK_RECURRING_TRIGGERED,
         task_id=schedule.task_id,
@@ -59,95 +64,150 @@ def triggered_event(schedule: Schedule, occurrence: datetime) -> TaskEvent:
     )
 
 
-async def fire_due_schedules(
-    due: DueSchedules,
-    publisher: Publisher,
-    *,
-    batch_size: int,
-    grace: timedelta,
-) -> list[FiredOccurrence]:
-    """Publish every occurrence due now, in batches; stop early when a batch makes no
-    progress (publishing fails), leaving the rest to the next tick."""
-    fired: list[FiredOccurrence] = []
-    for _ in range(MAX_CLAIM_ROUNDS_PER_TICK):
-        batch = await fire_one_batch(due, publisher, batch_size=batch_size, grace=grace)
-        fired.extend(batch)
-        progressed = any(f.result is not OccurrenceResult.FAILED for f in batch)
-        if not batch or not progressed:
-            break
-    return fired
-
-
-async def fire_one_batch(
-    due: DueSchedules,
-    publisher: Publisher,
-    *,
-    batch_size: int,
-    grace: timedelta,
-) -> list[FiredOccurrence]:
-    # The claim, the publish and the advance share one transaction: a crash before the
-    # commit makes another replica publish the occurrence again (with the same event id,
-    # so consumers drop the repeat). The outbox of issue 6 replaces publishing inside
-    # the transaction: the claim writes an outbox row, published after the commit.
-    async with due.claim_due(limit=batch_size) as claimed:
-        plans = [
-            (
-                schedule,
-                plan_due_occurrence(
-                    schedule.rule, schedule.next_fire_at, now=claimed.now, grace=grace
-                ),
-            )
-            for schedule in claimed.schedules
-        ]
-        to_publish = [(schedule, plan) for schedule, plan in plans if plan.publish]
-        errors = await asyncio.gather(
-            *(publisher.publish(triggered_event(s, plan.occurrence)) for s, plan in to_publish),
-            return_exceptions=True,
-        )
-        failed = {
-            schedule.id: error
-            for (schedule, _), error in zip(to_publish, errors, strict=True)
-            if isinstance(error, BaseException)
+def planned_event(schedule: Schedule, planned: OccurrenceToPublish) -> PlannedEvent:
+    coalesced = None
+    if planned.coalesced is not None:
+        run = planned.coalesced
+        coalesced = {
+            "first_occurrence": occurrence_iso(run.first),
+            "occurrences": (run.count or 0) + 1,  # the run and this one
         }
-        results: list[FiredOccurrence] = []
-        for schedule, plan in plans:
-            result = _settle(claimed, schedule, plan, failed.get(schedule.id))
-            results.append(
-                FiredOccurrence(
-                    schedule_id=str(schedule.id),
-                    task_id=schedule.task_id,
-                    occurrence=plan.occurrence,
-                    result=result,
-                    lateness=claimed.now - plan.occurrence,
-                )
+    return PlannedEvent(
+        triggered_event(schedule, planned.occurrence, coalesced=coalesced), planned.occurrence
+    )
+
+
+@dataclass(slots=True)
+class ClaimReport:
+    schedules: int = 0
+    queued: int = 0  # events written to the outbox
+    skipped: int = 0  # occurrences missed beyond the grace period
+    coalesced: int = 0  # occurrences folded into a coalesced event
+    finished: list[str] = field(default_factory=list)
+
+    def add(self, other: ClaimReport) -> None:
+        self.schedules += other.schedules
+        self.queued += other.queued
+        self.skipped += other.skipped
+        self.coalesced += other.coalesced
+        self.finished.extend(other.finished)
+
+
+async def claim_due_occurrences(
+    due: DueSchedules, *, batch_size: int, grace: timedelta
+) -> ClaimReport:
+    """Claim every due schedule, in batches, and write its events into the outbox."""
+    report = ClaimReport()
+    for _ in range(MAX_ROUNDS_PER_TICK):
+        batch = await claim_one_batch(due, batch_size=batch_size, grace=grace)
+        report.add(batch)
+        if batch.schedules < batch_size:
+            break
+    return report
+
+
+async def claim_one_batch(due: DueSchedules, *, batch_size: int, grace: timedelta) -> ClaimReport:
+    report = ClaimReport()
+    async with due.claim_due(limit=batch_size) as claimed:
+        for schedule in claimed.schedules:
+            assert schedule.next_fire_at is not None  # only due schedules are claimed
+            plan = plan_claim(
+                schedule.rule,
+                schedule.next_fire_at,
+                now=claimed.now,
+                grace=grace,
+                options=schedule.options,
+                fire_count=schedule.fire_count,
             )
-        return results
+            claimed.settle(
+                schedule,
+                events=[planned_event(schedule, p) for p in plan.publish],
+                missed=plan.missed,
+                next_fire_at=plan.next_fire_at,
+                finished=plan.finished,
+            )
+            report.schedules += 1
+            report.queued += len(plan.publish)
+            for run in plan.missed:
+                context = {
+                    "schedule_id": str(schedule.id),
+                    "task_id": schedule.task_id,
+                    "first_occurrence": occurrence_iso(run.first),
+                    "occurrences": run.count,
+                }
+                if run.reason is MissedReason.BEYOND_GRACE:
+                    report.skipped += run.count or 0
+                    log.warning("skipped occurrences missed beyond the grace period", **context)
+                else:
+                    report.coalesced += run.count or 0
+                    log.info("coalesced missed occurrences into one event", **context)
+            if plan.finished:
+                report.finished.append(str(schedule.id))
+                log.info("schedule is over", schedule_id=str(schedule.id), task_id=schedule.task_id)
+    return report
 
 
-def _settle(
-    claimed: ClaimedSchedules,
-    schedule: Schedule,
-    plan: DueOccurrence,
-    publish_error: BaseException | None,
-) -> OccurrenceResult:
-    context = {
-        "schedule_id": str(schedule.id),
-        "task_id": schedule.task_id,
-        "occurrence": occurrence_iso(plan.occurrence),
-    }
-    if publish_error is not None:
-        # Not advanced: the commit unlocks the row unchanged, and a later tick claims it.
-        log.warning(
-            "publishing an occurrence failed; retrying on a later tick",
-            error=f"{type(publish_error).__name__}: {publish_error}",
-            **context,
+@dataclass(frozen=True, slots=True)
+class RelayedEvent:
+    entry: OutboxEntry
+    published_at: datetime | None  # None: publishing failed; it stays in the outbox
+    error: str | None = None
+
+    @property
+    def lateness(self) -> timedelta | None:
+        return None if self.published_at is None else self.published_at - self.entry.due_at
+
+
+async def relay_outbox(
+    outbox: Outbox, publisher: Publisher, *, batch_size: int, clock: Clock = utc_now
+) -> list[RelayedEvent]:
+    """Publish what waits in the outbox, in batches, until it is empty or publishing
+    fails (the rest waits for the next tick)."""
+    relayed: list[RelayedEvent] = []
+    for _ in range(MAX_ROUNDS_PER_TICK):
+        batch = await relay_one_batch(outbox, publisher, batch_size=batch_size, clock=clock)
+        relayed.extend(batch)
+        if len(batch) < batch_size or any(r.published_at is None for r in batch):
+            break
+    return relayed
+
+
+async def relay_one_batch(
+    outbox: Outbox, publisher: Publisher, *, batch_size: int, clock: Clock
+) -> list[RelayedEvent]:
+    async with outbox.take(limit=batch_size) as batch:
+        # The events of one task in order, different tasks side by side.
+        by_task: dict[str, list[OutboxEntry]] = defaultdict(list)
+        for entry in batch.entries:
+            by_task[entry.event.task_id].append(entry)
+        outcomes = await asyncio.gather(
+            *(_publish_in_order(entries, publisher, clock) for entries in by_task.values())
         )
-        return OccurrenceResult.FAILED
-    fired_at = claimed.now if plan.publish else None
-    claimed.advance(schedule, next_fire_at=plan.next_fire_at, fired_at=fired_at)
-    if plan.next_fire_at is None:
-        log.warning("the schedule never fires again; deactivated", **context)
-    if not plan.publish:
-        log.warning("skipped an occurrence missed by more than the grace period", **context)
-        return OccurrenceResult.SKIPPED
-    return OccurrenceResult.PUBLISHED
+        relayed = [r for task_outcomes in outcomes for r in task_outcomes]
+        for r in relayed:
+            if r.published_at is not None:
+                batch.published(r.entry)
+            else:
+                log.warning(
+                    "publishing a triggered event failed; it stays in the outbox",
+                    event_id=r.entry.event.event_id,
+                    task_id=r.entry.event.task_id,
+                    error=r.error,
+                )
+        return relayed
+
+
+async def _publish_in_order(
+    entries: Sequence[OutboxEntry], publisher: Publisher, clock: Clock
+) -> list[RelayedEvent]:
+    results: list[RelayedEvent] = []
+    for position, entry in enumerate(entries):
+        try:
+            await publisher.publish(entry.event)
+        except Exception as error:  # the sidecar or the broker; the row stays
+            message = f"{type(error).__name__}: {error}"
+            # Later events of the task wait too, so they stay in order.
+            results.extend(RelayedEvent(e, None, message) for e in entries[position:])
+            break
+        results.append(RelayedEvent(entry, clock()))
+    return results

@@ -1,12 +1,20 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Protocol
+from enum import StrEnum
+from typing import Any, Protocol
 
-from recurring_task_service.schedules import NewSchedule, Schedule
+from recurring_task_service.schedules import (
+    MissedRun,
+    NewSchedule,
+    Rule,
+    Schedule,
+    ScheduleOptions,
+)
 from taskevents.events import TaskEvent
 
 
@@ -19,6 +27,26 @@ class ScheduleExistsError(ValueError):
         super().__init__(f"task {task_id!r} already has schedule {schedule_id}")
         self.task_id = task_id
         self.schedule_id = schedule_id
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduleUpdate:
+    """The whole new state of an edited schedule (PATCH, pause, resume)."""
+
+    rule: Rule
+    payload: dict[str, Any]
+    options: ScheduleOptions
+    paused: bool
+    next_fire_at: datetime | None
+    active: bool
+
+
+@dataclass(frozen=True, slots=True)
+class MissedRecord:
+    schedule_id: uuid.UUID
+    task_id: str
+    run: MissedRun
+    recorded_at: datetime
 
 
 class ScheduleStore(Protocol):
@@ -34,16 +62,54 @@ class ScheduleStore(Protocol):
 
     async def delete(self, schedule_id: uuid.UUID) -> bool: ...
 
+    async def update(
+        self, schedule_id: uuid.UUID, edit: Callable[[Schedule], ScheduleUpdate]
+    ) -> Schedule | None:
+        """Lock the schedule, compute its new state from the current one with `edit`
+        (which may raise to refuse the change), store it. None: no such schedule."""
+        ...
+
+    async def enqueue(
+        self, schedule_id: uuid.UUID, make_event: Callable[[Schedule], TaskEvent]
+    ) -> TaskEvent | None:
+        """Put the event `make_event` builds from the schedule into the outbox (a manual
+        trigger); None: no such schedule. An event id already waiting is not added twice."""
+        ...
+
+    async def missed(self, schedule_id: uuid.UUID, *, limit: int) -> list[MissedRecord]: ...
+
+
+class TaskChange(StrEnum):
+    APPLIED = "applied"
+    NOTHING = "nothing"  # nothing to change (no schedule to remove, not a completion rule)
+    STALE = "stale"  # older than what the task's events already set: ignored
+
 
 class TaskSchedules(Protocol):
-    """The one schedule of each task, as task events set it."""
+    """The one schedule of each task, as task events set it. Each change carries the
+    event's time: a change older than the newest one applied for the task (a deletion
+    included) is ignored."""
 
-    async def put_for_task(self, new: NewSchedule) -> Schedule:
+    async def put_for_task(self, new: NewSchedule, *, event_at: datetime) -> TaskChange:
         """Create the task's schedule, or update it; an unchanged rule keeps its next
         fire time."""
         ...
 
-    async def delete_for_task(self, task_id: str) -> bool: ...
+    async def delete_for_task(self, task_id: str, *, event_at: datetime) -> TaskChange: ...
+
+    async def complete_task(
+        self, task_id: str, *, completed_at: datetime, plan: Callable[[Schedule], datetime | None]
+    ) -> TaskChange:
+        """For a completion-based schedule of the task: set its next fire time to what
+        `plan` says (None: the schedule is over). A completion not newer than the last
+        one applied changes nothing."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class PlannedEvent:
+    event: TaskEvent
+    due_at: datetime
 
 
 class ClaimedSchedules(Protocol):
@@ -55,27 +121,60 @@ class ClaimedSchedules(Protocol):
     @property
     def schedules(self) -> Sequence[Schedule]: ...
 
-    def advance(
-        self, schedule: Schedule, *, next_fire_at: datetime | None, fired_at: datetime | None
+    def settle(
+        self,
+        schedule: Schedule,
+        *,
+        events: Sequence[PlannedEvent],
+        missed: Sequence[MissedRun],
+        next_fire_at: datetime | None,
+        finished: bool,
     ) -> None:
-        """Record, at commit, that the schedule's due occurrence is done (published when
-        `fired_at` is set, skipped otherwise) and when it fires next (None: never)."""
+        """Record, at commit: the events into the outbox, the missed runs, and when the
+        schedule fires next (`finished`: never again)."""
 
 
 class DueSchedules(Protocol):
     def claim_due(self, *, limit: int) -> AbstractAsyncContextManager[ClaimedSchedules]:
-        """Claim up to `limit` due schedules, oldest first, skipping those another
-        replica holds. Leaving the block commits what was advanced; an exception rolls
-        everything back."""
+        """Claim up to `limit` due schedules (active, not paused), oldest first, skipping
+        those another replica holds. Leaving the block commits what was settled; an
+        exception rolls everything back."""
         ...
 
     async def next_fire_at(self) -> datetime | None:
-        """The earliest next fire time of any active schedule."""
+        """The earliest next fire time of any active, unpaused schedule."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxEntry:
+    id: int
+    event: TaskEvent
+    due_at: datetime
+
+
+class OutboxBatch(Protocol):
+    @property
+    def entries(self) -> Sequence[OutboxEntry]: ...
+
+    def published(self, entry: OutboxEntry) -> None:
+        """Remove the entry at commit."""
+
+
+class Outbox(Protocol):
+    def take(self, *, limit: int) -> AbstractAsyncContextManager[OutboxBatch]:
+        """Lock up to `limit` waiting events, oldest first, skipping those another replica
+        is publishing. Leaving the block deletes those marked published."""
         ...
 
 
 class Publisher(Protocol):
     async def publish(self, event: TaskEvent) -> None: ...
+
+
+class ConnectingPublisher(Publisher, Protocol):
+    async def connect(self) -> None:
+        """Be ready to publish (the sidecar answers); the first publish is then quick."""
 
 
 class Waker(Protocol):

@@ -105,5 +105,10 @@ class EventPublisher:
             data_content_type=content_type,
         )
 
+    async def connect(self) -> None:
+        """Make the Dapr client now (once the sidecar answers), so the first publish does
+        not pay for importing and connecting it."""
+        await self._dapr.get()
+
     async def close(self) -> None:
         await self._dapr.close()

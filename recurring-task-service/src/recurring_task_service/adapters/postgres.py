@@ -14,15 +14,29 @@ from typing import Any, ParamSpec, TypeVar
 
 import asyncpg
 
-from recurring_task_service.ports import ScheduleExistsError, StoreUnavailableError
+from recurring_task_service.ports import (
+    MissedRecord,
+    OutboxEntry,
+    PlannedEvent,
+    ScheduleExistsError,
+    ScheduleUpdate,
+    StoreUnavailableError,
+    TaskChange,
+)
 from recurring_task_service.schedules import (
+    AfterCompletionRule,
     CronRule,
     IntervalRule,
+    MissedReason,
+    MissedRun,
     NewSchedule,
     Rule,
     Schedule,
+    ScheduleOptions,
+    reconcile,
     rule_from_fields,
 )
+from taskevents.events import TaskEvent
 from taskevents.logging import get_logger
 
 log = get_logger(__name__)
@@ -79,22 +93,32 @@ def _translating_outages(
     return wrapper
 
 
+_INSERT_SCHEDULE = """INSERT INTO recurring_schedules (task_id, user_id, cron,
+        interval_seconds, after_completion_seconds, timezone, payload, next_fire_at,
+        starts_at, ends_at, max_count, coalesce_missed, paused, active)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"""
+_INSERT_SCHEDULE_UNLESS_THE_TASK_HAS_ONE = (
+    _INSERT_SCHEDULE
+    + """
+    ON CONFLICT (task_id) DO NOTHING
+    RETURNING *"""
+)
+
+
 class PostgresSchedules:
-    """ScheduleStore, TaskSchedules and DueSchedules over one pool."""
+    """ScheduleStore, TaskSchedules, DueSchedules and Outbox over one pool."""
 
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
+
+    # --- the HTTP API
 
     @_translating_outages
     async def create(self, new: NewSchedule) -> Schedule:
         async with self._pool.acquire() as connection:
             row = await connection.fetchrow(
-                """INSERT INTO recurring_schedules
-                        (task_id, user_id, cron, interval_seconds, timezone, payload, next_fire_at)
-                    VALUES ($1, $2, $3, $4, $5, $6, $7)
-                    ON CONFLICT (task_id) DO NOTHING
-                    RETURNING *""",
-                *_rule_values(new),
+                _INSERT_SCHEDULE_UNLESS_THE_TASK_HAS_ONE,
+                *_new_values(new, next_fire_at=new.next_fire_at, active=_starts_active(new)),
             )
             if row is None:
                 existing = await connection.fetchval(
@@ -129,41 +153,155 @@ class PostgresSchedules:
         return deleted is not None
 
     @_translating_outages
-    async def put_for_task(self, new: NewSchedule) -> Schedule:
-        row = await self._pool.fetchrow(
-            """INSERT INTO recurring_schedules AS s
-                    (task_id, user_id, cron, interval_seconds, timezone, payload, next_fire_at)
-                VALUES ($1, $2, $3, $4, $5, $6, $7)
-                ON CONFLICT (task_id) DO UPDATE SET
-                    user_id = EXCLUDED.user_id,
-                    cron = EXCLUDED.cron,
-                    interval_seconds = EXCLUDED.interval_seconds,
-                    timezone = EXCLUDED.timezone,
-                    payload = EXCLUDED.payload,
-                    next_fire_at = CASE
-                        WHEN s.active
-                         AND s.cron IS NOT DISTINCT FROM EXCLUDED.cron
-                         AND s.interval_seconds IS NOT DISTINCT FROM EXCLUDED.interval_seconds
-                         AND s.timezone = EXCLUDED.timezone
-                        THEN s.next_fire_at ELSE EXCLUDED.next_fire_at END,
-                    active = true,
-                    updated_at = now()
-                RETURNING *""",
-            *_rule_values(new),
-        )
-        return _schedule(row)
+    async def update(
+        self, schedule_id: uuid.UUID, edit: Callable[[Schedule], ScheduleUpdate]
+    ) -> Schedule | None:
+        async with self._pool.acquire() as connection, connection.transaction():
+            row = await connection.fetchrow(
+                "SELECT * FROM recurring_schedules WHERE id = $1 FOR UPDATE", schedule_id
+            )
+            if row is None:
+                return None
+            change = edit(_schedule(row))
+            rule = _rule_columns(change.rule)
+            updated = await connection.fetchrow(
+                """UPDATE recurring_schedules SET
+                       cron = $2, interval_seconds = $3, after_completion_seconds = $4,
+                       timezone = $5, payload = $6, next_fire_at = $7, starts_at = $8,
+                       ends_at = $9, max_count = $10, coalesce_missed = $11, paused = $12,
+                       active = $13, updated_at = now()
+                   WHERE id = $1
+                   RETURNING *""",
+                schedule_id,
+                *rule,
+                change.payload,
+                change.next_fire_at,
+                *_option_columns(change.options),
+                change.paused,
+                change.active,
+            )
+        return _schedule(updated)
 
     @_translating_outages
-    async def delete_for_task(self, task_id: str) -> bool:
-        deleted = await self._pool.fetchval(
-            "DELETE FROM recurring_schedules WHERE task_id = $1 RETURNING id", task_id
+    async def enqueue(
+        self, schedule_id: uuid.UUID, make_event: Callable[[Schedule], TaskEvent]
+    ) -> TaskEvent | None:
+        async with self._pool.acquire() as connection, connection.transaction():
+            row = await connection.fetchrow(
+                "SELECT * FROM recurring_schedules WHERE id = $1 FOR SHARE", schedule_id
+            )
+            if row is None:
+                return None
+            event = make_event(_schedule(row))
+            await connection.execute(
+                """INSERT INTO recurring_outbox (event_id, schedule_id, task_id, event, due_at)
+                   SELECT $1, $2, $3, $4, $5
+                    WHERE NOT EXISTS (SELECT 1 FROM recurring_outbox WHERE event_id = $1)""",
+                *_outbox_values(schedule_id, PlannedEvent(event, event.timestamp)),
+            )
+        return event
+
+    @_translating_outages
+    async def missed(self, schedule_id: uuid.UUID, *, limit: int) -> list[MissedRecord]:
+        rows = await self._pool.fetch(
+            """SELECT * FROM recurring_missed_occurrences WHERE schedule_id = $1
+                ORDER BY first_occurrence DESC, id DESC LIMIT $2""",
+            schedule_id,
+            limit,
         )
-        return deleted is not None
+        return [
+            MissedRecord(
+                schedule_id=row["schedule_id"],
+                task_id=row["task_id"],
+                run=MissedRun(
+                    MissedReason(row["reason"]),
+                    row["first_occurrence"],
+                    row["last_occurrence"],
+                    row["occurrences"],
+                ),
+                recorded_at=row["recorded_at"],
+            )
+            for row in rows
+        ]
+
+    # --- task events
+
+    @_translating_outages
+    async def put_for_task(self, new: NewSchedule, *, event_at: datetime) -> TaskChange:
+        async with self._pool.acquire() as connection, connection.transaction():
+            if not await _newest_task_event(connection, new.task_id, event_at, deleted=False):
+                return TaskChange.STALE
+            row = await connection.fetchrow(
+                "SELECT * FROM recurring_schedules WHERE task_id = $1 FOR UPDATE", new.task_id
+            )
+            if row is None:
+                await connection.execute(
+                    _INSERT_SCHEDULE,
+                    *_new_values(new, next_fire_at=new.next_fire_at, active=_starts_active(new)),
+                )
+                return TaskChange.APPLIED
+            next_fire_at, active = reconcile(_schedule(row), new)
+            await connection.execute(
+                """UPDATE recurring_schedules SET
+                       user_id = $2, cron = $3, interval_seconds = $4,
+                       after_completion_seconds = $5, timezone = $6, payload = $7,
+                       next_fire_at = $8, starts_at = $9, ends_at = $10, max_count = $11,
+                       coalesce_missed = $12, active = $13, updated_at = now()
+                   WHERE id = $1""",
+                row["id"],
+                new.user_id,
+                *_rule_columns(new.rule),
+                dict(new.payload),
+                next_fire_at,
+                *_option_columns(new.options),
+                active,
+            )
+            return TaskChange.APPLIED
+
+    @_translating_outages
+    async def delete_for_task(self, task_id: str, *, event_at: datetime) -> TaskChange:
+        async with self._pool.acquire() as connection, connection.transaction():
+            if not await _newest_task_event(connection, task_id, event_at, deleted=True):
+                return TaskChange.STALE
+            deleted = await connection.fetchval(
+                "DELETE FROM recurring_schedules WHERE task_id = $1 RETURNING id", task_id
+            )
+        return TaskChange.APPLIED if deleted is not None else TaskChange.NOTHING
+
+    @_translating_outages
+    async def complete_task(
+        self, task_id: str, *, completed_at: datetime, plan: Callable[[Schedule], datetime | None]
+    ) -> TaskChange:
+        async with self._pool.acquire() as connection, connection.transaction():
+            row = await connection.fetchrow(
+                """SELECT * FROM recurring_schedules
+                    WHERE task_id = $1 AND after_completion_seconds IS NOT NULL
+                    FOR UPDATE""",
+                task_id,
+            )
+            if row is None or not row["active"]:
+                return TaskChange.NOTHING
+            last = row["last_completed_at"]
+            if last is not None and completed_at <= last:
+                return TaskChange.STALE
+            next_fire_at = plan(_schedule(row))
+            await connection.execute(
+                """UPDATE recurring_schedules SET next_fire_at = $2::timestamptz,
+                       last_completed_at = $3, active = $2::timestamptz IS NOT NULL,
+                       updated_at = now()
+                   WHERE id = $1""",
+                row["id"],
+                next_fire_at,
+                completed_at,
+            )
+        return TaskChange.APPLIED
+
+    # --- firing
 
     @_translating_outages
     async def next_fire_at(self) -> datetime | None:
         earliest: datetime | None = await self._pool.fetchval(
-            "SELECT min(next_fire_at) FROM recurring_schedules WHERE active"
+            "SELECT min(next_fire_at) FROM recurring_schedules WHERE active AND NOT paused"
         )
         return earliest
 
@@ -173,7 +311,7 @@ class PostgresSchedules:
             async with self._pool.acquire() as connection, connection.transaction():
                 rows = await connection.fetch(
                     """SELECT *, now() AS claimed_at FROM recurring_schedules
-                        WHERE active AND next_fire_at <= now()
+                        WHERE active AND NOT paused AND next_fire_at <= now()
                         ORDER BY next_fire_at
                         LIMIT $1
                         FOR UPDATE SKIP LOCKED""",
@@ -182,13 +320,27 @@ class PostgresSchedules:
                 now = rows[0]["claimed_at"] if rows else datetime.now(UTC)
                 claimed = _Claimed(now, [_schedule(row) for row in rows])
                 yield claimed
+                if claimed.outbox:
+                    await connection.executemany(
+                        """INSERT INTO recurring_outbox
+                               (event_id, schedule_id, task_id, event, due_at)
+                           VALUES ($1, $2, $3, $4, $5)""",
+                        claimed.outbox,
+                    )
+                if claimed.missed:
+                    await connection.executemany(
+                        """INSERT INTO recurring_missed_occurrences (schedule_id, task_id,
+                               reason, first_occurrence, last_occurrence, occurrences)
+                           VALUES ($1, $2, $3, $4, $5, $6)""",
+                        claimed.missed,
+                    )
                 if claimed.advances:
                     await connection.executemany(
                         """UPDATE recurring_schedules SET
-                               next_fire_at = coalesce($2, next_fire_at),
-                               active = $2 IS NOT NULL,
-                               last_fired_at = coalesce($3, last_fired_at),
-                               fire_count = fire_count + CASE WHEN $3 IS NULL THEN 0 ELSE 1 END,
+                               next_fire_at = $2,
+                               active = $3,
+                               last_fired_at = CASE WHEN $4 > 0 THEN $5 ELSE last_fired_at END,
+                               fire_count = fire_count + $4,
                                updated_at = now()
                            WHERE id = $1""",
                         claimed.advances,
@@ -196,37 +348,140 @@ class PostgresSchedules:
         except UNAVAILABLE as error:
             raise StoreUnavailableError(f"{type(error).__name__}: {error}") from error
 
+    @asynccontextmanager
+    async def take(self, *, limit: int) -> AsyncIterator[_OutboxBatch]:
+        try:
+            async with self._pool.acquire() as connection, connection.transaction():
+                rows = await connection.fetch(
+                    """SELECT id, event, due_at FROM recurring_outbox
+                        ORDER BY id
+                        LIMIT $1
+                        FOR UPDATE SKIP LOCKED""",
+                    limit,
+                )
+                batch = _OutboxBatch(
+                    [
+                        OutboxEntry(
+                            row["id"], TaskEvent.model_validate_json(row["event"]), row["due_at"]
+                        )
+                        for row in rows
+                    ]
+                )
+                yield batch
+                if batch.done:
+                    await connection.execute(
+                        "DELETE FROM recurring_outbox WHERE id = ANY($1::bigint[])", batch.done
+                    )
+        except UNAVAILABLE as error:
+            raise StoreUnavailableError(f"{type(error).__name__}: {error}") from error
+
+
+async def _newest_task_event(
+    connection: asyncpg.Connection, task_id: str, event_at: datetime, *, deleted: bool
+) -> bool:
+    """Record the task's event as its newest (compare-and-set on its time); False when a
+    newer one — or, for a change, a deletion at the same time — was applied already."""
+    applied = await connection.fetchval(
+        """INSERT INTO recurring_task_versions AS v (task_id, last_event_at, deleted)
+                VALUES ($1, $2, $3)
+           ON CONFLICT (task_id) DO UPDATE SET
+                last_event_at = EXCLUDED.last_event_at,
+                deleted = EXCLUDED.deleted,
+                updated_at = now()
+            WHERE v.last_event_at < EXCLUDED.last_event_at
+               OR (v.last_event_at = EXCLUDED.last_event_at AND (EXCLUDED.deleted OR NOT v.deleted))
+           RETURNING true""",
+        task_id,
+        event_at,
+        deleted,
+    )
+    return bool(applied)
+
 
 @dataclass(slots=True)
 class _Claimed:
     now: datetime
     schedules: Sequence[Schedule]
-    advances: list[tuple[uuid.UUID, datetime | None, datetime | None]] = field(default_factory=list)
+    outbox: list[tuple[Any, ...]] = field(default_factory=list)
+    missed: list[tuple[Any, ...]] = field(default_factory=list)
+    advances: list[tuple[Any, ...]] = field(default_factory=list)
 
-    def advance(
-        self, schedule: Schedule, *, next_fire_at: datetime | None, fired_at: datetime | None
+    def settle(
+        self,
+        schedule: Schedule,
+        *,
+        events: Sequence[PlannedEvent],
+        missed: Sequence[MissedRun],
+        next_fire_at: datetime | None,
+        finished: bool,
     ) -> None:
-        self.advances.append((schedule.id, next_fire_at, fired_at))
+        self.outbox.extend(_outbox_values(schedule.id, planned) for planned in events)
+        self.missed.extend(
+            (schedule.id, schedule.task_id, run.reason.value, run.first, run.last, run.count)
+            for run in missed
+        )
+        self.advances.append((schedule.id, next_fire_at, not finished, len(events), self.now))
 
 
-def _rule_values(new: NewSchedule) -> tuple[Any, ...]:
-    cron = new.rule.expression if isinstance(new.rule, CronRule) else None
-    interval = new.rule.seconds if isinstance(new.rule, IntervalRule) else None
+@dataclass(slots=True)
+class _OutboxBatch:
+    entries: Sequence[OutboxEntry]
+    done: list[int] = field(default_factory=list)
+
+    def published(self, entry: OutboxEntry) -> None:
+        self.done.append(entry.id)
+
+
+def _outbox_values(schedule_id: uuid.UUID, planned: PlannedEvent) -> tuple[Any, ...]:
+    event = planned.event
+    return (event.event_id, schedule_id, event.task_id, event.to_json(), planned.due_at)
+
+
+def _starts_active(new: NewSchedule) -> bool:
+    return new.next_fire_at is not None or isinstance(new.rule, AfterCompletionRule)
+
+
+def _rule_columns(rule: Rule) -> tuple[Any, ...]:
+    return (
+        rule.expression if isinstance(rule, CronRule) else None,
+        rule.seconds if isinstance(rule, IntervalRule) else None,
+        rule.seconds if isinstance(rule, AfterCompletionRule) else None,
+        rule.timezone,
+    )
+
+
+def _option_columns(options: ScheduleOptions) -> tuple[Any, ...]:
+    return (options.starts_at, options.ends_at, options.max_count, options.coalesce_missed)
+
+
+def _new_values(
+    new: NewSchedule, *, next_fire_at: datetime | None, active: bool
+) -> tuple[Any, ...]:
+    cron, interval, after_completion, timezone = _rule_columns(new.rule)
     return (
         new.task_id,
         new.user_id,
         cron,
         interval,
-        new.rule.timezone,
+        after_completion,
+        timezone,
         dict(new.payload),
-        new.next_fire_at,
+        next_fire_at,
+        *_option_columns(new.options),
+        new.paused,
+        active,
     )
 
 
 def _schedule(row: asyncpg.Record) -> Schedule:
-    rule: Rule = rule_from_fields(
-        cron=row["cron"], interval_seconds=row["interval_seconds"], timezone=row["timezone"]
-    )
+    after_completion = row["after_completion_seconds"]
+    rule: Rule
+    if after_completion is not None:
+        rule = AfterCompletionRule(after_completion, row["timezone"])
+    else:
+        rule = rule_from_fields(
+            cron=row["cron"], interval_seconds=row["interval_seconds"], timezone=row["timezone"]
+        )
     return Schedule(
         id=row["id"],
         task_id=row["task_id"],
@@ -239,4 +494,12 @@ def _schedule(row: asyncpg.Record) -> Schedule:
         active=row["active"],
         created_at=row["created_at"],
         updated_at=row["updated_at"],
+        options=ScheduleOptions(
+            starts_at=row["starts_at"],
+            ends_at=row["ends_at"],
+            max_count=row["max_count"],
+            coalesce_missed=row["coalesce_missed"],
+        ),
+        paused=row["paused"],
+        last_completed_at=row["last_completed_at"],
     )

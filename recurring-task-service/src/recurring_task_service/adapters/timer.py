@@ -1,17 +1,19 @@
 """APScheduler as the timer: it says *when* to look for due schedules (every poll interval,
-and at the next known fire time); Postgres says *what* is due."""
+and at the next known fire time); Postgres says *what* is due. Each tick claims what is due
+(into the outbox) and then relays the outbox — also what another replica left behind."""
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from prometheus_client import Counter, Histogram
 
-from recurring_task_service.firing import OccurrenceResult, fire_due_schedules
-from recurring_task_service.ports import DueSchedules, Publisher
+from recurring_task_service.firing import claim_due_occurrences, relay_outbox
+from recurring_task_service.ports import ConnectingPublisher, DueSchedules, Outbox
 from taskevents.logging import get_logger
 from taskevents.metrics import PUBLISHED
 
@@ -23,12 +25,18 @@ STOP_WAIT_SECONDS = 10.0
 
 OCCURRENCES = Counter(
     "recurring_occurrences_total",
-    "Due occurrences handled, by result (published, skipped, failed).",
+    "Due occurrences handled: queued (into the outbox), skipped (beyond the grace period), "
+    "coalesced (folded into one event).",
+    ["result"],
+)
+RELAYED = Counter(
+    "recurring_outbox_relayed_total",
+    "Outbox events relayed to the sidecar, by result (published, failed).",
     ["result"],
 )
 TRIGGER_LATENESS_SECONDS = Histogram(
     "recurring_trigger_lateness_seconds",
-    "Time from an occurrence being due to its claim, for each published occurrence.",
+    "Time from an occurrence being due to its event being published.",
     buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0),
 )
 
@@ -42,7 +50,8 @@ class FiringTimer:
     def __init__(
         self,
         due: DueSchedules,
-        publisher: Publisher,
+        outbox: Outbox,
+        publisher: ConnectingPublisher,
         *,
         topic: str,
         poll_seconds: float,
@@ -51,6 +60,7 @@ class FiringTimer:
         sidecar_ready: ReadinessCheck,
     ) -> None:
         self._due = due
+        self._outbox = outbox
         self._publisher = publisher
         self._topic = topic
         self._poll_seconds = poll_seconds
@@ -115,28 +125,49 @@ class FiringTimer:
 
     async def _fire(self) -> None:
         if not self._sidecar_seen:
-            # Claiming before the sidecar is up would only hold row locks while the
-            # publisher waits for it.
+            # Relaying before the sidecar is up would only hold row locks while the
+            # publisher waits for it; claiming needs no sidecar.
             problem = await self._sidecar_ready()
-            if problem:
-                log.debug("not firing yet", reason=problem)
-                return
-            self._sidecar_seen = True
-        fired = await fire_due_schedules(
-            self._due, self._publisher, batch_size=self._batch_size, grace=self._grace
+            if not problem:
+                await self._publisher.connect()
+                self._sidecar_seen = True
+            else:
+                log.debug("not relaying yet", reason=problem)
+        started = time.monotonic()
+        claimed = await claim_due_occurrences(
+            self._due, batch_size=self._batch_size, grace=self._grace
         )
-        for occurrence in fired:
-            OCCURRENCES.labels(occurrence.result.value).inc()
-            if occurrence.result is OccurrenceResult.FAILED:
+        OCCURRENCES.labels("queued").inc(claimed.queued)
+        OCCURRENCES.labels("skipped").inc(claimed.skipped)
+        OCCURRENCES.labels("coalesced").inc(claimed.coalesced)
+        claim_seconds = time.monotonic() - started
+        published = failed = 0
+        if self._sidecar_seen:
+            for relayed in await relay_outbox(
+                self._outbox, self._publisher, batch_size=self._batch_size
+            ):
+                lateness = relayed.lateness
+                if lateness is None:
+                    failed += 1
+                    continue
+                published += 1
+                PUBLISHED.labels(self._topic, relayed.entry.event.type).inc()
+                TRIGGER_LATENESS_SECONDS.observe(max(lateness.total_seconds(), 0.0))
+            RELAYED.labels("published").inc(published)
+            RELAYED.labels("failed").inc(failed)
+            if failed:
                 self._sidecar_seen = False  # wait for it again instead of failing each tick
-            if occurrence.result is OccurrenceResult.PUBLISHED:
-                PUBLISHED.labels(self._topic, "task.recurring.triggered").inc()
-                TRIGGER_LATENESS_SECONDS.observe(occurrence.lateness.total_seconds())
-        if fired:
-            counts = {result.value: 0 for result in OccurrenceResult}
-            for occurrence in fired:
-                counts[occurrence.result.value] += 1
-            log.info("fired due schedules", **counts)
+        if claimed.queued or claimed.skipped or published or failed:
+            log.info(
+                "fired due schedules",
+                queued=claimed.queued,
+                skipped=claimed.skipped,
+                coalesced=claimed.coalesced,
+                published=published,
+                failed=failed,
+                claim_seconds=round(claim_seconds, 3),
+                relay_seconds=round(time.monotonic() - started - claim_seconds, 3),
+            )
         earliest = await self._due.next_fire_at()
         # One already due failed to publish: the regular poll retries it, not a busy loop.
         if earliest is not None and earliest > datetime.now(UTC):

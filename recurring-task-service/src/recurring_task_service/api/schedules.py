@@ -2,65 +2,188 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
-from typing import Annotated, Any, Self
+from typing import Annotated, Any, Literal, Self
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Response, status
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from fastapi import APIRouter, Depends, Header, HTTPException, Query, Response, status
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from recurring_task_service.ports import ScheduleExistsError
+from recurring_task_service.ports import ScheduleExistsError, ScheduleUpdate
 from recurring_task_service.schedules import (
+    MAX_AFTER_COMPLETION_DAYS,
     MAX_INTERVAL_SECONDS,
-    CronRule,
+    AfterCompletionRule,
+    InvalidScheduleError,
     NewSchedule,
     Rule,
     Schedule,
+    ScheduleOptions,
     first_occurrence,
+    occurrence_iso,
+    resumed_next_fire_at,
+    rule_fields,
     rule_from_fields,
+    schedule_options,
+    trigger_event_id,
+    upcoming,
     zone,
 )
 from recurring_task_service.state import AppState, app_state
-from taskevents.events import NonEmptyId
+from taskevents.events import EventType, NonEmptyId, TaskEvent
 
 MAX_LIST_LIMIT = 1000
+MAX_PREVIEW = 1000
+MANUAL_TRIGGER = "manual"
 
 router = APIRouter(prefix="/schedules", tags=["schedules"])
 State = Annotated[AppState, Depends(app_state)]
+NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"description": "no such schedule"}}
 
 
-class ScheduleCreate(BaseModel):
+class ScheduleFields(BaseModel):
+    """What a client may set; every field is optional so PATCH can reuse it."""
+
     model_config = ConfigDict(extra="forbid")
 
-    task_id: NonEmptyId
-    user_id: NonEmptyId
     cron: str | None = Field(
         default=None,
         description="5 fields: minute hour day-of-month month day-of-week (Sunday 0 or 7). "
-        "Give this or interval_seconds.",
+        "Give this, interval_seconds or after_completion_days.",
         examples=["0 9 * * 1-5"],
     )
     interval_seconds: int | None = Field(default=None, ge=1, le=MAX_INTERVAL_SECONDS)
-    timezone: str = Field(
-        default="UTC", description="IANA time zone of the cron fields.", examples=["Europe/Berlin"]
+    after_completion_days: float | None = Field(
+        default=None,
+        gt=0,
+        le=MAX_AFTER_COMPLETION_DAYS,
+        description="Fire once, this many days (fractions allowed) after each task.completed "
+        "of the task.",
     )
-    payload: dict[str, Any] = Field(
-        default_factory=dict, description="Copied into the payload of every triggered event."
+    timezone: str | None = Field(
+        default=None, description="IANA time zone of the cron fields.", examples=["Europe/Berlin"]
     )
+    payload: dict[str, Any] | None = Field(
+        default=None, description="Copied into the payload of every triggered event."
+    )
+    starts_at: AwareDatetime | None = Field(
+        default=None, description="No occurrence before this; an interval runs from it."
+    )
+    ends_at: AwareDatetime | None = Field(default=None, description="No occurrence after this.")
+    max_count: int | None = Field(
+        default=None, ge=1, le=MAX_INTERVAL_SECONDS, description="At most this many events."
+    )
+    coalesce_missed: bool | None = Field(
+        default=None,
+        description="Occurrences missed while every replica was down (within the grace "
+        "period) become one event for the latest, instead of one each.",
+    )
+    paused: bool | None = None
 
     @field_validator("timezone")
     @classmethod
-    def _known_zone(cls, name: str) -> str:
-        zone(name)
+    def _known_zone(cls, name: str | None) -> str | None:
+        if name is not None:
+            zone(name)
         return name
 
+
+class ScheduleCreate(ScheduleFields):
+    task_id: NonEmptyId
+    user_id: NonEmptyId
+
     @model_validator(mode="after")
-    def _valid_rule(self) -> Self:
+    def _valid(self) -> Self:
         self.rule()
+        self.options()
         return self
 
     def rule(self) -> Rule:
         return rule_from_fields(
-            cron=self.cron, interval_seconds=self.interval_seconds, timezone=self.timezone
+            cron=self.cron,
+            interval_seconds=self.interval_seconds,
+            after_completion_days=self.after_completion_days,
+            timezone=self.timezone or "UTC",
         )
+
+    def options(self) -> ScheduleOptions:
+        return schedule_options(
+            starts_at=self.starts_at,
+            ends_at=self.ends_at,
+            max_count=self.max_count,
+            coalesce_missed=bool(self.coalesce_missed),
+        )
+
+
+class ScheduleChange(ScheduleFields):
+    """Only the fields given change; `null` clears starts_at, ends_at or max_count. Giving
+    cron, interval_seconds or after_completion_days replaces the rule."""
+
+    def edit(self, current: Schedule, now: datetime) -> ScheduleUpdate:
+        given = self.model_fields_set
+        rule = self._rule(current.rule, given)
+        previous = current.options
+        options = schedule_options(
+            starts_at=self.starts_at if "starts_at" in given else previous.starts_at,
+            ends_at=self.ends_at if "ends_at" in given else previous.ends_at,
+            max_count=self.max_count if "max_count" in given else previous.max_count,
+            coalesce_missed=(
+                self.coalesce_missed
+                if self.coalesce_missed is not None
+                else previous.coalesce_missed
+            ),
+        )
+        paused = self.paused if self.paused is not None else current.paused
+        restart = (
+            rule != current.rule or options.starts_at != previous.starts_at or not current.active
+        )
+        next_fire_at = first_occurrence(rule, now, options) if restart else current.next_fire_at
+        if not restart and current.paused and not paused:
+            next_fire_at = resumed_next_fire_at(rule, current.next_fire_at, now, options)
+        return settled(current, rule, options, paused, next_fire_at, payload=self.payload)
+
+    def _rule(self, current: Rule, given: set[str]) -> Rule:
+        kinds = given & {"cron", "interval_seconds", "after_completion_days"}
+        if not kinds and "timezone" not in given:
+            return current
+        fields = rule_fields(current)
+        if kinds:
+            fields = {"cron": None, "interval_seconds": None, "after_completion_days": None}
+            fields.update({kind: getattr(self, kind) for kind in kinds})
+        timezone = self.timezone or current.timezone
+        return rule_from_fields(
+            cron=fields["cron"],
+            interval_seconds=fields["interval_seconds"],
+            after_completion_days=fields["after_completion_days"],
+            timezone=timezone,
+        )
+
+
+def settled(
+    current: Schedule,
+    rule: Rule,
+    options: ScheduleOptions,
+    paused: bool,
+    next_fire_at: datetime | None,
+    *,
+    payload: dict[str, Any] | None = None,
+) -> ScheduleUpdate:
+    if options.exhausted(current.fire_count) or (
+        next_fire_at is not None and not options.allows(next_fire_at)
+    ):
+        next_fire_at = None
+        active = False
+    else:
+        active = next_fire_at is not None or isinstance(rule, AfterCompletionRule)
+    return ScheduleUpdate(
+        rule=rule,
+        payload=dict(current.payload) if payload is None else payload,
+        options=options,
+        paused=paused,
+        next_fire_at=next_fire_at,
+        active=active,
+    )
+
+
+ScheduleState = Literal["active", "paused", "waiting_for_completion", "finished"]
 
 
 class ScheduleView(BaseModel):
@@ -69,28 +192,50 @@ class ScheduleView(BaseModel):
     user_id: str
     cron: str | None
     interval_seconds: int | None
+    after_completion_days: float | None
     timezone: str
     payload: dict[str, Any]
-    next_fire_at: datetime
+    starts_at: datetime | None
+    ends_at: datetime | None
+    max_count: int | None
+    coalesce_missed: bool
+    paused: bool
+    state: ScheduleState
+    next_fire_at: datetime | None
     last_fired_at: datetime | None
+    last_completed_at: datetime | None
     fire_count: int
-    active: bool
+    active: bool = Field(description="False once the schedule is over (end or count reached).")
     created_at: datetime
     updated_at: datetime
 
     @classmethod
     def of(cls, schedule: Schedule) -> ScheduleView:
-        rule = schedule.rule
+        state: ScheduleState
+        if not schedule.active:
+            state = "finished"
+        elif schedule.paused:
+            state = "paused"
+        elif schedule.next_fire_at is None:
+            state = "waiting_for_completion"
+        else:
+            state = "active"
+        options = schedule.options
         return cls(
             id=schedule.id,
             task_id=schedule.task_id,
             user_id=schedule.user_id,
-            cron=rule.expression if isinstance(rule, CronRule) else None,
-            interval_seconds=None if isinstance(rule, CronRule) else rule.seconds,
-            timezone=rule.timezone,
+            **rule_fields(schedule.rule),
             payload=dict(schedule.payload),
+            starts_at=options.starts_at,
+            ends_at=options.ends_at,
+            max_count=options.max_count,
+            coalesce_missed=options.coalesce_missed,
+            paused=schedule.paused,
+            state=state,
             next_fire_at=schedule.next_fire_at,
             last_fired_at=schedule.last_fired_at,
+            last_completed_at=schedule.last_completed_at,
             fire_count=schedule.fire_count,
             active=schedule.active,
             created_at=schedule.created_at,
@@ -102,35 +247,57 @@ class ScheduleList(BaseModel):
     schedules: list[ScheduleView]
 
 
+class OccurrencePreview(BaseModel):
+    schedule_id: uuid.UUID
+    occurrences: list[str] = Field(description="The next occurrences, UTC, oldest first.")
+
+
+class Triggered(BaseModel):
+    schedule_id: uuid.UUID
+    event_id: str = Field(description="Never the id of a scheduled occurrence.")
+
+
+class MissedView(BaseModel):
+    reason: str = Field(description="beyond_grace (not published) or coalesced.")
+    first_occurrence: datetime
+    last_occurrence: datetime | None
+    occurrences: int | None = Field(description="null: more than could be counted.")
+    recorded_at: datetime
+
+
+class MissedList(BaseModel):
+    schedule_id: uuid.UUID
+    missed: list[MissedView]
+
+
 @router.post(
     "",
     status_code=status.HTTP_201_CREATED,
     responses={409: {"description": "the task already has a schedule"}},
 )
 async def create_schedule(body: ScheduleCreate, state: State) -> ScheduleView:
-    rule = body.rule()
+    rule, options = body.rule(), body.options()
     try:
         schedule = await state.schedules.create(
             NewSchedule(
                 task_id=body.task_id,
                 user_id=body.user_id,
                 rule=rule,
-                payload=body.payload,
-                next_fire_at=first_occurrence(rule, datetime.now(UTC)),
+                payload=body.payload or {},
+                next_fire_at=first_occurrence(rule, datetime.now(UTC), options),
+                options=options,
+                paused=bool(body.paused),
             )
         )
     except ScheduleExistsError as error:
         raise HTTPException(status.HTTP_409_CONFLICT, detail=str(error)) from None
-    state.waker.wake_at(schedule.next_fire_at)
+    _wake(state, schedule)
     return ScheduleView.of(schedule)
 
 
-@router.get("/{schedule_id}", responses={404: {"description": "no such schedule"}})
+@router.get("/{schedule_id}", responses=NOT_FOUND)
 async def get_schedule(schedule_id: uuid.UUID, state: State) -> ScheduleView:
-    schedule = await state.schedules.get(schedule_id)
-    if schedule is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no schedule {schedule_id}")
-    return ScheduleView.of(schedule)
+    return ScheduleView.of(await _found(state, schedule_id))
 
 
 @router.get("")
@@ -143,12 +310,134 @@ async def list_schedules(
     return ScheduleList(schedules=[ScheduleView.of(s) for s in schedules])
 
 
-@router.delete(
-    "/{schedule_id}",
-    status_code=status.HTTP_204_NO_CONTENT,
-    responses={404: {"description": "no such schedule"}},
-)
+@router.patch("/{schedule_id}", responses=NOT_FOUND)
+async def change_schedule(
+    schedule_id: uuid.UUID, body: ScheduleChange, state: State
+) -> ScheduleView:
+    return await _edit(state, schedule_id, body)
+
+
+@router.post("/{schedule_id}/pause", responses=NOT_FOUND)
+async def pause_schedule(schedule_id: uuid.UUID, state: State) -> ScheduleView:
+    """Stop firing; what falls into the pause is not caught up later."""
+    return await _edit(state, schedule_id, ScheduleChange(paused=True))
+
+
+@router.post("/{schedule_id}/resume", responses=NOT_FOUND)
+async def resume_schedule(schedule_id: uuid.UUID, state: State) -> ScheduleView:
+    """Fire again from the next occurrence after now."""
+    return await _edit(state, schedule_id, ScheduleChange(paused=False))
+
+
+@router.delete("/{schedule_id}", status_code=status.HTTP_204_NO_CONTENT, responses=NOT_FOUND)
 async def delete_schedule(schedule_id: uuid.UUID, state: State) -> Response:
     if not await state.schedules.delete(schedule_id):
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no schedule {schedule_id}")
     return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.get("/{schedule_id}/occurrences", responses=NOT_FOUND)
+async def preview_occurrences(
+    schedule_id: uuid.UUID,
+    state: State,
+    next: Annotated[int, Query(ge=1, le=MAX_PREVIEW, description="How many.")] = 10,
+) -> OccurrencePreview:
+    """The next occurrences as the schedule stands (none while it waits for a completion
+    or is over; a paused schedule shows where it would go on)."""
+    schedule = await _found(state, schedule_id)
+    next_fire_at = schedule.next_fire_at
+    if schedule.paused:
+        next_fire_at = resumed_next_fire_at(schedule.rule, next_fire_at, _now(), schedule.options)
+    found = upcoming(schedule.rule, next_fire_at, schedule.options, schedule.fire_count, next)
+    return OccurrencePreview(
+        schedule_id=schedule_id, occurrences=[occurrence_iso(o) for o in found]
+    )
+
+
+@router.post("/{schedule_id}/trigger", status_code=status.HTTP_202_ACCEPTED, responses=NOT_FOUND)
+async def trigger_schedule(
+    schedule_id: uuid.UUID,
+    state: State,
+    idempotency_key: Annotated[
+        str | None,
+        Header(max_length=200, description="The same key gives the same event id."),
+    ] = None,
+) -> Triggered:
+    """Fire now, outside the schedule: one task.recurring.triggered with
+    `payload.trigger = "manual"`; the schedule's own occurrences are not affected."""
+    key = idempotency_key or uuid.uuid4().hex
+    now = _now()
+
+    def manual_event(schedule: Schedule) -> TaskEvent:
+        return TaskEvent.create(
+            EventType.TASK_RECURRING_TRIGGERED,
+            task_id=schedule.task_id,
+            user_id=schedule.user_id,
+            payload={
+                **schedule.payload,
+                "schedule_id": str(schedule.id),
+                "trigger": MANUAL_TRIGGER,
+                "triggered_at": occurrence_iso(now),
+            },
+            event_id=trigger_event_id(schedule.id, key),
+            timestamp=now,
+        )
+
+    event = await state.schedules.enqueue(schedule_id, manual_event)
+    if event is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no schedule {schedule_id}")
+    state.waker.wake_at(now)
+    return Triggered(schedule_id=schedule_id, event_id=event.event_id)
+
+
+@router.get("/{schedule_id}/missed", responses=NOT_FOUND)
+async def missed_occurrences(
+    schedule_id: uuid.UUID,
+    state: State,
+    limit: Annotated[int, Query(ge=1, le=MAX_LIST_LIMIT)] = 100,
+) -> MissedList:
+    """Occurrences not published on their own: missed beyond the grace period while every
+    replica was down, or folded into one coalesced event. Newest first."""
+    await _found(state, schedule_id)
+    records = await state.schedules.missed(schedule_id, limit=limit)
+    return MissedList(
+        schedule_id=schedule_id,
+        missed=[
+            MissedView(
+                reason=r.run.reason.value,
+                first_occurrence=r.run.first,
+                last_occurrence=r.run.last,
+                occurrences=r.run.count,
+                recorded_at=r.recorded_at,
+            )
+            for r in records
+        ],
+    )
+
+
+async def _edit(state: AppState, schedule_id: uuid.UUID, change: ScheduleChange) -> ScheduleView:
+    now = _now()
+    try:
+        schedule = await state.schedules.update(schedule_id, lambda c: change.edit(c, now))
+    except InvalidScheduleError as error:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, detail=str(error)) from None
+    if schedule is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no schedule {schedule_id}")
+    _wake(state, schedule)
+    return ScheduleView.of(schedule)
+
+
+async def _found(state: AppState, schedule_id: uuid.UUID) -> Schedule:
+    schedule = await state.schedules.get(schedule_id)
+    if schedule is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no schedule {schedule_id}")
+    return schedule
+
+
+def _wake(state: AppState, schedule: Schedule) -> None:
+    if schedule.next_fire_at is not None and schedule.active and not schedule.paused:
+        state.waker.wake_at(schedule.next_fire_at)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
