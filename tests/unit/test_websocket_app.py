@@ -182,23 +182,24 @@ def test_the_live_page_is_served(client: TestClient) -> None:
     assert "/dev/token" in response.text
 
 
-def test_tokens_round_trip_and_name_the_user() -> None:
+async def test_tokens_round_trip_and_name_the_user() -> None:
     tokens = JwtTokens(SecretStr(SECRET))
 
     issued = tokens.issue("user-7", ttl_seconds=60)
 
-    assert tokens.verify(issued.token).user_id == "user-7"
+    identity = await tokens.verify(issued.token)
+    assert (identity.user_id, identity.admin) == ("user-7", False)
     assert issued.expires_at > datetime.now(UTC)
 
 
-def test_tokens_with_another_algorithm_are_refused() -> None:
+async def test_tokens_with_another_algorithm_are_refused() -> None:
     tokens = JwtTokens(SecretStr(SECRET))
     unsigned = jwt.encode(
-        {"sub": "ada", "exp": datetime.now(UTC) + timedelta(minutes=1)}, None, "none"
+        {"sub": "ada", "exp": datetime.now(UTC) + timedelta(minutes=1)}, "", "none"
     )
 
     with pytest.raises(TokenRejectedError, match="algorithm"):
-        tokens.verify(unsigned)
+        await tokens.verify(unsigned)
 
 
 def test_the_dev_secret_is_refused_in_production() -> None:
@@ -220,3 +221,47 @@ def test_the_dev_secret_is_refused_in_production() -> None:
 )
 def test_client_message_replies(message: str | None, reply_kind: str) -> None:
     assert json.loads(reply_to_client_message(message))["kind"] == reply_kind
+
+
+def test_a_token_in_the_subprotocol_is_accepted_and_not_echoed(client: TestClient) -> None:
+    protocols = ["taskevents.v1", f"bearer.{token_for('ada')}"]
+    with client.websocket_connect("/ws", subprotocols=protocols) as ws:
+        welcome = ws.receive_json()
+        assert ws.accepted_subprotocol == "taskevents.v1"
+    assert welcome["user_id"] == "ada"
+
+
+def test_only_admins_watch_every_user(client: TestClient) -> None:
+    closed = expect_close(client, f"/ws?token={token_for('ada')}&watch=all")
+    assert (closed.code, closed.reason) == (1008, "watching every user needs the admin role")
+
+    theirs = TaskEvent.create("task.created", task_id="t2", user_id="bob")
+    admin = token_for("root", roles=["admin"])
+    with client.websocket_connect(f"/ws?token={admin}&watch=all") as ws:
+        assert ws.receive_json()["watch_all"] is True
+        deliver(client, theirs)
+        assert ws.receive_json()["event"]["event_id"] == theirs.event_id
+
+
+def test_a_resume_replays_from_the_audit_log_then_goes_live() -> None:
+    from tests.unit.test_websocket_resume import FakeAuditLog
+
+    history = [TaskEvent.create("task.updated", task_id="t", user_id="ada") for _ in range(4)]
+    app = create_app(settings(heartbeat_seconds=0), audit=FakeAuditLog(history))
+    with TestClient(app) as client:
+        url = f"/ws?token={token_for('ada')}&last_event_id={history[1].event_id}"
+        with client.websocket_connect(url) as ws:
+            frames = [ws.receive_json() for _ in range(4)]
+            deliver(client, history[3])  # a redelivery of a replayed event: not sent again
+            live = TaskEvent.create("task.updated", task_id="t", user_id="ada")
+            deliver(client, live)
+            frames.append(ws.receive_json())
+
+    assert [f["kind"] for f in frames] == ["welcome", "event", "event", "resume", "event"]
+    assert [f["event"]["event_id"] for f in frames if f["kind"] == "event"] == [
+        history[2].event_id, history[3].event_id, live.event_id
+    ]  # fmt: skip
+    assert frames[3] == {
+        "v": 1, "kind": "resume", "status": "complete",
+        "after_event_id": history[1].event_id, "replayed": 2,
+    }  # fmt: skip

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import logging
+import re
 import socket
 
 import uvicorn
@@ -26,9 +28,26 @@ class GoingAwayServer(uvicorn.Server):
         await super().shutdown(sockets)
 
 
+TOKEN_IN_URL = re.compile(r"(token=)[^&\s\"]+")
+
+
+class RedactTokens(logging.Filter):
+    """uvicorn logs the WebSocket request line, query string included: never the token."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.args:
+            record.msg = record.getMessage()
+            record.args = None
+        if isinstance(record.msg, str) and "token=" in record.msg:
+            record.msg = TOKEN_IN_URL.sub(r"\1[redacted]", record.msg)
+        return True
+
+
 def main() -> None:
     settings = Settings()
     configure_logging(APP_ID, level=settings.log_level, json=settings.json_logs)
+    for name in ("uvicorn.error", "uvicorn.access"):
+        logging.getLogger(name).addFilter(RedactTokens())
     app = create_app(settings)
     config = uvicorn.Config(
         app,
@@ -36,6 +55,8 @@ def main() -> None:
         port=settings.port,
         log_config=None,
         timeout_graceful_shutdown=10,
+        # Longer than daprd keeps idle connections, so that it never reuses one we close.
+        timeout_keep_alive=75,
         ws_ping_interval=settings.ws_ping_interval_seconds,
         ws_ping_timeout=settings.ws_ping_timeout_seconds,
         ws_per_message_deflate=settings.ws_compression,

@@ -1,8 +1,10 @@
-"""What the handlers and the socket endpoint need: a fan-out and a token check."""
+"""What the handlers and the socket endpoint need: a fan-out, a token check and the audit
+log (for what a resuming client missed)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from taskevents.events import TaskEvent
@@ -24,15 +26,41 @@ class Fanout(Protocol):
 @dataclass(frozen=True, slots=True)
 class Identity:
     user_id: str
+    admin: bool = False
 
 
 class TokenRejectedError(Exception):
-    def __init__(self, reason: str) -> None:
+    def __init__(self, reason: str, *, retry_later: bool = False) -> None:
         super().__init__(reason)
         self.reason = reason
+        self.retry_later = retry_later  # the server cannot check tokens yet
 
 
 class TokenVerifier(Protocol):
-    def verify(self, token: str | None) -> Identity:
+    async def verify(self, token: str | None) -> Identity:
         """The identity the token names, or TokenRejectedError saying why not."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class AuditHistory:
+    """A user's events from the audit log, newest first, down to (and including) the
+    anchor event when `found_anchor`."""
+
+    newest_first: Sequence[TaskEvent] = ()
+    found_anchor: bool = False
+    truncated: bool = False  # stopped at the limit before reaching the anchor
+    ids: frozenset[str] = field(default_factory=frozenset)
+
+
+class AuditUnavailableError(Exception):
+    pass
+
+
+class AuditLog(Protocol):
+    async def history_until(
+        self, user_id: str | None, anchor_event_id: str, *, max_events: int
+    ) -> AuditHistory:
+        """The user's (None: everyone's) events newest first, until the anchor or
+        `max_events`; AuditUnavailableError when the audit log does not answer."""
         ...

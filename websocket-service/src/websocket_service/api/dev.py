@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from fastapi import APIRouter
+from fastapi import APIRouter, HTTPException
 from pydantic import BaseModel, Field
 
 from taskevents.events import NonEmptyId
@@ -13,6 +13,7 @@ from websocket_service.adapters.jwt_tokens import JwtTokens
 
 class TokenRequest(BaseModel):
     user_id: NonEmptyId = Field(examples=["user-7"])
+    admin: bool = Field(default=False, description="Grant the admin role (watch every user).")
 
 
 class TokenResponse(BaseModel):
@@ -21,12 +22,15 @@ class TokenResponse(BaseModel):
     expires_at: datetime
 
 
-def dev_router(tokens: JwtTokens, *, ttl_seconds: int) -> APIRouter:
+def dev_router(tokens: JwtTokens, *, ttl_seconds: int, admin_role: str = "admin") -> APIRouter:
     router = APIRouter(prefix="/dev", tags=["development"])
 
-    @router.post("/token")
+    @router.post("/token", responses={503: {"description": "the token key is not loaded yet"}})
     async def issue_token(request: TokenRequest) -> TokenResponse:
-        issued = tokens.issue(request.user_id, ttl_seconds=ttl_seconds)
+        if not tokens.has_secret:
+            raise HTTPException(503, "the token key is not loaded from the secret store yet")
+        roles = [admin_role] if request.admin else []
+        issued = tokens.issue(request.user_id, ttl_seconds=ttl_seconds, roles=roles)
         return TokenResponse(
             token=issued.token, user_id=issued.user_id, expires_at=issued.expires_at
         )

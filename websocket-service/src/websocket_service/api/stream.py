@@ -1,58 +1,182 @@
-"""`WS /ws`: authenticate, register with the hub, then run a sender (hub queue → socket)
-and a receiver (client messages) until either ends."""
+"""`WS /ws`: authenticate, register with the hub, replay what a resuming client missed,
+then run a sender (hub queue → socket), a receiver (client messages), heartbeats and the
+close enforcer until the first of them ends."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
-from typing import Annotated
+from dataclasses import dataclass
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, WebSocket
 from starlette.websockets import WebSocketDisconnect, WebSocketDisconnected
 
 from taskevents.logging import get_logger
-from websocket_service.frames import reply_to_client_message, welcome_frame
+from websocket_service.frames import (
+    ChangeSubscription,
+    Malformed,
+    Ping,
+    batch_frame,
+    event_frame,
+    heartbeat_frame,
+    parse_client_message,
+    pong_frame,
+    resume_frame,
+    subscribed_frame,
+    welcome_frame,
+)
+from websocket_service.handlers import CatchUp, plan_catch_up
 from websocket_service.hub import ClientConnection, Close, CloseCode, Hub, fit_close_reason
-from websocket_service.ports import TokenRejectedError, TokenVerifier
+from websocket_service.metrics import CONNECTIONS, FRAMES_SENT, RESUMES, SLOW_CLIENTS_CLOSED
+from websocket_service.ports import AuditLog, Identity, TokenRejectedError, TokenVerifier
 
 log = get_logger(__name__)
 
 SocketGone = (WebSocketDisconnect, WebSocketDisconnected)
+SUBPROTOCOL = "taskevents.v1"
+BEARER_PREFIX = "bearer."
+MAX_BATCH_FRAMES = 500
 
 
-def stream_router(hub: Hub, tokens: TokenVerifier, *, close_grace_seconds: float) -> APIRouter:
+@dataclass(frozen=True, slots=True)
+class StreamOptions:
+    close_grace_seconds: float = 1.0
+    heartbeat_seconds: float = 25.0
+    coalesce_seconds: float = 0.0
+    resume_timeout_seconds: float = 5.0
+    resume_max_events: int = 1000
+
+
+def choose_subprotocol(offered: list[str]) -> tuple[str | None, str | None]:
+    """(the subprotocol to echo, the token carried as `bearer.<JWT>`). The token is never
+    echoed: the server answers with `taskevents.v1` when the client offered it."""
+    token = next((p[len(BEARER_PREFIX) :] for p in offered if p.startswith(BEARER_PREFIX)), None)
+    return (SUBPROTOCOL if SUBPROTOCOL in offered else None), token
+
+
+def stream_router(
+    hub: Hub, tokens: TokenVerifier, audit: AuditLog | None, options: StreamOptions
+) -> APIRouter:
     router = APIRouter()
 
     @router.websocket("/ws")
-    async def stream(websocket: WebSocket, token: Annotated[str | None, Query()] = None) -> None:
+    async def stream(
+        websocket: WebSocket,
+        token: Annotated[str | None, Query()] = None,
+        last_event_id: Annotated[str | None, Query(max_length=200)] = None,
+        watch: Annotated[Literal["all"] | None, Query()] = None,
+    ) -> None:
+        subprotocol, protocol_token = choose_subprotocol(websocket.scope.get("subprotocols", []))
         try:
-            identity = tokens.verify(token)
+            if protocol_token is not None and subprotocol is None:
+                raise TokenRejectedError(
+                    f"a token in Sec-WebSocket-Protocol needs the subprotocol {SUBPROTOCOL} too"
+                )
+            identity = await tokens.verify(token or protocol_token)
+            if watch == "all" and not identity.admin:
+                raise TokenRejectedError("watching every user needs the admin role")
         except TokenRejectedError as error:
             # Accept, then close: a browser sees the close code and reason, never an HTTP
             # status. Nothing else is sent.
-            await websocket.accept()
-            await websocket.close(CloseCode.POLICY_VIOLATION, fit_close_reason(error.reason))
+            await websocket.accept(subprotocol=subprotocol)
+            code = CloseCode.TRY_AGAIN_LATER if error.retry_later else CloseCode.POLICY_VIOLATION
+            await websocket.close(code, fit_close_reason(error.reason))
             log.info("client rejected", reason=error.reason)
             return
-        await websocket.accept()
-        with hub.connect(identity.user_id) as connection:
-            log.info("client connected", user_id=identity.user_id, connection=connection.id)
-            connection.offer(welcome_frame(identity.user_id, connection.id))
-            await _until_first_ends(
-                lambda: _send_frames(websocket, connection),
-                lambda: _receive_messages(websocket, connection),
-                lambda: _enforce_close(connection, close_grace_seconds),
-            )
-        close = connection.close_requested
+        await websocket.accept(subprotocol=subprotocol)
+        watch_all = watch == "all"
+        with hub.connect(identity.user_id, watch_all=watch_all, hold=bool(last_event_id)) as conn:
+            CONNECTIONS.inc()
+            try:
+                log.info("client connected", user_id=identity.user_id, connection=conn.id)
+                await websocket.send_text(
+                    welcome_frame(
+                        identity.user_id,
+                        conn.id,
+                        watch_all=watch_all,
+                        heartbeat_seconds=options.heartbeat_seconds or None,
+                    )
+                )
+                with contextlib.suppress(*SocketGone):
+                    if last_event_id:
+                        await _catch_up(
+                            websocket, conn, identity, last_event_id, hub, audit, options
+                        )
+                    await _until_first_ends(
+                        lambda: _send_frames(websocket, conn, options.coalesce_seconds),
+                        lambda: _receive_messages(websocket, conn),
+                        lambda: _send_heartbeats(conn, options.heartbeat_seconds),
+                        lambda: _enforce_close(conn, options.close_grace_seconds),
+                    )
+            finally:
+                CONNECTIONS.dec()
+        close = conn.close_requested
+        if close is not None and close.code == CloseCode.TRY_AGAIN_LATER:
+            SLOW_CLIENTS_CLOSED.inc()
         log.info(
             "client disconnected",
             user_id=identity.user_id,
-            connection=connection.id,
+            connection=conn.id,
             closed_by_server=int(close.code) if close else None,
         )
 
     return router
+
+
+async def _catch_up(
+    websocket: WebSocket,
+    connection: ClientConnection,
+    identity: Identity,
+    last_event_id: str,
+    hub: Hub,
+    audit: AuditLog | None,
+    options: StreamOptions,
+) -> None:
+    """Send what the client missed (live events meanwhile are held by the connection),
+    then the resume status, then release the held live events minus what was replayed."""
+    user = None if connection.watch_all else identity.user_id
+    latest = hub.latest_events(user)
+    if audit is None:
+        plan = CatchUp([], "unavailable", "no audit log configured")
+    else:
+        try:
+            async with asyncio.timeout(options.resume_timeout_seconds):
+                plan = await plan_catch_up(
+                    user,
+                    last_event_id,
+                    audit=audit,
+                    latest=latest,
+                    max_events=options.resume_max_events,
+                )
+        except TimeoutError:
+            plan = CatchUp(
+                [],
+                "unavailable",
+                f"the audit log did not answer within {options.resume_timeout_seconds:g}s; "
+                "live events follow",
+            )
+    sent: set[str] = set()
+    for event in plan.events:
+        sent.add(event.event_id)
+        if connection.wants(event):
+            await websocket.send_text(event_frame(event, replayed=True))
+    await websocket.send_text(
+        resume_frame(
+            plan.status, after_event_id=last_event_id, replayed=len(sent), reason=plan.reason
+        )
+    )
+    released = connection.release_held(sent)
+    RESUMES.labels(plan.status).inc()
+    log.info(
+        "client resumed",
+        connection=connection.id,
+        status=plan.status,
+        replayed=len(sent),
+        live_held=released,
+        reason=plan.reason,
+    )
 
 
 async def _until_first_ends(*sides: Callable[[], Awaitable[None]]) -> None:
@@ -74,13 +198,35 @@ async def _until_first_ends(*sides: Callable[[], Awaitable[None]]) -> None:
             task.add_done_callback(stop_the_others)
 
 
-async def _send_frames(websocket: WebSocket, connection: ClientConnection) -> None:
+async def _send_frames(
+    websocket: WebSocket, connection: ClientConnection, coalesce_seconds: float
+) -> None:
     while True:
         frame = await connection.next_frame()
         if isinstance(frame, Close):
             await websocket.close(frame.code, frame.reason)
             return
-        await websocket.send_text(frame)
+        if coalesce_seconds <= 0:
+            await websocket.send_text(frame)
+            FRAMES_SENT.inc()
+            continue
+        # Whatever else arrives within the window goes out in the same message.
+        await asyncio.sleep(coalesce_seconds)
+        batch = [frame]
+        closing: Close | None = None
+        while len(batch) < MAX_BATCH_FRAMES:
+            more = connection.next_frame_nowait()
+            if more is None:
+                break
+            if isinstance(more, Close):
+                closing = more
+                break
+            batch.append(more)
+        await websocket.send_text(batch[0] if len(batch) == 1 else batch_frame(batch))
+        FRAMES_SENT.inc(len(batch))
+        if closing is not None:
+            await websocket.close(closing.code, closing.reason)
+            return
 
 
 async def _receive_messages(websocket: WebSocket, connection: ClientConnection) -> None:
@@ -88,7 +234,24 @@ async def _receive_messages(websocket: WebSocket, connection: ClientConnection) 
         message = await websocket.receive()
         if message["type"] == "websocket.disconnect":
             return
-        connection.offer(reply_to_client_message(message.get("text")))
+        parsed = parse_client_message(message.get("text"))
+        if isinstance(parsed, Ping):
+            connection.offer(pong_frame())
+        elif isinstance(parsed, ChangeSubscription):
+            connection.change_subscription(
+                add=parsed.add, task_ids=parsed.task_ids, types=parsed.types
+            )
+            connection.offer(subscribed_frame(connection.task_ids, connection.types))
+        elif isinstance(parsed, Malformed):
+            connection.offer(parsed.reply)
+
+
+async def _send_heartbeats(connection: ClientConnection, interval_seconds: float) -> None:
+    if interval_seconds <= 0:
+        await asyncio.Event().wait()  # no heartbeats: wait to be cancelled with the others
+    while True:
+        await asyncio.sleep(interval_seconds)
+        connection.offer(heartbeat_frame())
 
 
 async def _enforce_close(connection: ClientConnection, grace_seconds: float) -> None:

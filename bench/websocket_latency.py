@@ -1,0 +1,494 @@
+"""Publish-to-client latency of websocket-service, and the most connections one process
+holds.
+
+One websocket-service beside a real daprd consumes a topic of its own (`taskevents-bench`,
+so the benchmark's load never reaches the other consumers of `task-events`) from the local
+Kafka. Events are produced straight to Kafka (aiokafka) at a fixed rate, each carrying its
+send time; the clients, one user each, run in separate processes and record the latency
+of every event they receive. Figures: p50/p99/max per (clients, events/s), and whether
+every event arrived. Results: bench/results/websocket_latency.{json,md}.
+
+    uv run python bench/websocket_latency.py            # the full matrix (~3 min)
+    uv run python bench/websocket_latency.py --quick    # one short run
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+import httpx
+import websockets
+from aiokafka import AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from tests.support.cluster import Service, daprd_env, service_spec  # noqa: E402
+from tests.support.stack import Stack, ensure_stack  # noqa: E402
+from websocket_service.settings import DEVELOPMENT_JWT_SECRET  # noqa: E402
+
+BENCH_TOPIC = "taskevents-bench"
+RESULTS = ROOT / "bench" / "results"
+CLIENTS_PER_PROCESS = 250
+CONNECT_BATCH = 50
+QUIET_SECONDS = 2.0
+WARMUP_SECONDS = 1.0
+DRAIN_SECONDS = 90.0
+
+
+def token(user_id: str) -> str:
+    import jwt
+
+    claims = {"sub": user_id, "exp": int(time.time()) + 3600}
+    return jwt.encode(claims, DEVELOPMENT_JWT_SECRET, algorithm="HS256")
+
+
+# --- client processes ---------------------------------------------------------------------
+
+
+def client_process(
+    url: str, users: list[str], ready: Any, start: Any, stop: Any, results: Any
+) -> None:
+    asyncio.run(_clients(url, users, ready, start, stop, results))
+
+
+async def _clients(
+    url: str, users: list[str], ready: Any, start: Any, stop: Any, results: Any
+) -> None:
+    latencies: list[float] = []
+    received = 0
+    sockets: list[websockets.ClientConnection] = []
+
+    async def read(client: websockets.ClientConnection) -> None:
+        nonlocal received
+        try:
+            async for message in client:
+                now = time.time()
+                frame = json.loads(message)
+                frames = frame["frames"] if frame["kind"] == "batch" else [frame]
+                for item in frames:
+                    if item["kind"] == "event":
+                        payload = item["event"]["payload"]
+                        sent_at = payload.get("sent_at")
+                        if sent_at is not None and start.is_set() and not payload.get("warmup"):
+                            latencies.append(now - sent_at)
+                            received += 1
+        except websockets.ConnectionClosed:
+            pass
+
+    for first in range(0, len(users), CONNECT_BATCH):
+        batch = users[first : first + CONNECT_BATCH]
+        opened = await asyncio.gather(
+            *(websockets.connect(f"{url}?token={token(u)}", open_timeout=60) for u in batch)
+        )
+        sockets.extend(opened)
+    readers = [asyncio.create_task(read(s)) for s in sockets]
+    ready.set()
+    await asyncio.to_thread(stop.wait)
+    # Every event in flight arrives late rather than never: wait until the stream is quiet.
+    deadline = time.monotonic() + DRAIN_SECONDS
+    seen = -1
+    while received != seen and time.monotonic() < deadline:
+        seen = received
+        await asyncio.sleep(QUIET_SECONDS)
+    for s in sockets:
+        await s.close()
+    await asyncio.gather(*readers)
+    results.put({"latencies": latencies, "received": received})
+
+
+# --- the producer ---------------------------------------------------------------------------
+
+
+async def produce(
+    brokers: str, users: list[str], rate: int, seconds: float, warmup_seconds: float = 0.0
+) -> tuple[int, float]:
+    """Events at `rate` per second, round-robin over the users; (count, achieved rate)."""
+    producer = AIOKafkaProducer(bootstrap_servers=brokers, linger_ms=0, acks=1)
+    await producer.start()
+    sent = 0
+    warmup = int(rate * warmup_seconds)  # sent first, not measured (producer, fetch warm-up)
+    total = warmup + int(rate * seconds)
+    started = time.monotonic()
+    try:
+        while sent < total:
+            due = started + sent / rate
+            delay = due - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            user = users[sent % len(users)]
+            event_id = str(uuid.uuid4())
+            data = {
+                "event_id": event_id,
+                "type": "task.updated",
+                "task_id": f"{user}-task",
+                "user_id": user,
+                "timestamp": datetime.now(UTC).isoformat(),
+                "schema_version": 1,
+                "payload": {"title": "bench", "sent_at": time.time(), "warmup": sent < warmup},
+            }
+            envelope = {
+                "specversion": "1.0", "id": event_id, "source": "bench",
+                "type": "com.dapr.event.sent", "datacontenttype": "application/json",
+                "topic": BENCH_TOPIC, "pubsubname": "websocket-pubsub", "data": data,
+            }  # fmt: skip
+            await producer.send(BENCH_TOPIC, json.dumps(envelope).encode(), key=user.encode())
+            sent += 1
+        await producer.flush()
+    finally:
+        await producer.stop()
+    return sent - warmup, sent / (time.monotonic() - started)
+
+
+# --- the service ---------------------------------------------------------------------------
+
+
+async def ensure_topic(brokers: str) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=brokers)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(BENCH_TOPIC, num_partitions=6, replication_factor=1)])
+    except TopicAlreadyExistsError:
+        pass
+    finally:
+        await admin.close()
+
+
+def start_service(stack: Stack, env: dict[str, str]) -> Service:
+    from taskevents.devrun import start_app
+
+    spec, group = service_spec(
+        stack, "websocket-service", replica=90, env={"LOG_LEVEL": "WARNING", **env}
+    )
+    spec.log_level = "warn"
+    # Only the service's own subscription, moved to the benchmark's topic.
+    resources = spec.resources_paths[0]
+    for path in resources.glob("*.yaml"):
+        text = path.read_text()
+        if "kind: Subscription" in text:
+            if "websocket-pubsub" in text:
+                path.write_text(text.replace("topic: task-events\n", f"topic: {BENCH_TOPIC}\n"))
+            else:
+                path.unlink()
+    app = start_app(
+        spec, daprd=stack.daprd, log_dir=stack.log_dir / "bench", daprd_env=daprd_env(stack)
+    )
+    app.wait_ready()
+    return Service(app=app, consumer_groups=[group])
+
+
+async def wait_until_delivering(stack: Stack, service: Service) -> None:
+    """A probe client gets an event produced now: the consumer group has its partitions."""
+    user = f"probe-{uuid.uuid4().hex[:6]}"
+    url = f"ws://127.0.0.1:{service.app.spec.app_port}/ws?token={token(user)}"
+    async with websockets.connect(url) as client:
+        await client.recv()  # welcome
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            await produce(stack.kafka_brokers, [user], rate=50, seconds=0.1)
+            try:
+                async with asyncio.timeout(3):
+                    while json.loads(await client.recv())["kind"] != "event":
+                        pass
+                return
+            except TimeoutError:
+                service.check_alive()
+        raise TimeoutError("the benchmark's service never received an event")
+
+
+async def connection_count(service: Service) -> int:
+    async with httpx.AsyncClient(timeout=30) as http:
+        return int((await http.get(f"{service.url}/health")).json()["connections"])
+
+
+async def all_closed(service: Service, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    for _ in range(int(timeout * 5)):
+        if await connection_count(service) == 0 or time.monotonic() > deadline:
+            return
+        await asyncio.sleep(0.2)
+
+
+# --- runs -----------------------------------------------------------------------------------
+
+
+@dataclass
+class Run:
+    clients: int
+    rate: int
+    seconds: float
+    published: int
+    achieved_rate: float
+    received: int
+    p50_ms: float
+    p99_ms: float
+    max_ms: float
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+
+
+async def measure(
+    stack: Stack, service: Service, clients: int, rates: list[int], seconds: float
+) -> list[Run]:
+    run_id = uuid.uuid4().hex[:6]
+    users = [f"bench-{run_id}-{i}" for i in range(clients)]
+    url = f"ws://127.0.0.1:{service.app.spec.app_port}/ws"
+    context = multiprocessing.get_context("spawn")
+    runs = []
+    for rate in rates:
+        start, stop = context.Event(), context.Event()
+        results = context.Queue()
+        groups = [
+            users[i : i + CLIENTS_PER_PROCESS] for i in range(0, clients, CLIENTS_PER_PROCESS)
+        ]
+        if len(groups) == 1 and clients >= 2:
+            groups = [users[: clients // 2], users[clients // 2 :]]  # always 2+ processes
+        processes = []
+        readies = []
+        for group in groups:
+            ready_one = context.Event()
+            process = context.Process(
+                target=client_process, args=(url, group, ready_one, start, stop, results)
+            )
+            process.start()
+            processes.append(process)
+            readies.append(ready_one)
+        while not all(r.is_set() for r in readies):
+            await asyncio.sleep(0.2)
+            for process in processes:
+                if process.exitcode not in (None, 0):
+                    raise RuntimeError(f"a client process died ({process.exitcode})")
+        start.set()
+        published, achieved = await produce(
+            stack.kafka_brokers, users, rate, seconds, warmup_seconds=WARMUP_SECONDS
+        )
+        stop.set()
+        latencies: list[float] = []
+        received = 0
+        for _ in processes:
+            result = await asyncio.to_thread(results.get, True, 120)
+            latencies.extend(result["latencies"])
+            received += result["received"]
+        for process in processes:
+            process.join(30)
+        run = Run(
+            clients=clients,
+            rate=rate,
+            seconds=seconds,
+            published=published,
+            achieved_rate=round(achieved, 1),
+            received=received,
+            p50_ms=round(statistics.median(latencies) * 1000, 1) if latencies else -1,
+            p99_ms=round(percentile(latencies, 0.99) * 1000, 1) if latencies else -1,
+            max_ms=round(max(latencies) * 1000, 1) if latencies else -1,
+        )
+        print(json.dumps(run.__dict__), flush=True)
+        runs.append(run)
+        await all_closed(service)
+    return runs
+
+
+async def most_connections(service: Service, limit: int) -> dict[str, Any]:
+    """Open connections from client processes until the service refuses or `limit`."""
+    url = f"ws://127.0.0.1:{service.app.spec.app_port}/ws"
+    context = multiprocessing.get_context("spawn")
+    per_process = 1000
+    processes = []
+    start, stop = context.Event(), context.Event()
+    results = context.Queue()
+    readies = []
+    started = time.monotonic()
+    for first in range(0, limit, per_process):
+        users = [f"hold-{uuid.uuid4().hex[:6]}-{i}" for i in range(min(per_process, limit - first))]
+        ready = context.Event()
+        process = context.Process(
+            target=client_process, args=(url, users, ready, start, stop, results)
+        )
+        process.start()
+        processes.append(process)
+        readies.append(ready)
+    held = 0
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        held = max(held, await connection_count(service))
+        if all(r.is_set() for r in readies) or any(p.exitcode not in (None, 0) for p in processes):
+            break
+        await asyncio.sleep(0.5)
+    held = max(held, await connection_count(service))
+    elapsed = time.monotonic() - started
+    rss_kib = _rss_kib(service)
+    stop.set()
+    for process in processes:
+        process.join(60)
+        if process.is_alive():
+            process.kill()
+    return {
+        "attempted": limit,
+        "held": held,
+        "all_opened": all(r.is_set() for r in readies),
+        "seconds_to_open": round(elapsed, 1),
+        "service_rss_mib": round(rss_kib / 1024, 1) if rss_kib else None,
+        "fd_limit": _fd_limit(),
+    }
+
+
+def _rss_kib(service: Service) -> int | None:
+    process = service.app.app.process if service.app.app else None
+    if process is None:
+        return None
+    try:
+        for line in Path(f"/proc/{process.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def _fd_limit() -> int:
+    import resource
+
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+def machine() -> dict[str, Any]:
+    daprd = subprocess.run(
+        [str(Path.home() / ".dapr" / "bin" / "daprd"), "--version"],
+        capture_output=True, text=True, check=False,
+    ).stdout.strip()  # fmt: skip
+    return {
+        "cpus": os.cpu_count(),
+        "cpu_model": next(
+            (
+                line.split(":", 1)[1].strip()
+                for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")
+            ),
+            platform.processor(),
+        ),
+        "load_average_at_start": os.getloadavg(),
+        "python": platform.python_version(),
+        "kernel": platform.release(),
+        "daprd": daprd,
+        "packages": {p: version(p) for p in ("uvicorn", "websockets", "fastapi", "aiokafka")},
+        "shared": "yes: other sessions ran tests and services on the same 2 cores meanwhile",
+    }
+
+
+def bulk_settings() -> dict[str, Any]:
+    import yaml
+
+    path = ROOT / "dapr-components" / "subscriptions" / "websocket-service.yaml"
+    document: dict[str, Any] = yaml.safe_load(path.read_text())
+    bulk: dict[str, Any] = document["spec"].get("bulkSubscribe", {})
+    return bulk
+
+
+def write_results(record: dict[str, Any]) -> None:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "websocket_latency.json").write_text(json.dumps(record, indent=2) + "\n")
+    lines = [
+        "# websocket-service: publish-to-client latency",
+        "",
+        f"Recorded {record['recorded_at']} by `bench/websocket_latency.py`; "
+        f"{record['machine']['cpus']} CPUs ({record['machine']['cpu_model']}), "
+        f"Python {record['machine']['python']}, {record['machine']['daprd']}; "
+        f"load average at start {record['machine']['load_average_at_start'][0]:.1f}. "
+        "**Shared machine**: other sessions were running tests on the same cores, so the "
+        "figures are pessimistic and noisy.",
+        "",
+        "Latency: producer send (aiokafka) → Kafka → daprd → service → WebSocket → client "
+        "process. One user per client; events round-robin over the users; the first second of "
+        "each run is a warm-up, not measured. Delivery: bulk "
+        f"subscription {json.dumps(record['settings']['subscription'])}; frame coalescing "
+        f"{record['settings']['coalesce_ms']} ms; compression off.",
+        "",
+        "| clients | events/s (asked / achieved) | seconds | published | received | "
+        "p50 ms | p99 ms | max ms |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for run in record["runs"]:
+        lines.append(
+            f"| {run['clients']} | {run['rate']} / {run['achieved_rate']} | {run['seconds']:g} "
+            f"| {run['published']} | {run['received']} | {run['p50_ms']} | {run['p99_ms']} "
+            f"| {run['max_ms']} |"
+        )
+    held = record.get("most_connections")
+    if held:
+        lines += [
+            "",
+            f"Most connections one service process held: **{held['held']}** of "
+            f"{held['attempted']} attempted (all opened: {held['all_opened']}, in "
+            f"{held['seconds_to_open']} s; service RSS {held['service_rss_mib']} MiB; "
+            f"fd limit {held['fd_limit']}).",
+        ]
+    lines += ["", *record.get("notes", [])] if record.get("notes") else []
+    (RESULTS / "websocket_latency.md").write_text("\n".join(lines) + "\n")
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="one short run")
+    parser.add_argument("--rate", type=int, default=1000, help="events/s of the quick run")
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--hold", type=int, default=8000, help="connections to try holding")
+    parser.add_argument("--coalesce-ms", type=float, default=0.0)
+    parser.add_argument("--note", action="append", default=[], help="a line for the record")
+    args = parser.parse_args()
+    stack = ensure_stack()
+    await ensure_topic(stack.kafka_brokers)
+    env = {"WEBSOCKET_COALESCE_MILLISECONDS": str(args.coalesce_ms)}
+    service = start_service(stack, env)
+    try:
+        await wait_until_delivering(stack, service)
+        matrix = (
+            [(100, [args.rate])]
+            if args.quick
+            else [(100, [100, 500, 1000]), (1000, [100, 500, 1000])]
+        )
+        record: dict[str, Any] = {
+            "recorded_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "machine": machine(),
+            "settings": {
+                "coalesce_ms": args.coalesce_ms,
+                "compression": False,
+                "subscription": bulk_settings(),
+            },
+            "notes": args.note,
+            "runs": [],
+        }
+        for clients, rates in matrix:
+            runs = await measure(
+                stack, service, clients, rates, 4.0 if args.quick else args.seconds
+            )
+            record["runs"].extend(r.__dict__ for r in runs)
+        if not args.quick:
+            record["most_connections"] = await most_connections(service, args.hold)
+            print(json.dumps(record["most_connections"]), flush=True)
+        write_results(record)
+    finally:
+        service.app.stop()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
