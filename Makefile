@@ -40,12 +40,24 @@ deps: $(UV) ## Python dependencies (uv, from uv.lock)
 dapr: ## the Dapr runtime: an existing `dapr init` install, or built from the Go module
 	@bash scripts/dapr-runtime.sh >/dev/null
 
+.PHONY: helm
+helm: ## Helm, built once from its Go module (cached; for the chart tests and manifests)
+	@bash scripts/helm.sh >/dev/null
+
+.PHONY: manifests
+manifests: deps helm ## regenerate the chart's Dapr templates and the plain manifests in k8s/
+	@$(UV) run --frozen python scripts/render_manifests.py --helm "$$(bash scripts/helm.sh)"
+
 .PHONY: infra
 infra: deps ## Kafka, Postgres and the SMTP sink (or the ones named by the environment)
 	@PYTHON="$(CURDIR)/.venv/bin/python" bash scripts/stack.sh up
 
+.PHONY: chromium
+chromium: ## Debian's Chromium for the live-page browser test (apt-get once; skipped when present)
+	@bash scripts/chromium.sh
+
 .PHONY: setup
-setup: deps dapr infra ## everything `make run` and `make test` need
+setup: deps dapr infra chromium ## everything `make run` and `make test` need
 
 .PHONY: run
 run: setup ## run the four services with their sidecars; Ctrl-C stops them
@@ -77,7 +89,7 @@ migrate: deps ## apply the audit database migrations by hand
 	@DATABASE_URL="$(DB_URL)" $(UV) run --frozen audit-log-service migrate
 
 .PHONY: test
-test: setup ## set up whatever is missing, then run every test tier
+test: setup helm ## set up whatever is missing, then run every test tier
 	@$(UV) run --frozen python -m taskevents.schema --check docs/event-schema.json
 	@$(UV) run --frozen pytest tests/unit tests/integration tests/e2e
 

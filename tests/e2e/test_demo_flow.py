@@ -68,7 +68,8 @@ async def test_demo_stream_flows_through_every_service(
         assert demo.returncode == 0, stderr.decode()[-2000:]
         summary = json.loads(stdout.decode().strip().splitlines()[-1])
         assert summary["failed"] == 0
-        assert summary["published"] >= 100
+        # Flow, not speed: a loaded machine publishes fewer; enough for every type to occur.
+        assert summary["published"] >= 40
         assert "published" in stderr.decode()  # the progress line
 
         # audit-log-service stores every event of the stream, once.
