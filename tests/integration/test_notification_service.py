@@ -180,7 +180,8 @@ async def test_a_permanently_rejected_recipient_is_dead_lettered_with_the_reason
         return [d for d in response.json()["items"] if d.get("event_id") == event.event_id]
 
     letters = await eventually(kept, what="dead letter in the audit log", check=cluster.check_alive)
-    assert "550" in json.dumps(letters[0])
+    # The audit log files the reason the service gave, not only the raw headers.
+    assert "550" in (letters[0]["reason"] or "")
 
     [entry] = await history(http, cluster, user_id)
     assert entry["status"] == "rejected"

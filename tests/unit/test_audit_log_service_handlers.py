@@ -385,3 +385,15 @@ def test_an_oversized_cloud_event_id_is_hashed() -> None:
 
     assert letter.message_id.startswith("sha256:")
     assert len(letter.message_id) < 100
+
+
+def test_a_dead_letter_keeps_the_reason_its_service_gave() -> None:
+    event = TaskEvent.create("task.created", task_id="t", user_id="u")
+    envelope = parse_cloud_event(
+        {"id": event.event_id, "topic": "task-events", "data": json.loads(event.to_json())}
+    )
+    letter = dead_letter_of_event(
+        event, envelope, topic=DLQ, metadata={"dead-letter-reason": "550 5.1.1 no such user"}
+    )
+    assert letter.reason == "550 5.1.1 no such user"
+    assert dead_letter_of_event(event, envelope, topic=DLQ, metadata={}).reason is None

@@ -22,7 +22,7 @@ from audit_log_service.ports import (
 from taskevents.cloudevents import CloudEvent, parse_cloud_event
 from taskevents.events import InvalidEventError, TaskEvent
 from taskevents.logging import get_logger
-from taskevents.status import Outcome
+from taskevents.status import DEAD_LETTER_REASON_HEADER, Outcome
 
 logger = get_logger(__name__)
 
@@ -170,7 +170,14 @@ def dead_letter_of_event(
         type=_clean_id(event.type),
         task_id=_clean_id(event.task_id),
         user_id=_clean_id(event.user_id),
+        reason=_reason_in(metadata),
     )
+
+
+def _reason_in(metadata: Mapping[str, str]) -> str | None:
+    """The reason a service gave when it dead-lettered the message itself."""
+    reason = metadata.get(DEAD_LETTER_REASON_HEADER)
+    return _clean(reason) if reason else None
 
 
 def raw_payload_of(body: bytes) -> bytes:

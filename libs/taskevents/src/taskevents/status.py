@@ -6,6 +6,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
+# A service that dead-letters a message itself (to say why; Dapr's own dead-lettering on
+# DROP carries no reason) puts the reason in this Kafka header; the audit log files it.
+DEAD_LETTER_REASON_HEADER = "dead-letter-reason"
+
 
 class DaprStatus(StrEnum):
     SUCCESS = "SUCCESS"  # the effect is durable

@@ -11,10 +11,10 @@ from typing import Any
 
 from taskevents.logging import get_logger
 from taskevents.publisher import LazyDaprClient
+from taskevents.status import DEAD_LETTER_REASON_HEADER
 
 log = get_logger(__name__)
 
-REASON_HEADER = "dead-letter-reason"
 SOURCE_HEADER = "dead-letter-source"
 MAX_REASON_CHARS = 1000
 
@@ -47,7 +47,7 @@ class DaprDeadLetters:
                 publish_metadata={
                     "rawPayload": "true",
                     "partitionKey": key,
-                    REASON_HEADER: reason[:MAX_REASON_CHARS],
+                    DEAD_LETTER_REASON_HEADER: reason[:MAX_REASON_CHARS],
                     SOURCE_HEADER: self._source,
                 },
                 data_content_type="application/cloudevents+json",
