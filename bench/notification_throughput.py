@@ -439,8 +439,6 @@ def write(record: dict[str, Any]) -> None:
         f"Machine: {m['cpus']} CPUs ({m['cpu']}), {m['memory_gib']} GiB, {m['system']}; "
         f"load average at start {tuple(round(x, 1) for x in m['load_average_at_start'])}, "
         f"at end {tuple(round(x, 1) for x in m.get('load_average_at_end', ()))}.",
-        "**Shared machine**: other test sessions ran at the same time, so the figures are a "
-        "lower bound.",
         "",
         "Versions: " + ", ".join(f"{k} {val}" for k, val in v.items()) + ".",
     ]

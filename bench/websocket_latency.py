@@ -413,9 +413,8 @@ def write_results(record: dict[str, Any]) -> None:
         f"Recorded {record['recorded_at']} by `bench/websocket_latency.py`; "
         f"{record['machine']['cpus']} CPUs ({record['machine']['cpu_model']}), "
         f"Python {record['machine']['python']}, {record['machine']['daprd']}; "
-        f"load average at start {record['machine']['load_average_at_start'][0]:.1f}. "
-        "**Shared machine**: other sessions were running tests on the same cores, so the "
-        "figures are pessimistic and noisy.",
+        f"load average at start {record['machine']['load_average_at_start'][0]:.1f} "
+        "(what else ran on the machine is in the notes below).",
         "",
         "Latency: producer send (aiokafka) → Kafka → daprd → service → WebSocket → client "
         "process. One user per client; events round-robin over the users; the first second of "
