@@ -16,18 +16,15 @@ import stat
 import subprocess
 import tempfile
 import time
-import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
-import asyncpg
 import httpx
 import pytest
 import pytest_asyncio
 
-from tests.support.stack import Stack, free_port
+from tests.support.stack import Stack, free_port, scratch_database
 from tests.support.waiting import eventually
 from tests.unit.test_k8s_dockerfiles import (
     ROOT,
@@ -178,19 +175,8 @@ def scratch_root() -> Iterator[Path]:
 @pytest_asyncio.fixture
 async def own_database(stack: Stack) -> AsyncIterator[str]:
     """A database of its own, so the service's pollers and migrations touch nobody else's."""
-    name = f"taskevents_image_{uuid.uuid4().hex[:12]}"
-    admin = await asyncpg.connect(stack.database_url)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    parts = urlsplit(stack.database_url)
-    yield urlunsplit(parts._replace(path=f"/{name}"))
-    admin = await asyncpg.connect(stack.database_url)
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await admin.close()
+    async with scratch_database(stack, "taskevents_image") as url:
+        yield url
 
 
 class Container:

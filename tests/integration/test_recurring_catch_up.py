@@ -11,9 +11,7 @@ from collections import Counter
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
-import asyncpg
 import httpx
 import pytest
 import pytest_asyncio
@@ -23,7 +21,7 @@ from tests.conftest import Cluster
 from tests.integration.test_recurring_replicas import triggered, whole_second_from_now
 from tests.support.cluster import Service, service_spec, start_service
 from tests.support.kafka import TOPIC, end_offsets, read_from
-from tests.support.stack import RUN_ID, Stack
+from tests.support.stack import Stack, scratch_database
 from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.integration
@@ -38,19 +36,8 @@ DOWN_SECONDS = 14
 @pytest_asyncio.fixture(scope="module")
 async def own_database(stack: Stack) -> AsyncIterator[str]:
     """A database for this module alone, dropped at the end."""
-    name = f"taskevents_recurring_{RUN_ID}"
-    admin = await asyncpg.connect(stack.database_url)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    parts = urlsplit(stack.database_url)
-    yield urlunsplit(parts._replace(path=f"/{name}"))
-    admin = await asyncpg.connect(stack.database_url)
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await admin.close()
+    async with scratch_database(stack, "taskevents_recurring") as url:
+        yield url
 
 
 def start_replica(stack: Stack, database_url: str, replica: int) -> Service:
