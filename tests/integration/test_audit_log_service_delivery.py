@@ -249,12 +249,14 @@ async def test_postgres_stopped_for_20_seconds_loses_and_dead_letters_nothing(
     dlq_before = await end_offsets(stack.kafka_brokers, DLQ_TOPIC)
     events = [load_event(user_id, f"task-{unique}-{n % 12}", n) for n in range(3_000)]
 
+    pace_seconds = 0.25  # pacing of the producer, not a wait: 100 events per step
+
     async def stream() -> None:
-        # 100 events every 0.25 s: a steady stream of 400/s for 7.5 s.
+        # A steady stream of 400 events/s for 7.5 s.
         for start in range(0, len(events), 100):
             chunk = events[start : start + 100]
             await produce(stack.kafka_brokers, [(cloud_event(e), e["task_id"]) for e in chunk])
-            await asyncio.sleep(0.25)
+            await asyncio.sleep(pace_seconds)
 
     streaming = asyncio.create_task(stream())
 
