@@ -326,7 +326,8 @@ async def test_resume_after_a_restart_replays_the_gap_once_then_goes_live(
     unique: str,
 ) -> None:  # fmt: skip
     user, task = f"user-{unique}", f"task-{unique}"  # one task: one partition, one order
-    events = [event_for(user, task, f"e{n}") for n in range(8)]
+    # 0-2 live, 3-5 missed while down, 6-7 live after the resume, 8 a last marker.
+    events = [event_for(user, task, f"e{n}") for n in range(9)]
     client = await connect(ws_url(live[1], hs_token(user)))
     for event in events[:3]:
         await live.publisher.publish(event)
@@ -334,7 +335,8 @@ async def test_resume_after_a_restart_replays_the_gap_once_then_goes_live(
     last_seen = client.event_ids[-1]
 
     live.stop(1)
-    await asyncio.wait_for(client.task or asyncio.sleep(0), 30)
+    assert client.task is not None
+    await asyncio.wait_for(client.task, 30)  # the client's reader ends with the close
     assert client.closed_code == 1001  # going away: reconnect
     for event in events[3:6]:
         await live.publisher.publish(event)
@@ -351,7 +353,7 @@ async def test_resume_after_a_restart_replays_the_gap_once_then_goes_live(
     await eventually(gap_stored, timeout=60, what="the gap in the audit log")
     live.start_again(1)
     resumed = await connect(ws_url(live[1], hs_token(user), last_event_id=last_seen))
-    for event in events[6:]:
+    for event in events[6:8]:
         await live.publisher.publish(event)
 
     await until(
@@ -360,7 +362,15 @@ async def test_resume_after_a_restart_replays_the_gap_once_then_goes_live(
         what="gap and live events",
         check=live[1].check_alive,
     )
-    await asyncio.sleep(0)  # let already-received frames land
+    # One task, one partition: once the marker published last has arrived, any duplicate of
+    # an earlier event would have arrived before it.
+    await live.publisher.publish(events[8])
+    await until(
+        lambda: events[8].event_id in resumed.event_ids,
+        timeout=60,
+        what="the last marker",
+        check=live[1].check_alive,
+    )
     assert resumed.event_ids == [e.event_id for e in events[3:]]  # in order, once each
     # The replay (what the audit log had when asked: at least the gap, perhaps the later
     # events too), then the resume status, then live events — the ids above show no event
@@ -372,7 +382,7 @@ async def test_resume_after_a_restart_replays_the_gap_once_then_goes_live(
     ]
     replayed = flow.index("resume")
     assert replayed >= 3
-    assert flow == ["replayed"] * replayed + ["resume"] + ["event"] * (5 - replayed)
+    assert flow == ["replayed"] * replayed + ["resume"] + ["event"] * (6 - replayed)
     status = resumed.of_kind("resume")[0]
     assert (status["status"], status["replayed"], status["after_event_id"]) == (
         "complete",
