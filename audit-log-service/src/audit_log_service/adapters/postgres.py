@@ -156,60 +156,67 @@ async def _init_connection(connection: Any) -> None:
     )
 
 
+class _Where:
+    """Conditions joined with AND, and their numbered parameters."""
+
+    def __init__(self) -> None:
+        self.conditions: list[str] = []
+        self.args: list[object] = []
+
+    def param(self, value: object) -> str:
+        self.args.append(value)
+        return f"${len(self.args)}"
+
+    def equal(self, columns: Sequence[str], source: object) -> None:
+        for column in columns:
+            value = getattr(source, column)
+            if value is not None:
+                self.conditions.append(f"{column} = {self.param(value)}")
+
+    def time_range(self, column: str, since: object | None, until: object | None) -> None:
+        if since is not None:
+            self.conditions.append(f"{column} >= {self.param(since)}")
+        if until is not None:
+            self.conditions.append(f"{column} < {self.param(until)}")
+
+    def clause(self) -> str:
+        return f" WHERE {' AND '.join(self.conditions)}" if self.conditions else ""
+
+
 def events_query(where: EventFilter) -> tuple[str, list[object]]:
     """SELECT for GET /audit/events: the filters that are set, newest first, keyset-paged
     on (occurred_at, event_id) — a total order of values that never change, so a row is
     on exactly one page however many rows are inserted meanwhile."""
-    conditions: list[str] = []
-    args: list[object] = []
-    for column in EVENT_FILTER_COLUMNS:
-        value = getattr(where, column)
-        if value is not None:
-            args.append(value)
-            conditions.append(f"{column} = ${len(args)}")
-    if where.since is not None:
-        args.append(where.since)
-        conditions.append(f"occurred_at >= ${len(args)}")
-    if where.until is not None:
-        args.append(where.until)
-        conditions.append(f"occurred_at < ${len(args)}")
+    sql_where = _Where()
+    sql_where.equal(EVENT_FILTER_COLUMNS, where)
+    sql_where.time_range("occurred_at", where.since, where.until)
     if where.after is not None:
-        args += [where.after.occurred_at, where.after.event_id]
-        conditions.append(f"(occurred_at, event_id) < (${len(args) - 1}, ${len(args)})")
-    args.append(where.limit)
-    where_clause = f" WHERE {' AND '.join(conditions)}" if conditions else ""
+        occurred_at = sql_where.param(where.after.occurred_at)
+        event_id = sql_where.param(where.after.event_id)
+        sql_where.conditions.append(f"(occurred_at, event_id) < ({occurred_at}, {event_id})")
+    clause = sql_where.clause()
+    limit = sql_where.param(where.limit)
     sql = (
-        f"SELECT {EVENT_COLUMNS} FROM audit_events{where_clause}"  # noqa: S608 (fixed names)
-        f" ORDER BY occurred_at DESC, event_id DESC LIMIT ${len(args)}"
+        f"SELECT {EVENT_COLUMNS} FROM audit_events{clause}"  # noqa: S608 (fixed names)
+        f" ORDER BY occurred_at DESC, event_id DESC LIMIT {limit}"
     )
-    return sql, args
+    return sql, sql_where.args
 
 
 def dead_letters_query(where: DeadLetterFilter) -> tuple[str, list[object]]:
     """SELECT for GET /audit/dead-letters: newest first, keyset-paged on id."""
-    conditions: list[str] = []
-    args: list[object] = []
-    for column in DEAD_LETTER_FILTER_COLUMNS:
-        value = getattr(where, column)
-        if value is not None:
-            args.append(value)
-            conditions.append(f"{column} = ${len(args)}")
-    if where.since is not None:
-        args.append(where.since)
-        conditions.append(f"first_seen >= ${len(args)}")
-    if where.until is not None:
-        args.append(where.until)
-        conditions.append(f"first_seen < ${len(args)}")
+    sql_where = _Where()
+    sql_where.equal(DEAD_LETTER_FILTER_COLUMNS, where)
+    sql_where.time_range("first_seen", where.since, where.until)
     if where.before_id is not None:
-        args.append(where.before_id)
-        conditions.append(f"id < ${len(args)}")
-    args.append(where.limit)
-    where_clause = f" WHERE {' AND '.join(conditions)}" if conditions else ""
+        sql_where.conditions.append(f"id < {sql_where.param(where.before_id)}")
+    clause = sql_where.clause()
+    limit = sql_where.param(where.limit)
     sql = (
-        f"SELECT {DEAD_LETTER_COLUMNS} FROM dead_letters{where_clause}"  # noqa: S608
-        f" ORDER BY id DESC LIMIT ${len(args)}"
+        f"SELECT {DEAD_LETTER_COLUMNS} FROM dead_letters{clause}"  # noqa: S608
+        f" ORDER BY id DESC LIMIT {limit}"
     )
-    return sql, args
+    return sql, sql_where.args
 
 
 class PostgresAuditLog:
