@@ -24,6 +24,8 @@ def configure_logging(service: str, *, level: str = "INFO", json: bool = False) 
     )
     structlog.configure(
         processors=[
+            # First: a call below the level costs a level check, not the whole chain.
+            structlog.stdlib.filter_by_level,
             *shared,
             structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
         ],

@@ -49,11 +49,12 @@ ReadinessCheck = Callable[[], Awaitable[str | None]]
 EventHandler = Callable[[TaskEvent, CloudEvent], Awaitable[Outcome]]
 
 
-def app_token_guard(token: SecretStr | None) -> Callable[[Request], None]:
+def app_token_guard(token: SecretStr | None) -> Callable[[Request], Awaitable[None]]:
     """A dependency that rejects calls without the sidecar's `dapr-api-token` when the app
-    token is configured (dapr-ext-fastapi does not check it)."""
+    token is configured (dapr-ext-fastapi does not check it). Async, because FastAPI runs a
+    plain function dependency in its thread pool: a thread hop on every delivery."""
 
-    def check(request: Request) -> None:
+    async def check(request: Request) -> None:
         if token is None:
             return
         given = request.headers.get("dapr-api-token", "")
