@@ -11,7 +11,9 @@ import asyncio
 import base64
 import json
 import re
+import signal
 import socket
+import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -28,6 +30,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from websockets.exceptions import ConnectionClosed
 
 from taskevents.events import EventType, TaskEvent
+from tests.support.cluster import Service
 from tests.support.live_stream import LiveStack, connect, hs_token, live_stack, until, ws_url
 from tests.support.stack import Stack
 from tests.support.waiting import eventually
@@ -128,13 +131,16 @@ async def live(stack: Stack, key_set: KeySet) -> AsyncIterator[LiveStack]:
             },
             {},
         ),
-        # 2: the key from the Dapr secret store; an audit app id nobody serves; coalescing.
+        # 2: the key from the Dapr secret store; an audit app id nobody serves; coalescing;
+        # a ping every second, answered within a second.
         (
             {
                 "WEBSOCKET_JWT_SECRET_STORE": "envstore",
                 "WEBSOCKET_AUDIT_APP_ID": "no-such-audit-log",
                 "WEBSOCKET_RESUME_TIMEOUT_SECONDS": "3",
                 "WEBSOCKET_COALESCE_MILLISECONDS": "5",
+                "WEBSOCKET_WS_PING_INTERVAL_SECONDS": "1",
+                "WEBSOCKET_WS_PING_TIMEOUT_SECONDS": "1",
             },
             {"TASKEVENTS_WEBSOCKET_JWT_SECRET": STORE_SECRET},
         ),
@@ -296,12 +302,16 @@ async def test_every_client_on_either_replica_gets_all_of_its_users_events(
             await client.close()
 
 
+async def connection_count(service: Service) -> int:
+    async with httpx.AsyncClient() as http:
+        body = (await http.get(f"{service.url}/health")).json()
+    assert body["service"] == "websocket-service"
+    return int(body["connections"])
+
+
 async def test_health_counts_the_open_connections(live: LiveStack, unique: str) -> None:
     async def count() -> int:
-        async with httpx.AsyncClient() as http:
-            body = (await http.get(f"{live[2].url}/health")).json()
-        assert body["service"] == "websocket-service"
-        return int(body["connections"])
+        return await connection_count(live[2])
 
     before = await count()
     clients = [
@@ -315,6 +325,66 @@ async def test_health_counts_the_open_connections(live: LiveStack, unique: str) 
     for client in clients[3:]:
         await client.close()
     await eventually(lambda: _is(count, before), what="count after all closed")
+
+
+# A client in a process of its own that prints each frame's kind, and at the end how the
+# connection closed. It sends no pings of its own, so the server's are the only ones.
+FROZEN_CLIENT = """
+import asyncio, json, sys
+import websockets
+
+async def main():
+    async with websockets.connect(sys.argv[1], ping_interval=None) as client:
+        try:
+            async for message in client:
+                print(json.loads(message)["kind"], flush=True)
+        except websockets.ConnectionClosed:
+            pass
+        print("closed", client.close_code, client.close_reason, flush=True)
+
+asyncio.run(main())
+"""
+
+
+async def test_pings_reap_a_frozen_client_and_keep_a_live_one(live: LiveStack, unique: str) -> None:
+    # Replica 2 pings every second and waits a second for the pong. A client process that
+    # is stopped (SIGSTOP: a frozen laptop, a dead NAT path) keeps its TCP connection open
+    # but answers no ping: the server must let it go, and keep the client that answers.
+    service = live[2]
+    before = await connection_count(service)
+    alive_user = f"alive-{unique}"
+    alive = await connect(ws_url(service, hs_token(alive_user, secret=STORE_SECRET)))
+    frozen = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", FROZEN_CLIENT,
+        ws_url(service, hs_token(f"frozen-{unique}", secret=STORE_SECRET)),
+        stdout=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    assert frozen.stdout is not None
+    try:
+        welcome = await asyncio.wait_for(frozen.stdout.readline(), 30)
+        assert welcome.decode().strip() == "welcome"
+        assert await connection_count(service) == before + 2
+        frozen.send_signal(signal.SIGSTOP)
+        await eventually(
+            lambda: _is(lambda: connection_count(service), before + 1),
+            timeout=20,
+            what="the frozen client reaped",
+            check=service.check_alive,
+        )
+        # The live client answered every ping meanwhile and still gets its events.
+        event = event_for(alive_user, f"task-{alive_user}")
+        await live.publisher.publish(event)
+        await until(lambda: alive.event_ids == [event.event_id], what="the live client's event")
+        assert alive.closed_code is None
+        frozen.send_signal(signal.SIGCONT)
+        output, _ = await asyncio.wait_for(frozen.communicate(), 30)
+        assert output.decode().splitlines()[-1] == "closed 1011 keepalive ping timeout"
+    finally:
+        if frozen.returncode is None:
+            frozen.send_signal(signal.SIGCONT)
+            frozen.kill()
+            await frozen.wait()
+    await alive.close()
 
 
 async def _is(probe: Any, expected: int) -> bool:
