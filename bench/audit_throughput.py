@@ -41,6 +41,10 @@ from taskevents.cloudevents import parse_cloud_event
 from taskevents.devrun import AppSpec, RunningApp, start_app
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.procfs import CpuMeter, kafka_pids, one_process, postgres_pids  # noqa: E402
+
 COMPONENTS = ROOT / "dapr-components"
 RESULTS = ROOT / "bench" / "results"
 BROKERS = os.environ.get("KAFKA_BROKERS", "127.0.0.1:9092")
@@ -128,9 +132,29 @@ async def count_rows(pool: Any, run: str) -> int:
     return count
 
 
-async def measure(pool: Any, topic: str, count: int, *, timeout: float = 600.0) -> dict[str, float]:
+def cpu_meter(app: RunningApp | None) -> CpuMeter:
+    """Where the CPU goes: the consumer's processes, the database, the broker, and this
+    process (the producer and the row counting; for the baseline, its consumer too)."""
+    groups = {}
+    if app is not None:
+        for name, managed in (("audit-log-service", app.app), ("daprd", app.sidecar)):
+            groups[name] = one_process(managed.process.pid if managed and managed.process else None)
+    return CpuMeter(
+        {
+            **groups,
+            "postgres": postgres_pids,
+            "kafka": kafka_pids,
+            "benchmark process": lambda: [os.getpid()],
+        }
+    )
+
+
+async def measure(
+    pool: Any, topic: str, count: int, meter: CpuMeter, *, timeout: float = 600.0
+) -> dict[str, Any]:
     """Publish `count` events and wait until all are committed rows."""
     run = uuid.uuid4().hex[:10]
+    cpu_before = meter.read()
     producing = asyncio.create_task(produce(topic, run, count))
     deadline = time.monotonic() + timeout
     while (stored := await count_rows(pool, run)) < count:
@@ -139,11 +163,13 @@ async def measure(pool: Any, topic: str, count: int, *, timeout: float = 600.0) 
         await asyncio.sleep(0.05)
     finished = time.monotonic()
     started = await producing
+    cpu_used = CpuMeter.used(cpu_before, meter.read())
     seconds = finished - started
     return {
         "events": count,
         "seconds": round(seconds, 3),
         "events_per_second": round(count / seconds),
+        "cpu_us_per_event": {name: round(used / count * 1e6) for name, used in cpu_used.items()},
     }
 
 
@@ -206,7 +232,9 @@ async def wait_for(probe: Callable[[], Awaitable[bool]], what: str, timeout: flo
 
 
 @contextlib.asynccontextmanager
-async def dapr_consumer(pool: Any, topic: str, *, bulk: bool, work: Path) -> AsyncIterator[None]:
+async def dapr_consumer(
+    pool: Any, topic: str, *, bulk: bool, work: Path
+) -> AsyncIterator[RunningApp]:
     """audit-log-service beside daprd, subscribed to `topic`, warmed up."""
     group = f"audit-bench-{uuid.uuid4().hex[:8]}"
     resources = work / f"resources-{'bulk' if bulk else 'single'}"
@@ -233,7 +261,7 @@ async def dapr_consumer(pool: Any, topic: str, *, bulk: bool, work: Path) -> Asy
     try:
         app.wait_ready()
         await warm_up(pool, topic, app.check_alive)
-        yield
+        yield app
     finally:
         app.stop()
 
@@ -324,7 +352,7 @@ async def direct(pool: Any, topic: str) -> AsyncIterator[None]:
         await task
 
 
-def summary(runs: list[dict[str, float]]) -> dict[str, Any]:
+def summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """The median run, and every run's rate."""
     middle = sorted(runs, key=lambda r: r["events_per_second"])[len(runs) // 2]
     return {**middle, "runs_events_per_second": [r["events_per_second"] for r in runs]}
@@ -533,15 +561,16 @@ async def main() -> int:
         direct_topic, bulk_topic, single_topic = [await fresh_topic() for _ in range(3)]
         async with (
             direct(pool, direct_topic),
-            dapr_consumer(pool, bulk_topic, bulk=True, work=work),
+            dapr_consumer(pool, bulk_topic, bulk=True, work=work) as bulk_app,
         ):
+            direct_meter, bulk_meter = cpu_meter(None), cpu_meter(bulk_app)
             for turn in range(args.repeat):
                 say(f"  turn {turn + 1}/{args.repeat}: direct, then Dapr bulk, {args.events} each")
-                direct_runs.append(await measure(pool, direct_topic, args.events))
-                bulk_runs.append(await measure(pool, bulk_topic, args.events))
-        async with dapr_consumer(pool, single_topic, bulk=False, work=work):
+                direct_runs.append(await measure(pool, direct_topic, args.events, direct_meter))
+                bulk_runs.append(await measure(pool, bulk_topic, args.events, bulk_meter))
+        async with dapr_consumer(pool, single_topic, bulk=False, work=work) as single_app:
             say(f"  Dapr, bulk off: {args.events} events")
-            single = await measure(pool, single_topic, args.events)
+            single = await measure(pool, single_topic, args.events, cpu_meter(single_app))
         throughput: dict[str, Any] = {
             "direct": summary(direct_runs),
             "dapr_bulk": summary(bulk_runs),
@@ -582,6 +611,22 @@ def row(name: str, run: dict[str, Any]) -> str:
     )
 
 
+CPU_COLUMNS = ("audit-log-service", "daprd", "postgres", "kafka", "benchmark process")
+
+
+def cpu_table(throughput: dict[str, Any]) -> list[str]:
+    lines = [
+        "| CPU µs per event | " + " | ".join(CPU_COLUMNS) + " | all |",
+        "|---|" + "---:|" * (len(CPU_COLUMNS) + 1),
+    ]
+    names = {"direct": "direct baseline", "dapr_bulk": "Dapr, bulk", "dapr_single": "Dapr, single"}
+    for key, name in names.items():
+        cpu = throughput[key]["cpu_us_per_event"]
+        cells = [str(cpu[c]) if c in cpu else "-" for c in CPU_COLUMNS]
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {sum(cpu.values())} |")
+    return lines
+
+
 def markdown(record: dict[str, Any]) -> str:
     t = record["throughput"]
     q = record["query_latency"]
@@ -605,6 +650,12 @@ def markdown(record: dict[str, Any]) -> str:
         "Dapr bulk / direct, turn by turn (the two take turns): "
         + ", ".join(f"{r:.2f}" for r in t["dapr_bulk"]["ratio_per_turn"])
         + ".",
+        "",
+        "CPU per event in µs, median run (the consumer's processes, the database, the "
+        "broker, and the benchmark's own process: producer and row counting, for the "
+        "baseline its consumer too):",
+        "",
+        *cpu_table(t),
         "",
         f"| query over HTTP, {q['rows']:,} rows | p50 ms | p95 ms | max ms |",
         "|---|---:|---:|---:|",

@@ -39,6 +39,10 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from taskevents.devrun import AppSpec, RunningApp, start_app
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.procfs import cpu_seconds, rss_kib  # noqa: E402
+
 COMPONENTS = ROOT / "dapr-components"
 RESULTS = ROOT / "bench" / "results"
 VENV_BIN = Path(sys.executable).parent
@@ -148,25 +152,6 @@ def address(run: str, user: int) -> str:
 
 def mail_count(directory: Path) -> int:
     return sum(1 for _ in directory.glob("*.json"))
-
-
-def rss_kib(pid: int) -> int:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 async def wait_for(probe: Callable[[], Awaitable[bool]], what: str, timeout: float = 120) -> None:

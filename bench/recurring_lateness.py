@@ -39,6 +39,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.procfs import cpu_seconds, postgres_pids  # noqa: E402
 from recurring_task_service.adapters.migrations import migrate  # noqa: E402
 from recurring_task_service.adapters.postgres import PostgresSchedules, connect  # noqa: E402
 from recurring_task_service.schedules import (  # noqa: E402
@@ -57,7 +58,6 @@ INTERVAL_SECONDS = 60
 REPLICAS = 2
 TARGET_P99_SECONDS = 1.0
 RESULTS = ROOT / "bench" / "results"
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 STAT_COLUMNS = (
     "xact_commit",
     "xact_rollback",
@@ -89,27 +89,6 @@ class LoadSample:
     postgres_cpu_seconds: dict[int, float]
     service_cpu_seconds: float
     sidecar_cpu_seconds: float
-
-
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of one process (and its waited-for children are not counted)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
-
-
-def postgres_pids() -> list[int]:
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if (entry / "comm").read_text().strip() == "postgres":
-                    pids.append(int(entry.name))
-            except OSError:
-                continue
-    return pids
 
 
 async def sample(admin: asyncpg.Connection, replicas: list[Service]) -> LoadSample:

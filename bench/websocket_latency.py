@@ -8,7 +8,7 @@ send time; the clients, one user each, run in separate processes and record the 
 of every event they receive. Figures: p50/p99/max per (clients, events/s), and whether
 every event arrived. Results: bench/results/websocket_latency.{json,md}.
 
-    uv run python bench/websocket_latency.py            # the full matrix (~3 min)
+    uv run python bench/websocket_latency.py            # the full matrix, 3 runs a cell (~8 min)
     uv run python bench/websocket_latency.py --quick    # one short run
 """
 
@@ -40,6 +40,7 @@ from aiokafka.errors import TopicAlreadyExistsError
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.procfs import CpuMeter, kafka_pids, one_process, rss_kib  # noqa: E402
 from tests.support.cluster import Service, daprd_env, service_spec  # noqa: E402
 from tests.support.stack import Stack, ensure_stack  # noqa: E402
 from websocket_service.settings import DEVELOPMENT_JWT_SECRET  # noqa: E402
@@ -240,11 +241,22 @@ class Run:
     p50_ms: float
     p99_ms: float
     max_ms: float
+    cpu_cores: dict[str, float]
 
 
 def percentile(values: list[float], fraction: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+
+
+def cpu_meter(service: Service) -> CpuMeter:
+    """CPU of the service, its sidecar and the broker while the events are produced (the
+    producer and the clients are not counted)."""
+    groups = {
+        name: one_process(managed.process.pid if managed and managed.process else None)
+        for name, managed in (("service", service.app.app), ("daprd", service.app.sidecar))
+    }
+    return CpuMeter({**groups, "kafka": kafka_pids})
 
 
 async def measure(
@@ -278,11 +290,15 @@ async def measure(
             for process in processes:
                 if process.exitcode not in (None, 0):
                     raise RuntimeError(f"a client process died ({process.exitcode})")
+        meter = cpu_meter(service)
+        cpu_before, clock = meter.read(), time.monotonic()
         start.set()
         published, achieved = await produce(
             stack.kafka_brokers, users, rate, seconds, warmup_seconds=WARMUP_SECONDS
         )
         stop.set()
+        cpu_used = CpuMeter.used(cpu_before, meter.read())
+        elapsed = time.monotonic() - clock
         latencies: list[float] = []
         received = 0
         for _ in processes:
@@ -301,6 +317,7 @@ async def measure(
             p50_ms=round(statistics.median(latencies) * 1000, 1) if latencies else -1,
             p99_ms=round(percentile(latencies, 0.99) * 1000, 1) if latencies else -1,
             max_ms=round(max(latencies) * 1000, 1) if latencies else -1,
+            cpu_cores={name: round(used / elapsed, 2) for name, used in cpu_used.items()},
         )
         print(json.dumps(run.__dict__), flush=True)
         runs.append(run)
@@ -336,7 +353,8 @@ async def most_connections(service: Service, limit: int) -> dict[str, Any]:
         await asyncio.sleep(0.5)
     held = max(held, await connection_count(service))
     elapsed = time.monotonic() - started
-    rss_kib = _rss_kib(service)
+    service_process = service.app.app.process if service.app.app else None
+    rss = rss_kib(service_process.pid) if service_process else 0
     stop.set()
     for process in processes:
         process.join(60)
@@ -347,22 +365,9 @@ async def most_connections(service: Service, limit: int) -> dict[str, Any]:
         "held": held,
         "all_opened": all(r.is_set() for r in readies),
         "seconds_to_open": round(elapsed, 1),
-        "service_rss_mib": round(rss_kib / 1024, 1) if rss_kib else None,
+        "service_rss_mib": round(rss / 1024, 1) if rss else None,
         "fd_limit": _fd_limit(),
     }
-
-
-def _rss_kib(service: Service) -> int | None:
-    process = service.app.app.process if service.app.app else None
-    if process is None:
-        return None
-    try:
-        for line in Path(f"/proc/{process.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    except OSError:
-        return None
-    return None
 
 
 def _fd_limit() -> int:
@@ -391,7 +396,6 @@ def machine() -> dict[str, Any]:
         "kernel": platform.release(),
         "daprd": daprd,
         "packages": {p: version(p) for p in ("uvicorn", "websockets", "fastapi", "aiokafka")},
-        "shared": "yes: other sessions ran tests and services on the same 2 cores meanwhile",
     }
 
 
@@ -422,15 +426,20 @@ def write_results(record: dict[str, Any]) -> None:
         f"subscription {json.dumps(record['settings']['subscription'])}; frame coalescing "
         f"{record['settings']['coalesce_ms']} ms; compression off.",
         "",
+        "Each cell was run "
+        f"{record['settings']['repeat']} time(s), taking turns; every run is a row. CPU: cores "
+        "used by the service, its sidecar and the broker while the run's events were produced.",
+        "",
         "| clients | events/s (asked / achieved) | seconds | published | received | "
-        "p50 ms | p99 ms | max ms |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "p50 ms | p99 ms | max ms | CPU service / daprd / kafka |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for run in record["runs"]:
+    for run in sorted(record["runs"], key=lambda r: (r["clients"], r["rate"])):
+        cpu = run["cpu_cores"]
         lines.append(
             f"| {run['clients']} | {run['rate']} / {run['achieved_rate']} | {run['seconds']:g} "
             f"| {run['published']} | {run['received']} | {run['p50_ms']} | {run['p99_ms']} "
-            f"| {run['max_ms']} |"
+            f"| {run['max_ms']} | {cpu.get('service')} / {cpu.get('daprd')} / {cpu['kafka']} |"
         )
     held = record.get("most_connections")
     if held:
@@ -450,6 +459,7 @@ async def main() -> None:
     parser.add_argument("--quick", action="store_true", help="one short run")
     parser.add_argument("--rate", type=int, default=1000, help="events/s of the quick run")
     parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--repeat", type=int, default=3, help="runs of each cell")
     parser.add_argument("--hold", type=int, default=8000, help="connections to try holding")
     parser.add_argument("--coalesce-ms", type=float, default=0.0)
     parser.add_argument("--note", action="append", default=[], help="a line for the record")
@@ -472,13 +482,15 @@ async def main() -> None:
                 "coalesce_ms": args.coalesce_ms,
                 "compression": False,
                 "subscription": bulk_settings(),
+                "repeat": 1 if args.quick else args.repeat,
             },
             "notes": args.note,
             "runs": [],
         }
         for clients, rates in matrix:
+            turns = rates * (1 if args.quick else args.repeat)
             runs = await measure(
-                stack, service, clients, rates, 4.0 if args.quick else args.seconds
+                stack, service, clients, turns, 4.0 if args.quick else args.seconds
             )
             record["runs"].extend(r.__dict__ for r in runs)
         if not args.quick:

@@ -1,0 +1,75 @@
+"""What the benchmarks read about processes from /proc: CPU time, resident memory, and the
+local infrastructure's processes (Postgres, the Kafka broker) found by name."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (0 once it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def rss_kib(pid: int) -> int:
+    """Resident memory of a process now (0 once it is gone)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    except OSError:
+        return 0
+    return 0
+
+
+def pids_where(match: Callable[[str, str], bool]) -> list[int]:
+    """The processes for which match(command name, command line) holds."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            name = (entry / "comm").read_text().strip()
+            command_line = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if match(name, command_line):
+            pids.append(int(entry.name))
+    return pids
+
+
+def one_process(pid: int | None) -> Callable[[], list[int]]:
+    """A group of one known process (none when there is no pid)."""
+    return lambda: [] if pid is None else [pid]
+
+
+def postgres_pids() -> list[int]:
+    return pids_where(lambda name, _: name == "postgres")
+
+
+def kafka_pids() -> list[int]:
+    return pids_where(lambda name, command_line: name == "java" and "kafka.Kafka" in command_line)
+
+
+class CpuMeter:
+    """CPU seconds used by named groups of processes between two readings. A group is a
+    function returning its pids now, so that processes started meanwhile count too (those
+    that end meanwhile are not)."""
+
+    def __init__(self, groups: Mapping[str, Callable[[], Iterable[int]]]) -> None:
+        self._groups = dict(groups)
+
+    def read(self) -> dict[str, float]:
+        return {name: sum(map(cpu_seconds, pids())) for name, pids in self._groups.items()}
+
+    @staticmethod
+    def used(before: Mapping[str, float], after: Mapping[str, float]) -> dict[str, float]:
+        return {name: after[name] - before[name] for name in before}
