@@ -48,6 +48,8 @@ from websocket_service.settings import DEVELOPMENT_JWT_SECRET  # noqa: E402
 BENCH_TOPIC = "taskevents-bench"
 RESULTS = ROOT / "bench" / "results"
 CLIENTS_PER_PROCESS = 250
+MOST_CONNECTIONS_TRIED = 20_000
+FD_HEADROOM = 1000
 CONNECT_BATCH = 50
 QUIET_SECONDS = 2.0
 WARMUP_SECONDS = 1.0
@@ -460,7 +462,13 @@ async def main() -> None:
     parser.add_argument("--rate", type=int, default=1000, help="events/s of the quick run")
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--repeat", type=int, default=3, help="runs of each cell")
-    parser.add_argument("--hold", type=int, default=8000, help="connections to try holding")
+    parser.add_argument(
+        "--hold",
+        type=int,
+        # The open-file limit bounds what a process can hold; leave room for the rest.
+        default=min(MOST_CONNECTIONS_TRIED, _fd_limit() - FD_HEADROOM),
+        help="connections to try holding",
+    )
     parser.add_argument("--coalesce-ms", type=float, default=0.0)
     parser.add_argument("--note", action="append", default=[], help="a line for the record")
     args = parser.parse_args()
