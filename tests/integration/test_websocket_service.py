@@ -1,9 +1,10 @@
 """websocket-service through real daprd sidecars, Kafka and the audit log (Postgres):
 authentication, per-user isolation, fan-out over two replicas, resume across a restart,
-a client that never reads, the connection count. The tests run their own small cluster
-(tests.support.live_stream): three websocket-service replicas, each beside its own daprd
-with a consumer group of its own, configured differently (defaults; JWKS and a short
-queue; the secret store and no audit log), and an audit-log-service."""
+a client that never reads, the connection count, pings that reap a frozen client. The
+tests run their own small cluster (tests.support.live_stream): three websocket-service
+replicas, each beside its own daprd with a consumer group of its own, configured
+differently (defaults; JWKS and a short queue; the secret store, no audit log and a ping
+every second), and an audit-log-service."""
 
 from __future__ import annotations
 
