@@ -138,7 +138,7 @@ def cpu_meter(app: RunningApp | None) -> CpuMeter:
     groups = {}
     if app is not None:
         for name, managed in (("audit-log-service", app.app), ("daprd", app.sidecar)):
-            groups[name] = one_process(managed.process.pid if managed and managed.process else None)
+            groups[name] = one_process(managed.pid if managed else None)
     return CpuMeter(
         {
             **groups,

@@ -312,9 +312,9 @@ async def main() -> int:
         await wait_for(every_probe_mailed, "every probe mailed", 60)
         baseline = mail_count(mail_dir)
         assert app.app is not None
-        assert app.app.process is not None
-        assert app.sidecar.process is not None
-        pids = {"service": app.app.process.pid, "daprd": app.sidecar.process.pid}
+        assert app.app.pid is not None
+        assert app.sidecar.pid is not None
+        pids = {"service": app.app.pid, "daprd": app.sidecar.pid}
         pids["smtp sink"] = sink.pid
         idle_rss = {name: rss_kib(pid) for name, pid in pids.items()}
         cpu_before = {name: cpu_seconds(pid) for name, pid in pids.items()}

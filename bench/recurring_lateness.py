@@ -100,8 +100,8 @@ async def sample(admin: asyncpg.Connection, replicas: list[Service]) -> LoadSamp
         "SELECT pid FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
         BENCH_DATABASE,
     )
-    apps = [r.app.app.process.pid for r in replicas if r.app.app and r.app.app.process]
-    sidecars = [r.app.sidecar.process.pid for r in replicas if r.app.sidecar.process]
+    apps = [pid for r in replicas if r.app.app and (pid := r.app.app.pid)]
+    sidecars = [pid for r in replicas if (pid := r.app.sidecar.pid)]
     return LoadSample(
         at=time.monotonic(),
         stats={column: int(row[column]) for column in STAT_COLUMNS},

@@ -255,7 +255,7 @@ def cpu_meter(service: Service) -> CpuMeter:
     """CPU of the service, its sidecar and the broker while the events are produced (the
     producer and the clients are not counted)."""
     groups = {
-        name: one_process(managed.process.pid if managed and managed.process else None)
+        name: one_process(managed.pid if managed else None)
         for name, managed in (("service", service.app.app), ("daprd", service.app.sidecar))
     }
     return CpuMeter({**groups, "kafka": kafka_pids})
@@ -355,8 +355,8 @@ async def most_connections(service: Service, limit: int) -> dict[str, Any]:
         await asyncio.sleep(0.5)
     held = max(held, await connection_count(service))
     elapsed = time.monotonic() - started
-    service_process = service.app.app.process if service.app.app else None
-    rss = rss_kib(service_process.pid) if service_process else 0
+    service_pid = service.app.app.pid if service.app.app else None
+    rss = rss_kib(service_pid) if service_pid else 0
     stop.set()
     for process in processes:
         process.join(60)
@@ -441,7 +441,7 @@ def write_results(record: dict[str, Any]) -> None:
         lines.append(
             f"| {run['clients']} | {run['rate']} / {run['achieved_rate']} | {run['seconds']:g} "
             f"| {run['published']} | {run['received']} | {run['p50_ms']} | {run['p99_ms']} "
-            f"| {run['max_ms']} | {cpu.get('service')} / {cpu.get('daprd')} / {cpu['kafka']} |"
+            f"| {run['max_ms']} | {cpu['service']} / {cpu['daprd']} / {cpu['kafka']} |"
         )
     held = record.get("most_connections")
     if held:

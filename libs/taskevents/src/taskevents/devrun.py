@@ -63,6 +63,10 @@ class ManagedProcess:
         )
 
     @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process is not None else None
+
+    @property
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
