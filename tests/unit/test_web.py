@@ -1,7 +1,8 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
@@ -10,7 +11,14 @@ from pydantic import SecretStr
 from taskevents.cloudevents import CloudEvent
 from taskevents.events import TaskEvent
 from taskevents.status import Outcome
-from taskevents.web import delivery_metadata, probes_router, subscription_route
+from taskevents.web import (
+    ReadinessCheck,
+    RunningServices,
+    delivery_metadata,
+    lifespan_state,
+    probes_router,
+    subscription_route,
+)
 
 EVENT = {
     "event_id": "e-1",
@@ -95,18 +103,44 @@ def test_delivery_metadata_reaches_the_handler_without_the_token() -> None:
     assert delivery_metadata() == {}
 
 
-def test_health_and_readiness() -> None:
-    async def fine() -> str | None:
-        return None
+class DemoServices(RunningServices):
+    def readiness_checks(self) -> Mapping[str, ReadinessCheck]:
+        async def fine() -> str | None:
+            return None
 
-    async def down() -> str | None:
-        return "connection refused"
+        async def down() -> str | None:
+            return "connection refused"
 
+        return {"db": fine, "smtp": down}
+
+    def health_details(self) -> Mapping[str, object]:
+        return {"connections": 3}
+
+
+def test_health_and_readiness_come_from_the_typed_lifespan_state() -> None:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, object]]:
+        yield lifespan_state(DemoServices())
+
+    app = FastAPI(lifespan=lifespan)
+    app.include_router(probes_router("demo-service", DemoServices))
+    with TestClient(app) as client:
+        assert client.get("/health").json() == {
+            "service": "demo-service",
+            "status": "healthy",
+            "connections": 3,
+        }
+        ready = client.get("/ready")
+        assert ready.status_code == 503
+        assert ready.json()["failing"] == {"smtp": "connection refused"}
+        assert "taskevents_deliveries_total" in client.get("/metrics").text
+
+
+def test_a_service_whose_lifespan_has_not_started_is_not_ready() -> None:
     app = FastAPI()
-    app.include_router(probes_router("demo-service", {"db": fine, "smtp": down}))
-    client = TestClient(app)
+    app.include_router(probes_router("demo-service", DemoServices))
+    client = TestClient(app)  # no `with`: the lifespan does not run
     assert client.get("/health").json() == {"service": "demo-service", "status": "healthy"}
     ready = client.get("/ready")
     assert ready.status_code == 503
-    assert ready.json()["failing"] == {"smtp": "connection refused"}
-    assert "taskevents_deliveries_total" in client.get("/metrics").text
+    assert "not running" in ready.json()["failing"]["service"]

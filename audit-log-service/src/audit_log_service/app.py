@@ -20,7 +20,7 @@ from audit_log_service.api.subscriptions import add_subscription_routes
 from audit_log_service.ports import StorageUnavailableError
 from audit_log_service.settings import APP_ID, Settings
 from taskevents.logging import get_logger
-from taskevents.web import probes_router, sidecar_check
+from taskevents.web import static_probes_router, sidecar_check
 
 logger = get_logger(__name__)
 
@@ -76,7 +76,7 @@ def create_app(settings: Settings) -> FastAPI:
         return await audit_log.check(settings.ready_timeout_seconds)
 
     app.include_router(
-        probes_router(
+        static_probes_router(
             APP_ID,
             {"database": database_check, "sidecar": sidecar_check(settings.dapr_http_port)},
         )

@@ -25,7 +25,7 @@ from taskevents.cloudevents import CloudEvent
 from taskevents.events import TaskEvent
 from taskevents.logging import get_logger
 from taskevents.status import Outcome
-from taskevents.web import probes_router, sidecar_check, subscription_route
+from taskevents.web import static_probes_router, sidecar_check, subscription_route
 
 TASK_EVENTS_ROUTE = "/events/task-events"
 log = get_logger(__name__)
@@ -219,7 +219,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(preferences_router(preference_store))
     app.include_router(notifications_router(ledger_of_app))
     app.include_router(
-        probes_router(
+        static_probes_router(
             APP_ID,
             {
                 "sidecar": sidecar_check(settings.dapr_http_port),

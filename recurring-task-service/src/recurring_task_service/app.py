@@ -24,7 +24,7 @@ from taskevents.web import (
     BulkEntry,
     ReadinessCheck,
     bulk_subscription_route,
-    probes_router,
+    static_probes_router,
     sidecar_check,
     subscription_route,
 )
@@ -95,7 +95,7 @@ def create_app(settings: Settings) -> FastAPI:
         return await sync_task_schedule(event, schedules=resources(app.state).task_schedules)
 
     app.include_router(
-        probes_router(
+        static_probes_router(
             APP_ID,
             {"database": database_ready, "sidecar": sidecar_check(settings.dapr_http_port)},
         )

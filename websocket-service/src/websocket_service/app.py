@@ -15,7 +15,7 @@ from taskevents.web import (
     BulkEntry,
     ReadinessCheck,
     bulk_subscription_route,
-    probes_router,
+    static_probes_router,
     sidecar_check,
     subscription_route,
 )
@@ -145,7 +145,7 @@ def create_app(settings: Settings, *, audit: AuditLog | None = None) -> FastAPI:
         app, TASK_EVENTS_BULK_ROUTE, on_task_events, token=settings.app_api_token
     )
     app.include_router(
-        probes_router(APP_ID, checks, health_extra=lambda: {"connections": hub.connection_count})
+        static_probes_router(APP_ID, checks, health_extra=lambda: {"connections": hub.connection_count})
     )
     options = StreamOptions(
         close_grace_seconds=settings.close_grace_seconds,

@@ -3,6 +3,7 @@ subscription edge that turns a delivered message into SUCCESS / RETRY / DROP."""
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import json
 import time
@@ -10,12 +11,13 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any
+from typing import Any, TypeVar
 
 import structlog
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import SecretStr
+from starlette.requests import HTTPConnection
 
 from taskevents.cloudevents import CloudEvent, parse_cloud_event
 from taskevents.events import InvalidEventError, TaskEvent
@@ -64,11 +66,88 @@ def app_token_guard(token: SecretStr | None) -> Callable[[Request], Awaitable[No
     return check
 
 
-def probes_router(
+class RunningServices:
+    """The base of each service's typed lifespan state (its `Services`, made in its
+    `bootstrap.py`): what the probes ask of it."""
+
+    def readiness_checks(self) -> Mapping[str, ReadinessCheck]:
+        return {}
+
+    def health_details(self) -> Mapping[str, Any]:
+        return {}
+
+
+STATE_KEY = "services"
+S = TypeVar("S", bound=RunningServices)
+
+
+def lifespan_state(services: RunningServices) -> dict[str, Any]:
+    """What a lifespan yields: Starlette hands it to every request and WebSocket as
+    `connection.state.services`."""
+    return {STATE_KEY: services}
+
+
+def services_of(connection: HTTPConnection, kind: type[S]) -> S:
+    found = getattr(connection.state, STATE_KEY, None)
+    if not isinstance(found, kind):
+        raise ServiceNotRunningError("the service is not running (its lifespan has not started)")
+    return found
+
+
+class ServiceNotRunningError(RuntimeError):
+    pass
+
+
+def probes_router(service: str, kind: type[RunningServices]) -> APIRouter:
+    """/health, /ready and /metrics: open to everyone, and carrying no user data."""
+    router = APIRouter(tags=["probes"])
+
+    @router.get("/health")
+    async def health(request: Request) -> dict[str, Any]:
+        body: dict[str, Any] = {"service": service, "status": "healthy"}
+        with contextlib.suppress(ServiceNotRunningError):
+            body.update(services_of(request, kind).health_details())
+        return body
+
+    @router.get("/ready", responses={503: {"description": "a dependency does not answer"}})
+    async def ready(request: Request) -> JSONResponse:
+        try:
+            checks = services_of(request, kind).readiness_checks()
+        except ServiceNotRunningError as error:
+            return JSONResponse(
+                {"status": "unready", "failing": {"service": str(error)}}, status_code=503
+            )
+        return await _readiness(checks)
+
+    @router.get("/metrics", include_in_schema=False)
+    async def metrics() -> Response:
+        body, content_type = render_latest()
+        return Response(body, media_type=content_type)
+
+    return router
+
+
+async def _readiness(checks: Mapping[str, ReadinessCheck]) -> JSONResponse:
+    failing = {}
+    for name, check in checks.items():
+        try:
+            problem = await check()
+        except Exception as error:  # a readiness probe reports, it never raises
+            problem = f"{type(error).__name__}: {error}"
+        if problem:
+            failing[name] = problem
+    if failing:
+        return JSONResponse({"status": "unready", "failing": failing}, status_code=503)
+    return JSONResponse({"status": "ready"})
+
+
+def static_probes_router(
     service: str,
     checks: Mapping[str, ReadinessCheck],
     health_extra: Callable[[], Mapping[str, Any]] | None = None,
 ) -> APIRouter:
+    """The probes of a service that holds no typed lifespan state yet (goes when all four
+    do)."""
     router = APIRouter(tags=["probes"])
 
     @router.get("/health")
@@ -80,17 +159,7 @@ def probes_router(
 
     @router.get("/ready", responses={503: {"description": "a dependency does not answer"}})
     async def ready() -> JSONResponse:
-        failing = {}
-        for name, check in checks.items():
-            try:
-                problem = await check()
-            except Exception as error:  # a readiness probe reports, it never raises
-                problem = f"{type(error).__name__}: {error}"
-            if problem:
-                failing[name] = problem
-        if failing:
-            return JSONResponse({"status": "unready", "failing": failing}, status_code=503)
-        return JSONResponse({"status": "ready"})
+        return await _readiness(checks)
 
     @router.get("/metrics", include_in_schema=False)
     async def metrics() -> Response:
@@ -116,6 +185,55 @@ def sidecar_check(http_port: int) -> ReadinessCheck:
     return check
 
 
+def app_token(token: SecretStr | None) -> Any:
+    """The dependency that guards every route daprd calls (subscriptions)."""
+    return Depends(app_token_guard(token))
+
+
+async def deliver_event(
+    request: Request,
+    handler: EventHandler,
+    *,
+    on_invalid: Callable[[bytes, CloudEvent | None, str], Awaitable[Outcome]] | None = None,
+) -> JSONResponse:
+    """The edge of one delivered message: parse the CloudEvent, call the handler, answer
+    with the handler's outcome. An event that cannot be parsed is dropped (so Dapr
+    dead-letters it) unless `on_invalid` says otherwise; an unexpected exception is a RETRY."""
+    path = request.url.path
+    started = time.perf_counter()
+    body = await request.body()
+    metadata = {k: v for k, v in request.headers.items() if k not in NOT_METADATA}
+    metadata_token = _delivery_metadata.set(MappingProxyType(metadata))
+    envelope: CloudEvent | None = None
+    event_type = "unparsed"
+    try:
+        envelope = parse_cloud_event(body)
+        event = envelope.task_event()
+    except InvalidEventError as error:
+        outcome = (
+            await on_invalid(body, envelope, str(error))
+            if on_invalid is not None
+            else Outcome.drop(str(error))
+        )
+    else:
+        event_type = event.type
+        structlog.contextvars.bind_contextvars(
+            event_id=event.event_id, task_id=event.task_id, trace_id=envelope.trace_id
+        )
+        try:
+            outcome = await handler(event, envelope)
+        except Exception as error:
+            log.exception("handler failed; asking Dapr to retry")
+            outcome = Outcome.retry(f"{type(error).__name__}: {error}")
+    DELIVERIES.labels(path, event_type, outcome.status.value).inc()
+    DELIVERY_SECONDS.labels(path).observe(time.perf_counter() - started)
+    if outcome.reason:
+        log.info("delivery handled", status=outcome.status.value, reason=outcome.reason)
+    structlog.contextvars.unbind_contextvars("event_id", "task_id", "trace_id")
+    _delivery_metadata.reset(metadata_token)
+    return JSONResponse(outcome.response())
+
+
 def subscription_route(
     app: FastAPI,
     path: str,
@@ -124,50 +242,14 @@ def subscription_route(
     token: SecretStr | None,
     on_invalid: Callable[[bytes, CloudEvent | None, str], Awaitable[Outcome]] | None = None,
 ) -> None:
-    """Register the route daprd posts one message to: parse the CloudEvent, call the handler,
-    answer with the handler's outcome. An event that cannot be parsed is dropped (so Dapr
-    dead-letters it) unless `on_invalid` says otherwise; an unexpected exception is a RETRY."""
+    """Register `deliver_event` for a handler made at start (goes when the services route
+    through typed state)."""
 
     async def deliver(request: Request) -> JSONResponse:
-        started = time.perf_counter()
-        body = await request.body()
-        metadata = {k: v for k, v in request.headers.items() if k not in NOT_METADATA}
-        metadata_token = _delivery_metadata.set(MappingProxyType(metadata))
-        envelope: CloudEvent | None = None
-        event_type = "unparsed"
-        try:
-            envelope = parse_cloud_event(body)
-            event = envelope.task_event()
-        except InvalidEventError as error:
-            outcome = (
-                await on_invalid(body, envelope, str(error))
-                if on_invalid is not None
-                else Outcome.drop(str(error))
-            )
-        else:
-            event_type = event.type
-            structlog.contextvars.bind_contextvars(
-                event_id=event.event_id, task_id=event.task_id, trace_id=envelope.trace_id
-            )
-            try:
-                outcome = await handler(event, envelope)
-            except Exception as error:
-                log.exception("handler failed; asking Dapr to retry")
-                outcome = Outcome.retry(f"{type(error).__name__}: {error}")
-        DELIVERIES.labels(path, event_type, outcome.status.value).inc()
-        DELIVERY_SECONDS.labels(path).observe(time.perf_counter() - started)
-        if outcome.reason:
-            log.info("delivery handled", status=outcome.status.value, reason=outcome.reason)
-        structlog.contextvars.unbind_contextvars("event_id", "task_id", "trace_id")
-        _delivery_metadata.reset(metadata_token)
-        return JSONResponse(outcome.response())
+        return await deliver_event(request, handler, on_invalid=on_invalid)
 
     app.add_api_route(
-        path,
-        deliver,
-        methods=["POST"],
-        include_in_schema=False,
-        dependencies=[Depends(app_token_guard(token))],
+        path, deliver, methods=["POST"], include_in_schema=False, dependencies=[app_token(token)]
     )
 
 
@@ -186,6 +268,81 @@ class BulkEntry:
 BulkEventHandler = Callable[[Sequence[BulkEntry]], Awaitable[Sequence[Outcome]]]
 
 
+async def deliver_bulk(request: Request, handler: BulkEventHandler) -> JSONResponse:
+    """The edge of a bulk delivery (a subscription with `bulkSubscribe.enabled`):
+    {"entries": [{"entryId", "event", "metadata", …}]}, answered with
+    {"statuses": [{"entryId", "status"}]} — one status per entry. An entry that is not a
+    valid event is dropped with its reason logged (Dapr dead-letters it); the readable ones
+    go to the handler together; an unexpected exception is a RETRY of those."""
+    path = request.url.path
+    started = time.perf_counter()
+    try:
+        bulk = json.loads(await request.body())
+        entries = bulk["entries"]
+        if not isinstance(entries, list):
+            raise TypeError("entries is not a list")
+    except (ValueError, KeyError, TypeError) as error:
+        # Not a bulk delivery at all: refuse it (daprd retries, then dead-letters).
+        log.error("bulk delivery without readable entries", error=str(error))
+        return JSONResponse({"detail": f"not a bulk delivery: {error}"}, status_code=400)
+    statuses: dict[str, DaprStatus] = {}
+    readable: list[BulkEntry] = []
+    for position, raw_entry in enumerate(entries):
+        entry = raw_entry if isinstance(raw_entry, Mapping) else {}
+        entry_id = str(entry.get("entryId") or f"#{position}")
+        statuses[entry_id] = DaprStatus.RETRY  # until decided; keeps the entries' order
+        metadata = entry.get("metadata")
+        if not isinstance(metadata, Mapping):
+            metadata = {}
+        envelope: CloudEvent | None = None
+        try:
+            envelope = parse_cloud_event(_entry_event(entry))
+            event = envelope.task_event()
+        except InvalidEventError as error:
+            log.warning(
+                "bulk entry dropped: not a valid event", entry_id=entry_id, reason=str(error)
+            )
+            statuses[entry_id] = DaprStatus.DROP
+            DELIVERIES.labels(path, "unparsed", DaprStatus.DROP.value).inc()
+            continue
+        readable.append(
+            BulkEntry(
+                entry_id=entry_id,
+                event=event,
+                envelope=envelope,
+                metadata={str(k): str(v) for k, v in metadata.items()},
+            )
+        )
+    if readable:
+        try:
+            outcomes = list(await handler(readable))
+            if len(outcomes) != len(readable):
+                raise RuntimeError(f"{len(outcomes)} outcomes for {len(readable)} events")
+        except Exception as error:
+            log.exception("bulk handler failed; asking Dapr to retry the batch")
+            outcomes = [Outcome.retry(f"{type(error).__name__}: {error}")] * len(readable)
+        # One log line per batch and status, not one per entry: a database outage
+        # turns every entry of every batch into a RETRY.
+        unsuccessful: dict[DaprStatus, list[Outcome]] = {}
+        for item, outcome in zip(readable, outcomes, strict=True):
+            statuses[item.entry_id] = outcome.status
+            DELIVERIES.labels(path, item.event.type, outcome.status.value).inc()
+            if outcome.status is not DaprStatus.SUCCESS:
+                unsuccessful.setdefault(outcome.status, []).append(outcome)
+        for status, failed in unsuccessful.items():
+            log.info(
+                "bulk entries not stored",
+                status=status.value,
+                entries=len(failed),
+                of=len(entries),
+                reason=failed[0].reason,
+            )
+    DELIVERY_SECONDS.labels(path).observe(time.perf_counter() - started)
+    return JSONResponse(
+        {"statuses": [{"entryId": k, "status": v.value} for k, v in statuses.items()]}
+    )
+
+
 def bulk_subscription_route(
     app: FastAPI,
     path: str,
@@ -193,86 +350,14 @@ def bulk_subscription_route(
     *,
     token: SecretStr | None,
 ) -> None:
-    """Register the route daprd posts a bulk delivery to (a subscription with
-    `bulkSubscribe.enabled`): {"entries": [{"entryId", "event", "metadata", …}]}, answered
-    with {"statuses": [{"entryId", "status"}]} — one status per entry. An entry that is not
-    a valid event is dropped with its reason logged (Dapr dead-letters it); the readable
-    ones go to the handler together; an unexpected exception is a RETRY of those."""
+    """Register `deliver_bulk` for a handler made at start (goes when the services route
+    through typed state)."""
 
     async def deliver(request: Request) -> JSONResponse:
-        started = time.perf_counter()
-        try:
-            bulk = json.loads(await request.body())
-            entries = bulk["entries"]
-            if not isinstance(entries, list):
-                raise TypeError("entries is not a list")
-        except (ValueError, KeyError, TypeError) as error:
-            # Not a bulk delivery at all: refuse it (daprd retries, then dead-letters).
-            log.error("bulk delivery without readable entries", error=str(error))
-            return JSONResponse({"detail": f"not a bulk delivery: {error}"}, status_code=400)
-        statuses: dict[str, DaprStatus] = {}
-        readable: list[BulkEntry] = []
-        for position, raw_entry in enumerate(entries):
-            entry = raw_entry if isinstance(raw_entry, Mapping) else {}
-            entry_id = str(entry.get("entryId") or f"#{position}")
-            statuses[entry_id] = DaprStatus.RETRY  # until decided; keeps the entries' order
-            metadata = entry.get("metadata")
-            if not isinstance(metadata, Mapping):
-                metadata = {}
-            envelope: CloudEvent | None = None
-            try:
-                envelope = parse_cloud_event(_entry_event(entry))
-                event = envelope.task_event()
-            except InvalidEventError as error:
-                log.warning(
-                    "bulk entry dropped: not a valid event", entry_id=entry_id, reason=str(error)
-                )
-                statuses[entry_id] = DaprStatus.DROP
-                DELIVERIES.labels(path, "unparsed", DaprStatus.DROP.value).inc()
-                continue
-            readable.append(
-                BulkEntry(
-                    entry_id=entry_id,
-                    event=event,
-                    envelope=envelope,
-                    metadata={str(k): str(v) for k, v in metadata.items()},
-                )
-            )
-        if readable:
-            try:
-                outcomes = list(await handler(readable))
-                if len(outcomes) != len(readable):
-                    raise RuntimeError(f"{len(outcomes)} outcomes for {len(readable)} events")
-            except Exception as error:
-                log.exception("bulk handler failed; asking Dapr to retry the batch")
-                outcomes = [Outcome.retry(f"{type(error).__name__}: {error}")] * len(readable)
-            # One log line per batch and status, not one per entry: a database outage
-            # turns every entry of every batch into a RETRY.
-            unsuccessful: dict[DaprStatus, list[Outcome]] = {}
-            for item, outcome in zip(readable, outcomes, strict=True):
-                statuses[item.entry_id] = outcome.status
-                DELIVERIES.labels(path, item.event.type, outcome.status.value).inc()
-                if outcome.status is not DaprStatus.SUCCESS:
-                    unsuccessful.setdefault(outcome.status, []).append(outcome)
-            for status, failed in unsuccessful.items():
-                log.info(
-                    "bulk entries not stored",
-                    status=status.value,
-                    entries=len(failed),
-                    of=len(entries),
-                    reason=failed[0].reason,
-                )
-        DELIVERY_SECONDS.labels(path).observe(time.perf_counter() - started)
-        return JSONResponse(
-            {"statuses": [{"entryId": k, "status": v.value} for k, v in statuses.items()]}
-        )
+        return await deliver_bulk(request, handler)
 
     app.add_api_route(
-        path,
-        deliver,
-        methods=["POST"],
-        include_in_schema=False,
-        dependencies=[Depends(app_token_guard(token))],
+        path, deliver, methods=["POST"], include_in_schema=False, dependencies=[app_token(token)]
     )
 
 
