@@ -328,3 +328,34 @@ async def migrate_when_reachable(
         status.migrated = True
         status.waiting_for = None
         log.info("database migrated")
+
+
+async def migrate_command(
+    dsn: str,
+    directory: Path,
+    ledger: MigrationLedger,
+    *,
+    connect_timeout_seconds: float,
+    database: str,
+) -> int:
+    """`<service> migrate`: apply the migrations and say what happened; the exit status."""
+    try:
+        applied = await migrate(
+            dsn, directory, ledger, connect_timeout_seconds=connect_timeout_seconds
+        )
+    except DatabaseUnavailableError as error:
+        log.error(
+            "cannot reach the database; is it running, and is DATABASE_URL right?",
+            database=database,
+            error=str(error),
+        )
+        return 1
+    except MigrationError as error:
+        log.error("migration failed; nothing after it was applied", error=str(error))
+        return 1
+    log.info(
+        "database is up to date",
+        database=database,
+        applied=[migration.filename for migration in applied] or "nothing to do",
+    )
+    return 0

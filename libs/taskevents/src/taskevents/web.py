@@ -7,7 +7,7 @@ import contextlib
 import hmac
 import json
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -21,8 +21,9 @@ from starlette.requests import HTTPConnection
 
 from taskevents.cloudevents import CloudEvent, parse_cloud_event
 from taskevents.events import InvalidEventError, TaskEvent
-from taskevents.logging import get_logger
+from taskevents.logging import configure_logging, get_logger
 from taskevents.metrics import DELIVERIES, DELIVERY_SECONDS, render_latest
+from taskevents.settings import ServiceSettings
 from taskevents.status import DaprStatus, Outcome
 
 log = get_logger(__name__)
@@ -387,3 +388,38 @@ def serve(app: FastAPI, *, host: str, port: int) -> None:
         log_config=None,
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
     )
+
+
+SettingsT = TypeVar("SettingsT", bound=ServiceSettings)
+
+
+def run_service(
+    app_id: str,
+    settings_type: Callable[[], SettingsT],
+    create_app: Callable[[SettingsT], FastAPI],
+    *,
+    migrate: Callable[[SettingsT], Coroutine[Any, Any, int]] | None = None,
+    argv: Sequence[str] | None = None,
+) -> None:
+    """Every service's `main`: `<app-id> [serve]`, and `<app-id> migrate` (apply the
+    database migrations and exit; the Helm hook Job) for a service with a database."""
+    import argparse
+    import asyncio
+    import sys
+
+    commands = ("serve", "migrate") if migrate is not None else ("serve",)
+    parser = argparse.ArgumentParser(prog=app_id)
+    parser.add_argument(
+        "command",
+        nargs="?",
+        choices=commands,
+        default="serve",
+        help="serve (the default): run the service"
+        + ("; migrate: apply the database migrations and exit" if migrate else ""),
+    )
+    command = parser.parse_args(argv).command
+    settings = settings_type()
+    configure_logging(app_id, level=settings.log_level, json=settings.json_logs)
+    if command == "migrate" and migrate is not None:
+        sys.exit(asyncio.run(migrate(settings)))
+    serve(create_app(settings), host=settings.host, port=settings.port)
