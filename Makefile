@@ -70,7 +70,7 @@ run: setup ## run the four services with their sidecars; Ctrl-C stops them
 	@if command -v dapr >/dev/null && [ -z "$${TASKEVENTS_DEVRUN:-}" ]; then \
 	  DATABASE_URL="$(DB_URL)" dapr run -f dapr.yaml; \
 	else \
-	  DATABASE_URL="$(DB_URL)" $(UV) run --frozen python -m taskevents.devrun -f dapr.yaml \
+	  DATABASE_URL="$(DB_URL)" $(UV) run --frozen python -m taskevents_cli.devrun -f dapr.yaml \
 	    --log-dir "$(TASKEVENTS_STATE)/logs" --pid-file "$(TASKEVENTS_STATE)/devrun.pid"; \
 	fi
 
@@ -97,7 +97,7 @@ test: setup helm ## set up whatever is missing, then run every test tier
 lint: deps ## ruff check, ruff format --check, mypy --strict
 	@$(UV) run --frozen ruff check .
 	@$(UV) run --frozen ruff format --check .
-	@$(UV) run --frozen mypy libs/taskevents/src audit-log-service/src notification-service/src recurring-task-service/src websocket-service/src tests scripts
+	@$(UV) run --frozen mypy libs/taskevents/src cli/src audit-log-service/src notification-service/src recurring-task-service/src websocket-service/src tests scripts
 
 .PHONY: format
 format: deps ## apply ruff's fixes and formatting

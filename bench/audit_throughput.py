@@ -38,7 +38,7 @@ from audit_log_service.adapters.migrations import default_migrations_dir, migrat
 from audit_log_service.adapters.postgres import PostgresAuditLog, SchemaStatus
 from audit_log_service.ports import Delivery
 from taskevents.cloudevents import parse_cloud_event
-from taskevents.devrun import AppSpec, RunningApp, start_app
+from taskevents_cli.devrun import AppSpec, RunningApp, start_app
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))

@@ -36,7 +36,7 @@ import yaml
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from taskevents.devrun import AppSpec, RunningApp, start_app
+from taskevents_cli.devrun import AppSpec, RunningApp, start_app
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))

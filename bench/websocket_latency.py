@@ -175,7 +175,7 @@ async def ensure_topic(brokers: str) -> None:
 
 
 def start_service(stack: Stack, env: dict[str, str]) -> Service:
-    from taskevents.devrun import start_app
+    from taskevents_cli.devrun import start_app
 
     spec, group = service_spec(
         stack, "websocket-service", replica=90, env={"LOG_LEVEL": "WARNING", **env}

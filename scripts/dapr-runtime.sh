@@ -8,7 +8,7 @@
 #
 # The dapr CLI is not built: no release of github.com/dapr/cli from 1.13 on is served by
 # the Go module proxy. `make run` uses `dapr run -f dapr.yaml` when a CLI is installed and
-# the bundled runner (python -m taskevents.devrun) otherwise.
+# the bundled runner (python -m taskevents_cli.devrun) otherwise.
 #
 # Prints the bin directory holding daprd on stdout; progress goes to stderr.
 set -euo pipefail

@@ -1,4 +1,4 @@
-"""Each service image's Dockerfile, replayed without a Docker engine: the build stage's COPY
+"""The Dockerfile, replayed for each service without a Docker engine: the build stage's COPY
 and `uv sync` steps into a scratch root, then the runtime stage's ENV, USER and exec-form
 ENTRYPOINT started from it — as PID 1 of a PID namespace of its own and as the image's
 user (like in a container), the installed tree read-only, with a database of its own —
@@ -105,7 +105,11 @@ def build(image: ImageRoot, stage: Stage) -> None:
         elif instruction.keyword == "COPY" and "from" not in instruction.flags:
             copy_from_context(image, instruction.arguments, workdir)
         elif instruction.keyword == "RUN":
-            argv = shlex.split(instruction.arguments)
+            # Image paths in the arguments (the entrypoint's link) point into the root.
+            argv = [
+                image.map_value(word, only_existing=False) if word.startswith("/") else word
+                for word in shlex.split(instruction.arguments)
+            ]
             run_env = env | {
                 k: image.map_value(v, only_existing=False)
                 for k, v in env.items()

@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from taskevents.devrun import AppSpec, RunningApp, start_app
+from taskevents_cli.devrun import AppSpec, RunningApp, start_app
 from tests.support.stack import ROOT, RUN_ID, Stack, free_port
 
 COMPONENTS = ROOT / "dapr-components"

@@ -20,8 +20,8 @@ import jwt
 import websockets
 from websockets.exceptions import ConnectionClosed
 
-from taskevents.devrun import AppSpec, ProcessDiedError, start_app
 from taskevents.publisher import EventPublisher
+from taskevents_cli.devrun import AppSpec, ProcessDiedError, start_app
 from tests.support.cluster import Service, daprd_env, service_spec
 from tests.support.kafka import wait_until_consuming
 from tests.support.stack import Stack

@@ -5,8 +5,8 @@ from itertools import islice
 
 import pytest
 
-from taskevents.demo import DemoStream
 from taskevents.events import EventType
+from taskevents_cli.demo import DemoStream
 
 ORDER = {
     EventType.TASK_CREATED: 0,

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from taskevents.devrun import load_run_file
+from taskevents_cli.devrun import load_run_file
 
 ROOT = Path(__file__).resolve().parents[2]
 

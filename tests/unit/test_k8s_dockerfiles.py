@@ -1,9 +1,10 @@
-"""The service images' Dockerfiles, read statically: the parser that
-tests/integration/test_k8s_images.py replays them with, and the rules every image keeps
+"""The one Dockerfile, read statically for each service's build arguments: the parser that
+tests/integration/test_k8s_images.py replays it with, and the rules every image keeps
 (uv and the lock, only its own service, non-root, exec form, nothing written at run time)."""
 
 from __future__ import annotations
 
+import importlib
 import json
 import re
 import shlex
@@ -19,12 +20,8 @@ SERVICES = {
     "audit-log-service": 8003,
     "websocket-service": 8004,
 }
-ENV_PREFIXES = {
-    "notification-service": "NOTIFY_",
-    "recurring-task-service": "RECURRING_",
-    "audit-log-service": "AUDIT_",
-    "websocket-service": "WEBSOCKET_",
-}
+# The name the image starts its service by, whichever service it holds.
+ENTRYPOINT_NAME = "taskevents-service"
 
 
 @dataclass
@@ -44,9 +41,12 @@ class Stage:
         return [i for i in self.instructions if i.keyword == keyword]
 
 
-def parse_dockerfile(text: str) -> list[Stage]:
+def parse_dockerfile(text: str, build_args: dict[str, str] | None = None) -> list[Stage]:
     """Stages of a Dockerfile with their instructions: continuation lines joined, comments
-    dropped, `--flag=value` options split off (enough for the files in this repository)."""
+    dropped, `--flag=value` options split off, and `${NAME}` replaced by the build argument
+    wherever an ARG in scope declares it — before the first FROM for FROM lines, in the
+    stage otherwise, as Docker scopes them (enough for the file in this repository)."""
+    build_args = build_args or {}
     logical: list[str] = []
     pending = ""
     for raw in text.splitlines():
@@ -62,9 +62,16 @@ def parse_dockerfile(text: str) -> list[Stage]:
         pending = ""
     assert not pending, "the Dockerfile ends inside a continued line"
     stages: list[Stage] = []
+    global_args: set[str] = set()
+    stage_args: set[str] = set()
     for line in logical:
         keyword, _, rest = line.partition(" ")
         keyword = keyword.upper()
+        if keyword == "ARG":
+            name = rest.strip().partition("=")[0]
+            (stage_args if stages else global_args).add(name)
+            continue
+        rest = _substitute(rest, global_args if keyword == "FROM" else stage_args, build_args)
         flags: dict[str, str] = {}
         rest = rest.strip()
         while rest.startswith("--"):
@@ -76,10 +83,19 @@ def parse_dockerfile(text: str) -> list[Stage]:
             parts = rest.split()
             stage_name = parts[2] if len(parts) == 3 and parts[1].upper() == "AS" else None
             stages.append(Stage(base=parts[0], name=stage_name))
+            stage_args = set()
             continue
         assert stages, f"{keyword} before the first FROM"
         stages[-1].instructions.append(Instruction(keyword, flags, rest))
     return stages
+
+
+def _substitute(arguments: str, in_scope: set[str], build_args: dict[str, str]) -> str:
+    for name in re.findall(r"\$\{([A-Z_]+)\}", arguments):
+        if name in in_scope:
+            assert name in build_args, f"no value for the build argument {name}"
+            arguments = arguments.replace(f"${{{name}}}", build_args[name])
+    return arguments
 
 
 def env_pairs(arguments: str) -> list[tuple[str, str]]:
@@ -99,7 +115,10 @@ def exec_form(arguments: str) -> list[str]:
 
 
 def dockerfile(app_id: str) -> list[Stage]:
-    return parse_dockerfile((ROOT / app_id / "Dockerfile").read_text())
+    """The stages as `docker build --build-arg SERVICE=<app_id> --build-arg PORT=<port>`
+    sees them."""
+    build_args = {"SERVICE": app_id, "PORT": str(SERVICES[app_id])}
+    return parse_dockerfile((ROOT / "Dockerfile").read_text(), build_args)
 
 
 def makefile_uv_version() -> str:
@@ -113,8 +132,12 @@ def test_image_is_built_with_the_pinned_uv_from_the_lock_file(app_id: str) -> No
     stages = dockerfile(app_id)
     assert stages[0].base == f"ghcr.io/astral-sh/uv:{makefile_uv_version()}"
     build = stages[1]
-    syncs = [shlex.split(run.arguments) for run in build.all("RUN")]
+    runs = [shlex.split(run.arguments) for run in build.all("RUN")]
+    syncs = [argv for argv in runs if argv[:1] == ["uv"]]
     assert syncs, "the build stage installs nothing"
+    # Besides the installs, only the link that names the service's script for ENTRYPOINT.
+    link = f"/app/.venv/bin/{ENTRYPOINT_NAME}"
+    assert [argv for argv in runs if argv[:1] != ["uv"]] == [["ln", "-s", app_id, link]]
     for argv in syncs:
         assert argv[:2] == ["uv", "sync"], f"the build stage runs {argv}, not uv sync"
         # Only what this service declares, exactly as locked, without the dev group.
@@ -142,11 +165,11 @@ def test_runtime_stage_is_non_root_read_only_and_in_exec_form(app_id: str) -> No
     assert env["PYTHONDONTWRITEBYTECODE"] == "1"
     assert env["APP_PORT"] == str(SERVICES[app_id])
     # Pods reach the app on the pod's address, not only the loopback.
-    assert env[f"{ENV_PREFIXES[app_id]}HOST"] == "0.0.0.0"
+    assert env["APP_HOST"] == "0.0.0.0"
     assert env["TASKEVENTS_ENV"] == "production", "placeholder secrets are refused by default"
     assert [e.arguments for e in runtime.all("EXPOSE")] == [str(SERVICES[app_id])]
     (entrypoint,) = runtime.all("ENTRYPOINT")
-    assert exec_form(entrypoint.arguments) == [app_id]
+    assert exec_form(entrypoint.arguments) == [ENTRYPOINT_NAME]
     for cmd in runtime.all("CMD"):
         exec_form(cmd.arguments)
     for copy in runtime.all("COPY"):
@@ -162,6 +185,26 @@ def test_build_context_excludes_local_environments_and_caches() -> None:
         assert pattern in ignored
 
 
+def test_build_arguments_are_substituted_only_where_an_arg_declares_them() -> None:
+    text = (
+        "ARG SERVICE\nFROM base-${SERVICE} AS one\nCOPY ${SERVICE} x\n"
+        "FROM two\nARG SERVICE\nCOPY ${SERVICE} y\n"
+    )
+    one, two = parse_dockerfile(text, {"SERVICE": "svc"})
+    assert one.base == "base-svc"
+    # A global ARG is not in scope inside a stage until the stage declares it again.
+    assert one.all("COPY")[0].arguments == "${SERVICE} x"
+    assert two.all("COPY")[0].arguments == "svc y"
+
+
+@pytest.mark.parametrize("app_id", SERVICES)
+def test_every_build_argument_a_stage_uses_is_declared_in_it(app_id: str) -> None:
+    for stage in dockerfile(app_id):
+        for instruction in stage.instructions:
+            assert "${SERVICE}" not in instruction.arguments, instruction
+            assert "${PORT}" not in instruction.arguments, instruction
+
+
 def test_parser_joins_continuations_and_splits_flags() -> None:
     stages = parse_dockerfile(
         "FROM a AS one\n# comment\nRUN --mount=type=cache,target=/c \\\n    uv sync \\\n"
@@ -172,3 +215,14 @@ def test_parser_joins_continuations_and_splits_flags() -> None:
     assert run.flags == {"mount": "type=cache,target=/c"}
     assert shlex.split(run.arguments) == ["uv", "sync", "--frozen"]
     assert exec_form(stages[1].all("ENTRYPOINT")[0].arguments) == ["x"]
+
+
+@pytest.mark.parametrize("app_id", SERVICES)
+def test_every_service_listens_where_the_image_says(
+    app_id: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings_type = importlib.import_module(f"{app_id.replace('-', '_')}.settings").Settings
+    monkeypatch.setenv("APP_HOST", "0.0.0.0")
+    monkeypatch.setenv("APP_PORT", str(SERVICES[app_id]))
+    settings = settings_type()
+    assert (settings.host, settings.port) == ("0.0.0.0", SERVICES[app_id])

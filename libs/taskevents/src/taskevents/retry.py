@@ -54,7 +54,7 @@ class RetryPolicy:
 
     def _wait(self) -> wait_exponential_jitter:
         return wait_exponential_jitter(
-            initial=self.first_wait_seconds,
+            multiplier=self.first_wait_seconds,
             max=self.max_wait_seconds,
             jitter=self.first_wait_seconds,
         )

@@ -3,7 +3,8 @@ prefix of its own for its own fields; the shared ones below keep their usual nam
 
 from __future__ import annotations
 
-from typing import Literal
+import os
+from typing import Any, Literal
 
 from pydantic import AliasChoices, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -30,7 +31,10 @@ class ServiceSettings(BaseSettings):
         validation_alias=_shared("LOG_JSON"),
         description="JSON logs; default: on outside development.",
     )
-    host: str = "127.0.0.1"
+    host: str = Field(
+        default="127.0.0.1",
+        description="Address to listen on: <PREFIX>HOST, else APP_HOST (the image sets it).",
+    )
     port: int = Field(default=8000, ge=1, le=65535)
 
     dapr_http_port: int = Field(default=3500, validation_alias=_shared("DAPR_HTTP_PORT"))
@@ -45,6 +49,16 @@ class ServiceSettings(BaseSettings):
     dead_letter_topic: str = Field(
         default="task-events-dlq", validation_alias=_shared("DEAD_LETTER_TOPIC")
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _generic_app_host(cls, data: Any) -> Any:
+        # One image recipe serves every service: it sets APP_HOST, not each service's own
+        # name for it; the service's own (AUDIT_HOST, …) still wins.
+        generic = os.environ.get("APP_HOST")
+        if isinstance(data, dict) and "host" not in data and generic:
+            return {**data, "host": generic}
+        return data
 
     @property
     def json_logs(self) -> bool:

@@ -281,7 +281,7 @@ def running(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m taskevents.devrun", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m taskevents_cli.devrun", description=__doc__)
     parser.add_argument("-f", "--run-file", type=Path, default=Path("dapr.yaml"))
     parser.add_argument("--daprd", default=str(Path.home() / ".dapr" / "bin" / "daprd"))
     parser.add_argument("--log-dir", type=Path, required=True)

@@ -228,7 +228,7 @@ async def _publish(args: argparse.Namespace) -> int:
 
 
 async def _demo(args: argparse.Namespace) -> int:
-    from taskevents.demo import DemoStream
+    from taskevents_cli.demo import DemoStream
 
     if args.rate <= 0:
         print("error: --rate must be positive", file=sys.stderr)
