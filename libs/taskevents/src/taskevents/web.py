@@ -19,6 +19,7 @@ from fastapi.responses import JSONResponse
 from pydantic import SecretStr
 from starlette.requests import HTTPConnection
 
+from taskevents.auth import VERIFIER_KEY, TokenVerifier
 from taskevents.cloudevents import CloudEvent, parse_cloud_event
 from taskevents.events import InvalidEventError, TaskEvent
 from taskevents.logging import configure_logging, get_logger
@@ -77,6 +78,11 @@ class RunningServices:
     def health_details(self) -> Mapping[str, Any]:
         return {}
 
+    def token_verifier(self) -> TokenVerifier | None:
+        """The verifier of the callers' bearer tokens (taskevents.auth), if the service
+        has routes for people."""
+        return None
+
 
 STATE_KEY = "services"
 S = TypeVar("S", bound=RunningServices)
@@ -84,8 +90,12 @@ S = TypeVar("S", bound=RunningServices)
 
 def lifespan_state(services: RunningServices) -> dict[str, Any]:
     """What a lifespan yields: Starlette hands it to every request and WebSocket as
-    `connection.state.services`."""
-    return {STATE_KEY: services}
+    `connection.state.services` (and the token verifier, for taskevents.auth)."""
+    state: dict[str, Any] = {STATE_KEY: services}
+    verifier = services.token_verifier()
+    if verifier is not None:
+        state[VERIFIER_KEY] = verifier
+    return state
 
 
 def services_of(connection: HTTPConnection, kind: type[S]) -> S:
