@@ -38,7 +38,7 @@ async def test_a_valid_token_names_its_user_and_roles() -> None:
     identity = await verifier().verify(token(valid_claims(roles=["operator", "x"])))
     assert identity == Identity("user-7", frozenset({"operator", "x"}), operator=True)
     plain = await verifier().verify(token(valid_claims(role="viewer")))
-    assert (plain.user_id, plain.operator, plain.roles) == ("user-7", False, {"viewer"})
+    assert (plain.user_id, plain.operator, plain.roles) == ("user-7", False, frozenset({"viewer"}))
 
 
 def unsigned(claims: Mapping[str, Any]) -> str:
