@@ -169,3 +169,23 @@ def test_openapi_declares_the_bearer_scheme_so_docs_can_authorize() -> None:
         "description": "A JWT whose `sub` is the user id.",
     }
     assert spec["paths"]["/mine"]["get"]["security"] == [{"HTTPBearer": []}]
+
+
+def test_every_service_refuses_the_development_key_outside_development() -> None:
+    from pydantic import ValidationError
+
+    from taskevents.settings import ServiceSettings
+
+    with pytest.raises(ValidationError, match="TASKEVENTS_JWT_SECRET"):
+        ServiceSettings(environment="production")
+    assert ServiceSettings(environment="production", jwt_secret=SecretStr("s" * 40)).jwt_secret
+    # With a JWKS the shared key is not used, but audience and issuer are required.
+    with pytest.raises(ValidationError, match="AUDIENCE"):
+        ServiceSettings(environment="production", jwks_url="https://id.example/jwks")
+    production = ServiceSettings(
+        environment="production",
+        jwks_url="https://id.example/jwks",
+        jwt_audience="taskevents",
+        jwt_issuer="https://id.example",
+    )
+    assert production.placeholder_secrets() == []

@@ -22,6 +22,13 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import SecretStr
 from starlette.requests import HTTPConnection
 
+from taskevents.logging import get_logger
+from taskevents.retry import RetryPolicy
+from taskevents.secrets import DaprSecrets, SecretUnavailableError
+from taskevents.settings import ServiceSettings
+
+log = get_logger(__name__)
+
 SHARED_KEY_ALGORITHM = "HS256"
 JWKS_ALGORITHMS = ("RS256", "ES256")
 MAX_USER_ID_CHARS = 200
@@ -200,6 +207,30 @@ def _roles(claims: dict[str, Any]) -> set[str]:
     if isinstance(single, str):
         found.add(single)
     return found
+
+
+def verifier_from(settings: ServiceSettings) -> TokenVerifier:
+    """The verifier the settings describe; without a key yet when it comes from a secret
+    store (see `load_shared_key`)."""
+    from_store = settings.jwt_secret_store is not None and settings.jwks_url is None
+    return TokenVerifier(
+        None if from_store or settings.jwks_url else settings.jwt_secret,
+        operator_role=settings.operator_role,
+        jwks_url=settings.jwks_url,
+        audience=settings.jwt_audience,
+        issuer=settings.jwt_issuer,
+        leeway_seconds=settings.jwt_leeway_seconds,
+    )
+
+
+async def load_shared_key(
+    verifier: TokenVerifier, secrets: DaprSecrets, name: str, *, policy: RetryPolicy
+) -> None:
+    """Read the HS256 key from the secret store, trying again per `policy` until the sidecar
+    hands it out; until then tokens are answered "try again later"."""
+    key = await policy.call(SecretUnavailableError, lambda: secrets.read(name))
+    verifier.use_shared_key(SecretStr(key))
+    log.info("token key loaded", store=secrets.store, name=name)
 
 
 # FastAPI ---------------------------------------------------------------------------------

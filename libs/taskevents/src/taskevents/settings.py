@@ -13,6 +13,9 @@ Environment = Literal["development", "production"]
 
 # Values that are fine on a laptop and never in production.
 PLACEHOLDER_SECRETS = frozenset({"", "changeme", "change-me", "dev-secret", "taskevents"})
+# The key that signs people's tokens in development (HS256 wants 32 bytes or more, RFC 7518
+# §3.2). It is public, so every service refuses it outside development.
+DEVELOPMENT_JWT_SECRET = "taskevents-development-only-jwt-secret-not-for-production"  # noqa: S105
 
 
 def _shared(name: str) -> AliasChoices:
@@ -44,6 +47,53 @@ class ServiceSettings(BaseSettings):
         validation_alias=_shared("APP_API_TOKEN"),
         description="When set, calls from the sidecar must carry it as `dapr-api-token`.",
     )
+    dapr_api_token: SecretStr | None = Field(
+        default=None,
+        validation_alias=_shared("DAPR_API_TOKEN"),
+        description="Sent to the sidecar on every call when it requires one.",
+    )
+
+    # People's bearer tokens (taskevents.auth): the same settings in every service.
+    jwt_secret: SecretStr = Field(
+        default=SecretStr(DEVELOPMENT_JWT_SECRET),
+        validation_alias=_shared("TASKEVENTS_JWT_SECRET"),
+        description="HS256 key of people's tokens (development; production uses a JWKS).",
+    )
+    jwt_secret_store: str | None = Field(
+        default=None,
+        validation_alias=_shared("TASKEVENTS_JWT_SECRET_STORE"),
+        description="Read the HS256 key from this Dapr secret store instead; tokens are "
+        "answered 503 until it is loaded.",
+    )
+    jwt_secret_name: str = Field(
+        default="TASKEVENTS_JWT_SECRET",
+        validation_alias=_shared("TASKEVENTS_JWT_SECRET_NAME"),
+        description="The key's name in that secret store.",
+    )
+    jwks_url: str | None = Field(
+        default=None,
+        validation_alias=_shared("TASKEVENTS_JWKS_URL"),
+        description="Verify RS256/ES256 tokens with the keys of this JWKS (production); "
+        "then TASKEVENTS_JWT_AUDIENCE and TASKEVENTS_JWT_ISSUER are required.",
+    )
+    jwt_audience: str | None = Field(
+        default=None, validation_alias=_shared("TASKEVENTS_JWT_AUDIENCE")
+    )
+    jwt_issuer: str | None = Field(default=None, validation_alias=_shared("TASKEVENTS_JWT_ISSUER"))
+    operator_role: str = Field(
+        default="operator",
+        validation_alias=_shared("TASKEVENTS_OPERATOR_ROLE"),
+        description="The role (claim `roles` or `role`) that may read every user's data and "
+        "work the dead letters.",
+    )
+    jwt_leeway_seconds: int = Field(
+        default=5,
+        ge=0,
+        le=300,
+        validation_alias=_shared("TASKEVENTS_JWT_LEEWAY_SECONDS"),
+        description="Clock skew allowed on exp.",
+    )
+
     pubsub_name: str = Field(default="kafka-pubsub", validation_alias=_shared("PUBSUB_NAME"))
     topic: str = Field(default="task-events", validation_alias=_shared("TOPIC"))
     dead_letter_topic: str = Field(
@@ -67,7 +117,21 @@ class ServiceSettings(BaseSettings):
     def placeholder_secrets(self) -> list[str]:
         """Names of secret settings still holding a development placeholder; subclasses
         extend it with their own secrets."""
-        return []
+        weak = []
+        if self.jwks_url is None and self.jwt_secret_store is None:
+            secret = self.jwt_secret.get_secret_value()
+            if is_placeholder(secret) or secret == DEVELOPMENT_JWT_SECRET:
+                weak.append("TASKEVENTS_JWT_SECRET (or a JWKS: TASKEVENTS_JWKS_URL)")
+        return weak
+
+    @model_validator(mode="after")
+    def _jwks_needs_audience_and_issuer(self) -> ServiceSettings:
+        if self.jwks_url and not (self.jwt_audience and self.jwt_issuer):
+            raise ValueError(
+                "TASKEVENTS_JWKS_URL needs TASKEVENTS_JWT_AUDIENCE and TASKEVENTS_JWT_ISSUER: "
+                "a token from the same identity provider for another application must not pass"
+            )
+        return self
 
     @model_validator(mode="after")
     def _refuse_placeholders_outside_development(self) -> ServiceSettings:
