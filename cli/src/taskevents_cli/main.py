@@ -44,6 +44,12 @@ def _parser() -> argparse.ArgumentParser:
         default=int(os.environ.get("DAPR_GRPC_PORT", DEFAULT_GRPC_PORT)),
         help="gRPC port of that sidecar (env DAPR_GRPC_PORT; default %(default)s)",
     )
+    parser.add_argument(
+        "--token",
+        default=os.environ.get("TASKEVENTS_TOKEN"),
+        help="bearer token (JWT) for the services' APIs (env TASKEVENTS_TOKEN); in "
+        "development one is minted with the development key when none is given",
+    )
     parser.add_argument("--pubsub", default="kafka-pubsub")
     parser.add_argument("--topic", default="task-events")
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
@@ -64,7 +70,38 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--user-prefix", default="user", help="user ids are PREFIX-0, PREFIX-1, …")
     demo.set_defaults(run=_demo)
     _add_dlq_commands(commands)
+
+    token = commands.add_parser(
+        "token",
+        help="development: mint a bearer token for a user with the development key",
+    )
+    token.add_argument("--user", default=os.environ.get("USER") or "developer")
+    token.add_argument("--operator", action="store_true", help="with the operator role")
+    token.add_argument("--ttl", type=int, default=8 * 3600, help="seconds (default 8 h)")
+    token.set_defaults(run=_token)
     return parser
+
+
+def _development_token(user_id: str, *, operator: bool, ttl_seconds: int) -> str:
+    """A token signed with the development key (TASKEVENTS_JWT_SECRET, else the public
+    default): only development services accept it."""
+    from pydantic import SecretStr
+
+    from taskevents.auth import TokenVerifier
+    from taskevents.settings import DEVELOPMENT_JWT_SECRET
+
+    key = os.environ.get("TASKEVENTS_JWT_SECRET") or DEVELOPMENT_JWT_SECRET
+    role = os.environ.get("TASKEVENTS_OPERATOR_ROLE") or "operator"
+    minting = TokenVerifier(SecretStr(key), operator_role=role)
+    return minting.issue(user_id, ttl_seconds=ttl_seconds, roles=[role] if operator else []).token
+
+
+async def _token(args: argparse.Namespace) -> int:
+    if os.environ.get("TASKEVENTS_ENV", "development") != "development":
+        print("error: `taskevents token` mints development tokens only", file=sys.stderr)
+        return 2
+    print(_development_token(args.user, operator=args.operator, ttl_seconds=args.ttl))
+    return 0
 
 
 AUDIT_APP_ID = "audit-log-service"
@@ -176,6 +213,11 @@ async def _audit_call(
     headers = {"X-Operator": operator} if operator else {}
     if token := os.environ.get("DAPR_API_TOKEN"):
         headers["dapr-api-token"] = token
+    bearer = args.token
+    if not bearer and os.environ.get("TASKEVENTS_ENV", "development") == "development":
+        bearer = _development_token(operator or "developer", operator=True, ttl_seconds=300)
+    if bearer:
+        headers["Authorization"] = f"Bearer {bearer}"
     async with httpx.AsyncClient(timeout=DLQ_TIMEOUT_SECONDS) as http:
         try:
             response = await http.request(method, url, params=params, json=body, headers=headers)
