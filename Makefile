@@ -59,15 +59,27 @@ chromium: ## Debian's Chromium for the live-page browser test (apt-get once; ski
 .PHONY: setup
 setup: deps dapr infra chromium ## everything `make run` and `make test` need
 
+# The Dapr API token (callers of a sidecar) and the app API token (daprd calling an app) of
+# `make run`: made once, readable by you only; the `taskevents` CLI finds the first here.
+TOKENS := $(TASKEVENTS_STATE)/tokens
+
+.PHONY: tokens
+tokens: ## make the local Dapr API and app API tokens (once; kept in $TASKEVENTS_STATE/tokens)
+	@mkdir -p "$(TOKENS)" && chmod 700 "$(TOKENS)"
+	@for name in dapr-api-token app-api-token; do \
+	  [ -s "$(TOKENS)/$$name" ] || (umask 077; python3 -c 'import secrets; print(secrets.token_urlsafe(32))' >"$(TOKENS)/$$name"); \
+	done
+
 .PHONY: run
-run: setup ## run the four services with their sidecars; Ctrl-C stops them
+run: setup tokens ## run the four services with their sidecars; Ctrl-C stops them
 	@$(UV) run --frozen audit-log-service migrate
 	@echo "==> starting the services (logs: $(TASKEVENTS_STATE)/logs)"
 	@echo "    live page      http://127.0.0.1:8004/"
 	@echo "    API docs       http://127.0.0.1:8003/docs  (audit)  :8002/docs (recurring)  :8001/docs (notification)"
 	@echo "    mailbox        http://127.0.0.1:1080/"
 	@echo "    publish        uv run taskevents demo --users 5 --rate 5   (through the sidecar on 3500/50001)"
-	@if command -v dapr >/dev/null && [ -z "$${TASKEVENTS_DEVRUN:-}" ]; then \
+	@export DAPR_API_TOKEN="$$(cat "$(TOKENS)/dapr-api-token")" APP_API_TOKEN="$$(cat "$(TOKENS)/app-api-token")"; \
+	if command -v dapr >/dev/null && [ -z "$${TASKEVENTS_DEVRUN:-}" ]; then \
 	  DATABASE_URL="$(DB_URL)" dapr run -f dapr.yaml; \
 	else \
 	  DATABASE_URL="$(DB_URL)" $(UV) run --frozen python -m taskevents_cli.devrun -f dapr.yaml \

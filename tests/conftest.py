@@ -44,9 +44,15 @@ async def cluster(stack: Stack) -> AsyncIterator[Cluster]:
         spec, consumer = service_spec(stack, "taskevents-cli", with_app=False)
         cli = start_service(stack, spec, consumer)
         started.append(cli)
-        # The Dapr SDK reads the sidecar ports from the environment when it is imported.
+        # The Dapr SDK reads the sidecar ports and its token from the environment when it is
+        # imported (set the token on its settings too, in case it was imported already);
+        # the CLI the tests run as a subprocess reads them too.
         os.environ["DAPR_HTTP_PORT"] = str(cli.dapr_http_port)
         os.environ["DAPR_GRPC_PORT"] = str(cli.dapr_grpc_port)
+        os.environ["DAPR_API_TOKEN"] = stack.dapr_api_token
+        from dapr.conf import settings as dapr_settings
+
+        dapr_settings.DAPR_API_TOKEN = stack.dapr_api_token  # type: ignore[attr-defined]
         services = {}
         for app_id in SERVICES:
             spec, consumer = service_spec(stack, app_id)

@@ -144,6 +144,8 @@ def service_spec(
             "NOTIFY_SMTP_HOST": stack.smtp_host,
             "NOTIFY_SMTP_PORT": str(stack.smtp_port),
             "RECURRING_POLL_SECONDS": "0.5",
+            "APP_API_TOKEN": stack.app_api_token,
+            "DAPR_API_TOKEN": stack.dapr_api_token,
             # The e2e demo is a synthetic burst (~30 mails per user in 6 s) that expects one
             # mail per event; the default (10 per 10 min) is for people.
             "NOTIFY_RATE_LIMIT_COUNT": "100",
@@ -158,6 +160,8 @@ def daprd_env(stack: Stack) -> dict[str, str]:
     return {
         "TASKEVENTS_KAFKA_BROKERS": stack.kafka_brokers,
         "TASKEVENTS_DATABASE_URL": stack.database_url,
+        "APP_API_TOKEN": stack.app_api_token,
+        "DAPR_API_TOKEN": stack.dapr_api_token,
     }
 
 

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import socket
 import subprocess
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -34,6 +35,10 @@ class Stack:
     mail_dir: Path
     daprd: str
     log_dir: Path
+    # Both tokens are on in every test, as in `make run` and the chart: the app's API asks
+    # daprd for APP_API_TOKEN, daprd's API asks callers for DAPR_API_TOKEN.
+    dapr_api_token: str = field(default_factory=lambda: secrets.token_urlsafe(24))
+    app_api_token: str = field(default_factory=lambda: secrets.token_urlsafe(24))
 
 
 def ensure_stack() -> Stack:

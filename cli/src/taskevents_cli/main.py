@@ -20,14 +20,28 @@ DEFAULT_GRPC_PORT = 50001
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = _parser().parse_args(argv)
-    # The Dapr SDK reads its ports from the environment when it is imported.
+    # The Dapr SDK reads its ports and token from the environment when it is imported.
     os.environ["DAPR_HTTP_PORT"] = str(args.dapr_http_port)
     os.environ["DAPR_GRPC_PORT"] = str(args.dapr_grpc_port)
+    if not os.environ.get("DAPR_API_TOKEN") and (token := _local_dapr_api_token()):
+        os.environ["DAPR_API_TOKEN"] = token
     try:
         code = asyncio.run(args.run(args))
     except KeyboardInterrupt:
         code = 130
     sys.exit(code)
+
+
+def _local_dapr_api_token() -> str | None:
+    """The sidecars' API token of `make run` (see `make tokens`), when there is one."""
+    state = os.environ.get("TASKEVENTS_STATE") or os.path.join(
+        os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state"), "taskevents"
+    )
+    try:
+        with open(os.path.join(state, "tokens", "dapr-api-token"), encoding="utf-8") as file:
+            return file.read().strip() or None
+    except OSError:
+        return None
 
 
 def _parser() -> argparse.ArgumentParser:
