@@ -22,6 +22,7 @@ from tests.support.stack import Stack, ensure_stack
 class Cluster:
     services: dict[str, Service]
     cli: Service  # a sidecar with no app, which the tests publish through
+    stack: Stack
 
     def __getitem__(self, app_id: str) -> Service:
         return self.services[app_id]
@@ -60,7 +61,7 @@ async def cluster(stack: Stack) -> AsyncIterator[Cluster]:
             started.append(services[app_id])
         groups = [g for s in services.values() for g in s.consumer_groups]
         await wait_until_consuming(stack.kafka_brokers, groups)
-        yield Cluster(services=services, cli=cli)
+        yield Cluster(services=services, cli=cli, stack=stack)
     finally:
         for service in reversed(started):
             service.app.stop()
