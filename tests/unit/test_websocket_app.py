@@ -4,8 +4,10 @@ shutdown needs a real server: TestClient cannot stop while a socket is open.)"""
 
 from __future__ import annotations
 
+import dataclasses
 import json
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -16,10 +18,13 @@ from starlette.testclient import TestClient
 from starlette.websockets import WebSocketDisconnect
 
 from taskevents.events import TaskEvent
+from taskevents.retry import RetryPolicy
+from taskevents.secrets import DaprSecrets, SecretUnavailableError
 from websocket_service.adapters.jwt_tokens import JwtTokens
 from websocket_service.app import create_app
+from websocket_service.bootstrap import Bootstrap, Services, bootstrap, load_token_key
 from websocket_service.frames import reply_to_client_message
-from websocket_service.ports import TokenRejectedError
+from websocket_service.ports import AuditLog, TokenRejectedError
 from websocket_service.settings import Settings
 
 SECRET = "unit-test-secret-of-enough-length-for-hs256"
@@ -33,6 +38,17 @@ def settings(**overrides: Any) -> Settings:
         **overrides,
     }
     return Settings(**values)
+
+
+def with_audit_log(audit_log: AuditLog) -> Bootstrap:
+    """The service's own wiring, with the audit log replaced."""
+
+    @asynccontextmanager
+    async def bootstrap_with_audit_log(settings: Settings) -> AsyncIterator[Services]:
+        async with bootstrap(settings) as services:
+            yield dataclasses.replace(services, audit_log=audit_log)
+
+    return bootstrap_with_audit_log
 
 
 @pytest.fixture
@@ -202,6 +218,32 @@ async def test_tokens_with_another_algorithm_are_refused() -> None:
         await tokens.verify(unsigned)
 
 
+class StoreThatAnswersOnTheThirdRead(DaprSecrets):
+    def __init__(self) -> None:
+        super().__init__(store="envstore", http_port=0)
+        self.reads = 0
+
+    async def read(self, name: str) -> str:
+        self.reads += 1
+        if self.reads < 3:
+            raise SecretUnavailableError("sidecar at 127.0.0.1 does not answer")
+        return SECRET
+
+
+async def test_tokens_are_refused_until_the_key_comes_from_the_secret_store() -> None:
+    store = StoreThatAnswersOnTheThirdRead()
+    tokens = JwtTokens(None)
+    with pytest.raises(TokenRejectedError) as refused:
+        await tokens.verify(token_for("ada"))
+    assert refused.value.retry_later
+
+    quickly = RetryPolicy("test", first_wait_seconds=0.001, max_wait_seconds=0.001)
+    await load_token_key(store, "WEBSOCKET_JWT_SECRET", tokens, policy=quickly)
+
+    assert store.reads == 3
+    assert (await tokens.verify(token_for("ada"))).user_id == "ada"
+
+
 def test_the_dev_secret_is_refused_in_production() -> None:
     with pytest.raises(ValidationError, match="jwt_secret"):
         Settings(environment="production")
@@ -247,7 +289,7 @@ def test_a_resume_replays_from_the_audit_log_then_goes_live() -> None:
     from tests.unit.test_websocket_resume import FakeAuditLog
 
     history = [TaskEvent.create("task.updated", task_id="t", user_id="ada") for _ in range(4)]
-    app = create_app(settings(heartbeat_seconds=0), audit=FakeAuditLog(history))
+    app = create_app(settings(heartbeat_seconds=0), bootstrap=with_audit_log(FakeAuditLog(history)))
     with TestClient(app) as client:
         url = f"/ws?token={token_for('ada')}&last_event_id={history[1].event_id}"
         with client.websocket_connect(url) as ws:

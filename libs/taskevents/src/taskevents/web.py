@@ -409,10 +409,12 @@ def run_service(
     create_app: Callable[[SettingsT], FastAPI],
     *,
     migrate: Callable[[SettingsT], Coroutine[Any, Any, int]] | None = None,
+    server: Callable[[FastAPI, SettingsT], None] | None = None,
     argv: Sequence[str] | None = None,
 ) -> None:
     """Every service's `main`: `<app-id> [serve]`, and `<app-id> migrate` (apply the
-    database migrations and exit; the Helm hook Job) for a service with a database."""
+    database migrations and exit; the Helm hook Job) for a service with a database.
+    `server` runs the app instead of `serve`, for a service that needs more of uvicorn."""
     import argparse
     import asyncio
     import sys
@@ -432,4 +434,8 @@ def run_service(
     configure_logging(app_id, level=settings.log_level, json=settings.json_logs)
     if command == "migrate" and migrate is not None:
         sys.exit(asyncio.run(migrate(settings)))
-    serve(create_app(settings), host=settings.host, port=settings.port)
+    app = create_app(settings)
+    if server is not None:
+        server(app, settings)
+        return
+    serve(app, host=settings.host, port=settings.port)

@@ -8,7 +8,8 @@ from fastapi import APIRouter, HTTPException
 from pydantic import BaseModel, Field
 
 from taskevents.events import NonEmptyId
-from websocket_service.adapters.jwt_tokens import JwtTokens
+from websocket_service.bootstrap import JwtTokensDep
+from websocket_service.settings import Settings
 
 
 class TokenRequest(BaseModel):
@@ -22,15 +23,17 @@ class TokenResponse(BaseModel):
     expires_at: datetime
 
 
-def dev_router(tokens: JwtTokens, *, ttl_seconds: int, admin_role: str = "admin") -> APIRouter:
+def dev_router(settings: Settings) -> APIRouter:
     router = APIRouter(prefix="/dev", tags=["development"])
 
     @router.post("/token", responses={503: {"description": "the token key is not loaded yet"}})
-    async def issue_token(request: TokenRequest) -> TokenResponse:
+    async def issue_token(request: TokenRequest, tokens: JwtTokensDep) -> TokenResponse:
         if not tokens.has_secret:
             raise HTTPException(503, "the token key is not loaded from the secret store yet")
-        roles = [admin_role] if request.admin else []
-        issued = tokens.issue(request.user_id, ttl_seconds=ttl_seconds, roles=roles)
+        roles = [settings.admin_role] if request.admin else []
+        issued = tokens.issue(
+            request.user_id, ttl_seconds=settings.dev_token_ttl_seconds, roles=roles
+        )
         return TokenResponse(
             token=issued.token, user_id=issued.user_id, expires_at=issued.expires_at
         )

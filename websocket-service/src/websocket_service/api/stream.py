@@ -14,6 +14,7 @@ from fastapi import APIRouter, Query, WebSocket
 from starlette.websockets import WebSocketDisconnect, WebSocketDisconnected
 
 from taskevents.logging import get_logger
+from websocket_service.bootstrap import AuditLogDep, HubDep, TokenVerifierDep
 from websocket_service.frames import (
     ChangeSubscription,
     Malformed,
@@ -30,7 +31,8 @@ from websocket_service.frames import (
 from websocket_service.handlers import CatchUp, plan_catch_up
 from websocket_service.hub import ClientConnection, Close, CloseCode, Hub, fit_close_reason
 from websocket_service.metrics import CONNECTIONS, FRAMES_SENT, RESUMES, SLOW_CLIENTS_CLOSED
-from websocket_service.ports import AuditLog, Identity, TokenRejectedError, TokenVerifier
+from websocket_service.ports import AuditLog, Identity, TokenRejectedError
+from websocket_service.settings import Settings
 
 log = get_logger(__name__)
 
@@ -42,11 +44,21 @@ MAX_BATCH_FRAMES = 500
 
 @dataclass(frozen=True, slots=True)
 class StreamOptions:
-    close_grace_seconds: float = 1.0
-    heartbeat_seconds: float = 25.0
-    coalesce_seconds: float = 0.0
-    resume_timeout_seconds: float = 5.0
-    resume_max_events: int = 1000
+    close_grace_seconds: float
+    heartbeat_seconds: float
+    coalesce_seconds: float
+    resume_timeout_seconds: float
+    resume_max_events: int
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> StreamOptions:
+        return cls(
+            close_grace_seconds=settings.close_grace_seconds,
+            heartbeat_seconds=settings.heartbeat_seconds,
+            coalesce_seconds=settings.coalesce_milliseconds / 1000,
+            resume_timeout_seconds=settings.resume_timeout_seconds,
+            resume_max_events=settings.resume_max_events,
+        )
 
 
 def choose_subprotocol(offered: list[str]) -> tuple[str | None, str | None]:
@@ -56,14 +68,16 @@ def choose_subprotocol(offered: list[str]) -> tuple[str | None, str | None]:
     return (SUBPROTOCOL if SUBPROTOCOL in offered else None), token
 
 
-def stream_router(
-    hub: Hub, tokens: TokenVerifier, audit: AuditLog | None, options: StreamOptions
-) -> APIRouter:
+def stream_router(settings: Settings) -> APIRouter:
+    options = StreamOptions.from_settings(settings)
     router = APIRouter()
 
     @router.websocket("/ws")
     async def stream(
         websocket: WebSocket,
+        hub: HubDep,
+        tokens: TokenVerifierDep,
+        audit: AuditLogDep,
         token: Annotated[str | None, Query()] = None,
         last_event_id: Annotated[str | None, Query(max_length=200)] = None,
         watch: Annotated[Literal["all"] | None, Query()] = None,
@@ -131,32 +145,29 @@ async def _catch_up(
     identity: Identity,
     last_event_id: str,
     hub: Hub,
-    audit: AuditLog | None,
+    audit: AuditLog,
     options: StreamOptions,
 ) -> None:
     """Send what the client missed (live events meanwhile are held by the connection),
     then the resume status, then release the held live events minus what was replayed."""
     user = None if connection.watch_all else identity.user_id
     latest = hub.latest_events(user)
-    if audit is None:
-        plan = CatchUp([], "unavailable", "no audit log configured")
-    else:
-        try:
-            async with asyncio.timeout(options.resume_timeout_seconds):
-                plan = await plan_catch_up(
-                    user,
-                    last_event_id,
-                    audit=audit,
-                    latest=latest,
-                    max_events=options.resume_max_events,
-                )
-        except TimeoutError:
-            plan = CatchUp(
-                [],
-                "unavailable",
-                f"the audit log did not answer within {options.resume_timeout_seconds:g}s; "
-                "live events follow",
+    try:
+        async with asyncio.timeout(options.resume_timeout_seconds):
+            plan = await plan_catch_up(
+                user,
+                last_event_id,
+                audit=audit,
+                latest=latest,
+                max_events=options.resume_max_events,
             )
+    except TimeoutError:
+        plan = CatchUp(
+            [],
+            "unavailable",
+            f"the audit log did not answer within {options.resume_timeout_seconds:g}s; "
+            "live events follow",
+        )
     sent: set[str] = set()
     for event in plan.events:
         sent.add(event.event_id)
