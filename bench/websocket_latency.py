@@ -41,9 +41,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.procfs import CpuMeter, kafka_pids, one_process, rss_kib  # noqa: E402
+from taskevents.settings import DEVELOPMENT_JWT_SECRET  # noqa: E402
 from tests.support.cluster import Service, daprd_env, service_spec  # noqa: E402
 from tests.support.stack import Stack, ensure_stack  # noqa: E402
-from websocket_service.settings import DEVELOPMENT_JWT_SECRET  # noqa: E402
 
 BENCH_TOPIC = "taskevents-bench"
 RESULTS = ROOT / "bench" / "results"

@@ -35,7 +35,15 @@ class Cluster:
 
 @pytest.fixture(scope="session")
 def stack() -> Stack:
-    return ensure_stack()
+    stack = ensure_stack()
+    # Every sidecar of the session asks for this token: the Dapr SDK in this process reads it
+    # from the environment when it is imported (and from its settings once it is), the CLI
+    # the tests run as a subprocess from the environment.
+    os.environ["DAPR_API_TOKEN"] = stack.dapr_api_token
+    from dapr.conf import settings as dapr_settings
+
+    dapr_settings.DAPR_API_TOKEN = stack.dapr_api_token  # type: ignore[attr-defined]
+    return stack
 
 
 @pytest_asyncio.fixture(scope="session")
@@ -45,15 +53,9 @@ async def cluster(stack: Stack) -> AsyncIterator[Cluster]:
         spec, consumer = service_spec(stack, "taskevents-cli", with_app=False)
         cli = start_service(stack, spec, consumer)
         started.append(cli)
-        # The Dapr SDK reads the sidecar ports and its token from the environment when it is
-        # imported (set the token on its settings too, in case it was imported already);
-        # the CLI the tests run as a subprocess reads them too.
+        # The Dapr SDK reads the sidecar ports from the environment when it is imported.
         os.environ["DAPR_HTTP_PORT"] = str(cli.dapr_http_port)
         os.environ["DAPR_GRPC_PORT"] = str(cli.dapr_grpc_port)
-        os.environ["DAPR_API_TOKEN"] = stack.dapr_api_token
-        from dapr.conf import settings as dapr_settings
-
-        dapr_settings.DAPR_API_TOKEN = stack.dapr_api_token  # type: ignore[attr-defined]
         services = {}
         for app_id in SERVICES:
             spec, consumer = service_spec(stack, app_id)

@@ -19,6 +19,7 @@ import yaml
 
 from taskevents.events import EventType, TaskEvent
 from taskevents.publisher import EventPublisher
+from taskevents.settings import DEVELOPMENT_JWT_SECRET
 from tests.conftest import Cluster
 from tests.support.cluster import COMPONENTS, Service, service_spec, start_service
 from tests.support.kafka import (
@@ -33,7 +34,6 @@ from tests.support.mailbox import mails_to
 from tests.support.refusing_app import ROUTE
 from tests.support.stack import ROOT, Stack
 from tests.support.waiting import eventually
-from websocket_service.settings import DEVELOPMENT_JWT_SECRET
 
 pytestmark = pytest.mark.integration
 

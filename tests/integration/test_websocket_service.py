@@ -31,11 +31,11 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from websockets.exceptions import ConnectionClosed
 
 from taskevents.events import EventType, TaskEvent
+from taskevents.settings import DEVELOPMENT_JWT_SECRET
 from tests.support.cluster import Service
 from tests.support.live_stream import LiveStack, connect, hs_token, live_stack, until, ws_url
 from tests.support.stack import Stack
 from tests.support.waiting import eventually
-from websocket_service.settings import DEVELOPMENT_JWT_SECRET
 
 pytestmark = pytest.mark.integration
 
@@ -68,13 +68,27 @@ def event_for(user_id: str, task_id: str, title: str = "T", **payload: Any) -> T
 # --- a JWKS served by a real local HTTP server -----------------------------------------
 
 
+# A JWKS comes with the audience and issuer every token must name.
+JWKS_AUDIENCE = "taskevents"
+JWKS_ISSUER = "https://id.taskevents.test"
+# Beside it, development's shared key still signs tokens (in development), for that
+# audience and issuer.
+JWKS_CLAIMS = {"aud": JWKS_AUDIENCE, "iss": JWKS_ISSUER}
+
+
 @dataclass
 class KeySet:
     url: str
     private_key: rsa.RSAPrivateKey
 
     def token(self, user_id: str, *, kid: str = KEY_ID, **claims: Any) -> str:
-        body = {"sub": user_id, "exp": int(time.time()) + 600, **claims}
+        body = {
+            "sub": user_id,
+            "exp": int(time.time()) + 600,
+            "aud": JWKS_AUDIENCE,
+            "iss": JWKS_ISSUER,
+            **claims,
+        }
         return jwt.encode(body, self.private_key, algorithm="RS256", headers={"kid": kid})
 
 
@@ -125,7 +139,9 @@ async def live(stack: Stack, key_set: KeySet) -> AsyncIterator[LiveStack]:
         # 1: RS256 through the JWKS too, a short queue, a heartbeat every second.
         (
             {
-                "WEBSOCKET_JWKS_URL": key_set.url,
+                "TASKEVENTS_JWKS_URL": key_set.url,
+                "TASKEVENTS_JWT_AUDIENCE": JWKS_AUDIENCE,
+                "TASKEVENTS_JWT_ISSUER": JWKS_ISSUER,
                 "WEBSOCKET_MAX_QUEUE_FRAMES": "20",
                 "WEBSOCKET_SHUTDOWN_GRACE_SECONDS": "2",
                 "WEBSOCKET_HEARTBEAT_SECONDS": "1",
@@ -136,14 +152,15 @@ async def live(stack: Stack, key_set: KeySet) -> AsyncIterator[LiveStack]:
         # a ping every second, to be answered within three.
         (
             {
-                "WEBSOCKET_JWT_SECRET_STORE": "envstore",
+                "TASKEVENTS_JWT_SECRET_STORE": "envstore",
                 "WEBSOCKET_AUDIT_APP_ID": "no-such-audit-log",
                 "WEBSOCKET_RESUME_TIMEOUT_SECONDS": "3",
                 "WEBSOCKET_COALESCE_MILLISECONDS": "5",
                 "WEBSOCKET_WS_PING_INTERVAL_SECONDS": "1",
                 "WEBSOCKET_WS_PING_TIMEOUT_SECONDS": "3",
             },
-            {"TASKEVENTS_WEBSOCKET_JWT_SECRET": STORE_SECRET},
+            # The envstore reads TASKEVENTS_<name>; the key's name is JWT_SECRET.
+            {"TASKEVENTS_JWT_SECRET": STORE_SECRET},
         ),
     ]
     async with live_stack(stack, replicas) as running:
@@ -172,7 +189,14 @@ async def test_bad_tokens_are_closed_with_policy_violation_before_anything_is_se
         ),
         "RS256 without JWKS": (ws_url(service, key_set.token(user)), "algorithm"),
         "unknown JWKS key": (ws_url(live[1], key_set.token(user, kid="other")), "key"),
-        "watch all without admin": (ws_url(service, hs_token(user), watch="all"), "admin"),
+        "JWKS token for another audience": (
+            ws_url(live[1], key_set.token(user, aud="another-app")),
+            "audience",
+        ),
+        "watch all without the operator role": (
+            ws_url(service, hs_token(user), watch="all"),
+            "operator",
+        ),
     }
     for name, (url, reason) in cases.items():
         code, why, received = await rejection(url)
@@ -218,7 +242,7 @@ async def test_fifty_users_see_only_their_own_events_and_an_admin_sees_all(
     users = [f"iso-{i}-{unique}" for i in range(50)]
     clients = {u: await connect(ws_url(service, hs_token(u))) for u in users}
     admin = await connect(
-        ws_url(service, hs_token(f"admin-{unique}", roles=["admin"]), watch="all")
+        ws_url(service, hs_token(f"operator-{unique}", roles=["operator"]), watch="all")
     )
     assert admin.of_kind("welcome")[0]["watch_all"] is True
     published: dict[str, list[str]] = {u: [] for u in users}
@@ -280,7 +304,7 @@ async def test_every_client_on_either_replica_gets_all_of_its_users_events(
     live: LiveStack, unique: str
 ) -> None:
     users = [f"fan-{i}-{unique}" for i in range(10)]
-    on_one = {u: await connect(ws_url(live[1], hs_token(u))) for u in users}
+    on_one = {u: await connect(ws_url(live[1], hs_token(u, **JWKS_CLAIMS))) for u in users}
     on_two = {u: await connect(ws_url(live[2], hs_token(u, secret=STORE_SECRET))) for u in users}
     published: dict[str, set[str]] = {u: set() for u in users}
     for n in range(5):
@@ -399,7 +423,7 @@ async def test_resume_after_a_restart_replays_the_gap_once_then_goes_live(
     user, task = f"user-{unique}", f"task-{unique}"  # one task: one partition, one order
     # 0-2 live, 3-5 missed while down, 6-7 live after the resume, 8 a last marker.
     events = [event_for(user, task, f"e{n}") for n in range(9)]
-    client = await connect(ws_url(live[1], hs_token(user)))
+    client = await connect(ws_url(live[1], hs_token(user, **JWKS_CLAIMS)))
     for event in events[:3]:
         await live.publisher.publish(event)
     await until(lambda: len(client.event_ids) == 3, what="first three live")
@@ -423,7 +447,7 @@ async def test_resume_after_a_restart_replays_the_gap_once_then_goes_live(
 
     await eventually(gap_stored, timeout=60, what="the gap in the audit log")
     live.start_again(1)
-    resumed = await connect(ws_url(live[1], hs_token(user), last_event_id=last_seen))
+    resumed = await connect(ws_url(live[1], hs_token(user, **JWKS_CLAIMS), last_event_id=last_seen))
     for event in events[6:8]:
         await live.publisher.publish(event)
 
@@ -498,11 +522,11 @@ async def test_a_client_that_never_reads_is_closed_and_a_hundred_others_keep_up(
     sock.setblocking(False)
     await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", live[1].app.spec.app_port))
     stuck = await websockets.connect(
-        ws_url(live[1], hs_token(slow_user)), sock=sock, max_queue=1, open_timeout=30
+        ws_url(live[1], hs_token(slow_user, **JWKS_CLAIMS)), sock=sock, max_queue=1, open_timeout=30
     )
-    peers = [await connect(ws_url(live[1], hs_token(slow_user)))]
+    peers = [await connect(ws_url(live[1], hs_token(slow_user, **JWKS_CLAIMS)))]
     others = [f"quick-{i}-{unique}" for i in range(99)]
-    fast = {u: await connect(ws_url(live[1], hs_token(u))) for u in others}
+    fast = {u: await connect(ws_url(live[1], hs_token(u, **JWKS_CLAIMS))) for u in others}
     padding = "x" * 64_000
     slow_events = [
         event_for(slow_user, f"task-{slow_user}", f"s{n}", pad=padding) for n in range(320)

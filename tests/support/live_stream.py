@@ -21,12 +21,12 @@ import websockets
 from websockets.exceptions import ConnectionClosed
 
 from taskevents.publisher import EventPublisher
+from taskevents.settings import DEVELOPMENT_JWT_SECRET
 from taskevents_cli.devrun import AppSpec, ProcessDiedError, start_app
 from tests.support.cluster import Service, daprd_env, service_spec
 from tests.support.kafka import wait_until_consuming
 from tests.support.stack import Stack
 from tests.support.waiting import eventually
-from websocket_service.settings import DEVELOPMENT_JWT_SECRET
 
 FIRST_REPLICA = 50
 START_ATTEMPTS = 3

@@ -98,10 +98,31 @@ def test_a_jwks_without_audience_and_issuer_is_refused() -> None:
         verifier(jwks_url="http://127.0.0.1:1/jwks.json")
 
 
-async def test_with_a_jwks_the_shared_key_no_longer_signs_tokens() -> None:
-    with_jwks = verifier(jwks_url="http://127.0.0.1:1/jwks.json", audience="a", issuer="i")
+async def test_with_a_jwks_and_no_shared_key_hs256_is_refused() -> None:
+    with_jwks = TokenVerifier(
+        None,
+        operator_role="operator",
+        jwks_url="http://127.0.0.1:1/jwks.json",
+        audience="a",
+        issuer="i",
+    )
     with pytest.raises(TokenRejectedError, match="algorithm 'HS256' is not accepted"):
         await with_jwks.verify(token(valid_claims(aud="a", iss="i")))
+
+
+def test_beside_a_jwks_the_development_key_signs_nothing_in_production() -> None:
+    from taskevents.auth import verifier_from
+    from taskevents.settings import ServiceSettings
+
+    jwks: dict[str, Any] = {
+        "jwks_url": "https://id.example/jwks",
+        "jwt_audience": "a",
+        "jwt_issuer": "i",
+    }
+    assert not verifier_from(ServiceSettings(environment="production", **jwks)).has_shared_key
+    assert verifier_from(ServiceSettings(environment="development", **jwks)).has_shared_key
+    real = ServiceSettings(environment="production", jwt_secret=SecretStr("k" * 40), **jwks)
+    assert verifier_from(real).has_shared_key
 
 
 async def test_a_key_not_loaded_yet_asks_to_try_again() -> None:

@@ -12,17 +12,16 @@ from dataclasses import dataclass
 from typing import Annotated, Any
 
 from fastapi import Depends
-from pydantic import SecretStr
 from starlette.requests import HTTPConnection
 
+from taskevents.auth import TokenVerifier, load_shared_key, verifier_from
 from taskevents.logging import get_logger
-from taskevents.retry import UNTIL_DEPENDENCY_ANSWERS, RetryPolicy
-from taskevents.secrets import DaprSecrets, SecretUnavailableError
+from taskevents.retry import SIDECAR_ANSWERS
+from taskevents.secrets import DaprSecrets
 from taskevents.web import ReadinessCheck, RunningServices, services_of, sidecar_check
 from websocket_service.adapters.audit_log import DaprAuditLog
-from websocket_service.adapters.jwt_tokens import JwtTokens
 from websocket_service.hub import Close, CloseCode, Hub
-from websocket_service.ports import AuditLog, Fanout, TokenVerifier
+from websocket_service.ports import AuditLog, Fanout
 from websocket_service.settings import Settings
 
 log = get_logger(__name__)
@@ -33,7 +32,7 @@ GOING_AWAY = Close(CloseCode.GOING_AWAY, "server shutting down; reconnect")
 @dataclass(frozen=True, slots=True)
 class Services(RunningServices):
     hub: Hub
-    tokens: JwtTokens
+    tokens: TokenVerifier
     audit_log: AuditLog
     sidecar: ReadinessCheck
     shutdown_grace_seconds: float
@@ -44,8 +43,11 @@ class Services(RunningServices):
     def health_details(self) -> Mapping[str, Any]:
         return {"connections": self.hub.connection_count}
 
+    def token_verifier(self) -> TokenVerifier:
+        return self.tokens
+
     async def _token_key(self) -> str | None:
-        return None if self.tokens.has_secret else "token key not loaded from the secret store yet"
+        return None if self.tokens.ready else "token key not loaded from the secret store yet"
 
     async def close_all_clients(self) -> None:
         """Send every client a going-away close and wait (bounded) until they are gone."""
@@ -73,14 +75,7 @@ async def bootstrap(settings: Settings) -> AsyncIterator[Services]:
             dapr_api_token=api_token,
         )
         stack.push_async_callback(audit_log.close)
-        tokens = JwtTokens(
-            None if settings.jwt_secret_store is not None else settings.jwt_secret,
-            leeway_seconds=settings.jwt_leeway_seconds,
-            jwks_url=settings.jwks_url,
-            audience=settings.jwt_audience,
-            issuer=settings.jwt_issuer,
-            admin_role=settings.admin_role,
-        )
+        tokens = verifier_from(settings)
         if settings.jwt_secret_store is not None:
             # The sidecar answers only once the app listens: the key comes in the background,
             # and until then tokens are refused with 1013 (try again later).
@@ -89,7 +84,9 @@ async def bootstrap(settings: Settings) -> AsyncIterator[Services]:
                 http_port=settings.dapr_http_port,
                 api_token=api_token,
             )
-            loader = asyncio.create_task(load_token_key(store, settings.jwt_secret_name, tokens))
+            loader = asyncio.create_task(
+                load_shared_key(tokens, store, settings.jwt_secret_name, policy=SIDECAR_ANSWERS)
+            )
             stack.push_async_callback(_cancel, loader)
         services = Services(
             hub=Hub(
@@ -106,18 +103,6 @@ async def bootstrap(settings: Settings) -> AsyncIterator[Services]:
         yield services
 
 
-async def load_token_key(
-    store: DaprSecrets,
-    name: str,
-    tokens: JwtTokens,
-    *,
-    policy: RetryPolicy = UNTIL_DEPENDENCY_ANSWERS,
-) -> None:
-    secret = await policy.call(SecretUnavailableError, lambda: store.read(name))
-    tokens.use_secret(SecretStr(secret))
-    log.info("token key loaded", store=store.store, name=name)
-
-
 async def _cancel(task: asyncio.Task[None]) -> None:
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
@@ -132,7 +117,7 @@ def _hub(connection: HTTPConnection) -> Hub:
     return _services(connection).hub
 
 
-def _tokens(connection: HTTPConnection) -> JwtTokens:
+def _tokens(connection: HTTPConnection) -> TokenVerifier:
     return _services(connection).tokens
 
 
@@ -143,5 +128,4 @@ def _audit_log(connection: HTTPConnection) -> AuditLog:
 HubDep = Annotated[Hub, Depends(_hub)]
 FanoutDep = Annotated[Fanout, Depends(_hub)]
 TokenVerifierDep = Annotated[TokenVerifier, Depends(_tokens)]
-JwtTokensDep = Annotated[JwtTokens, Depends(_tokens)]
 AuditLogDep = Annotated[AuditLog, Depends(_audit_log)]

@@ -24,25 +24,6 @@ class Fanout(Protocol):
 
 
 @dataclass(frozen=True, slots=True)
-class Identity:
-    user_id: str
-    admin: bool = False
-
-
-class TokenRejectedError(Exception):
-    def __init__(self, reason: str, *, retry_later: bool = False) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.retry_later = retry_later  # the server cannot check tokens yet
-
-
-class TokenVerifier(Protocol):
-    async def verify(self, token: str | None) -> Identity:
-        """The identity the token names, or TokenRejectedError saying why not."""
-        ...
-
-
-@dataclass(frozen=True, slots=True)
 class AuditHistory:
     """A user's events from the audit log, newest first, down to (and including) the
     anchor event when `found_anchor`."""

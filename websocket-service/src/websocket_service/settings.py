@@ -1,13 +1,11 @@
 from __future__ import annotations
 
-from pydantic import AliasChoices, Field, SecretStr
+from pydantic import AliasChoices, Field
 from pydantic_settings import SettingsConfigDict
 
-from taskevents.settings import ServiceSettings, is_placeholder
+from taskevents.settings import ServiceSettings
 
 APP_ID = "websocket-service"
-# Long enough for HS256 (RFC 7518 §3.2), and refused in production.
-DEVELOPMENT_JWT_SECRET = "taskevents-development-only-jwt-secret-not-for-production"  # noqa: S105
 
 
 class Settings(ServiceSettings):
@@ -18,28 +16,6 @@ class Settings(ServiceSettings):
     port: int = Field(
         default=8004, ge=1, le=65535, validation_alias=AliasChoices("APP_PORT", "WEBSOCKET_PORT")
     )
-    jwt_secret: SecretStr = Field(
-        default=SecretStr(DEVELOPMENT_JWT_SECRET), description="HS256 key of the client tokens."
-    )
-    jwt_secret_store: str | None = Field(
-        default=None,
-        description="Read the HS256 key from this Dapr secret store (e.g. `envstore`) "
-        "instead of WEBSOCKET_JWT_SECRET; tokens are refused (1013) until it is loaded.",
-    )
-    jwt_secret_name: str = Field(
-        default="WEBSOCKET_JWT_SECRET", description="The key's name in that secret store."
-    )
-    jwks_url: str | None = Field(
-        default=None, description="Also accept RS256 tokens signed by a key of this JWKS."
-    )
-    jwt_audience: str | None = Field(default=None, description="Required `aud`, if set.")
-    jwt_issuer: str | None = Field(default=None, description="Required `iss`, if set.")
-    admin_role: str = Field(
-        default="admin",
-        description="A token with this role (claim `roles` or `role`) may "
-        "watch every user (`?watch=all`).",
-    )
-    jwt_leeway_seconds: int = Field(default=5, ge=0, description="Clock skew allowed on exp.")
     dev_token_ttl_seconds: int = Field(
         default=8 * 3600, ge=60, description="Lifetime of tokens from POST /dev/token."
     )
@@ -81,11 +57,6 @@ class Settings(ServiceSettings):
         description="Frames for one client within this window go out as one `batch` frame; "
         "0 sends every frame on its own.",
     )
-    dapr_api_token: SecretStr | None = Field(
-        default=None,
-        validation_alias=AliasChoices("DAPR_API_TOKEN"),
-        description="Sent to the sidecar (secrets, service invocation) when it requires one.",
-    )
     audit_app_id: str = Field(default="audit-log-service", description="Resume source.")
     resume_timeout_seconds: float = Field(
         default=5.0, gt=0, description="How long a resume may wait for the audit log."
@@ -99,10 +70,3 @@ class Settings(ServiceSettings):
         description="The latest events kept in memory, for a resume when the audit log "
         "has not stored them yet.",
     )
-
-    def placeholder_secrets(self) -> list[str]:
-        weak = super().placeholder_secrets()
-        secret = self.jwt_secret.get_secret_value()
-        if is_placeholder(secret) or secret == DEVELOPMENT_JWT_SECRET:
-            weak.append("jwt_secret")
-        return weak

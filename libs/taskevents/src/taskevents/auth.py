@@ -25,7 +25,7 @@ from starlette.requests import HTTPConnection
 from taskevents.logging import get_logger
 from taskevents.retry import RetryPolicy
 from taskevents.secrets import DaprSecrets, SecretUnavailableError
-from taskevents.settings import ServiceSettings
+from taskevents.settings import DEVELOPMENT_JWT_SECRET, ServiceSettings, is_placeholder
 
 log = get_logger(__name__)
 
@@ -106,14 +106,16 @@ class TokenVerifier:
         key: Any
         if algorithm in JWKS_ALGORITHMS and self._jwks is not None:
             key = await self._jwks_key(token)
-        elif algorithm == SHARED_KEY_ALGORITHM and self._jwks is None:
+        elif algorithm == SHARED_KEY_ALGORITHM and (self._jwks is None or self._shared_key):
             if self._shared_key is None:
                 raise TokenRejectedError(
                     "the server has not loaded its token key yet; try again", retry_later=True
                 )
             key = self._shared_key.get_secret_value()
         else:
-            allowed = JWKS_ALGORITHMS if self._jwks is not None else (SHARED_KEY_ALGORITHM,)
+            allowed = (*(JWKS_ALGORITHMS if self._jwks else ()), SHARED_KEY_ALGORITHM)
+            if self._jwks is not None and self._shared_key is None:
+                allowed = JWKS_ALGORITHMS
             raise TokenRejectedError(
                 f"token algorithm {str(algorithm)[:20]!r} is not accepted ({', '.join(allowed)})"
             )
@@ -210,11 +212,18 @@ def _roles(claims: dict[str, Any]) -> set[str]:
 
 
 def verifier_from(settings: ServiceSettings) -> TokenVerifier:
-    """The verifier the settings describe; without a key yet when it comes from a secret
-    store (see `load_shared_key`)."""
-    from_store = settings.jwt_secret_store is not None and settings.jwks_url is None
+    """The verifier the settings describe; without a shared key yet when it comes from a
+    secret store (see `load_shared_key`). Beside a JWKS the shared key signs tokens too only
+    in development or when it is a real key (never the public development one)."""
+    shared: SecretStr | None = settings.jwt_secret
+    if settings.jwt_secret_store is not None:
+        shared = None
+    elif settings.jwks_url and settings.environment != "development":
+        secret = settings.jwt_secret.get_secret_value()
+        if is_placeholder(secret) or secret == DEVELOPMENT_JWT_SECRET:
+            shared = None
     return TokenVerifier(
-        None if from_store or settings.jwks_url else settings.jwt_secret,
+        shared,
         operator_role=settings.operator_role,
         jwks_url=settings.jwks_url,
         audience=settings.jwt_audience,

@@ -113,6 +113,11 @@ UNTIL_DEPENDENCY_ANSWERS = RetryPolicy(
 SIDECAR_STARTING = RetryPolicy(
     "sidecar starting", first_wait_seconds=0.1, max_wait_seconds=1.0, give_up_after_seconds=60.0
 )
+# Something only the local sidecar hands out (a secret): it answers once the app listens,
+# so look often and never give up while the service runs.
+SIDECAR_ANSWERS = RetryPolicy(
+    "until the sidecar answers", first_wait_seconds=0.2, max_wait_seconds=2.0
+)
 # Another replica holds what we want for a moment (a notification claim): look again soon.
 HELD_ELSEWHERE = RetryPolicy(
     "held elsewhere", first_wait_seconds=0.05, max_wait_seconds=0.5, give_up_after_seconds=5.0

@@ -66,7 +66,7 @@ class ServiceSettings(BaseSettings):
         "answered 503 until it is loaded.",
     )
     jwt_secret_name: str = Field(
-        default="TASKEVENTS_JWT_SECRET",
+        default="JWT_SECRET",
         validation_alias=_shared("TASKEVENTS_JWT_SECRET_NAME"),
         description="The key's name in that secret store.",
     )

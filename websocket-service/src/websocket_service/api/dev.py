@@ -8,13 +8,16 @@ from fastapi import APIRouter, HTTPException
 from pydantic import BaseModel, Field
 
 from taskevents.events import NonEmptyId
-from websocket_service.bootstrap import JwtTokensDep
+from websocket_service.bootstrap import TokenVerifierDep
 from websocket_service.settings import Settings
 
 
 class TokenRequest(BaseModel):
     user_id: NonEmptyId = Field(examples=["user-7"])
-    admin: bool = Field(default=False, description="Grant the admin role (watch every user).")
+    operator: bool = Field(
+        default=False,
+        description="Grant the operator role (watch every user, work the dead letters).",
+    )
 
 
 class TokenResponse(BaseModel):
@@ -27,10 +30,10 @@ def dev_router(settings: Settings) -> APIRouter:
     router = APIRouter(prefix="/dev", tags=["development"])
 
     @router.post("/token", responses={503: {"description": "the token key is not loaded yet"}})
-    async def issue_token(request: TokenRequest, tokens: JwtTokensDep) -> TokenResponse:
-        if not tokens.has_secret:
+    async def issue_token(request: TokenRequest, tokens: TokenVerifierDep) -> TokenResponse:
+        if not tokens.has_shared_key:
             raise HTTPException(503, "the token key is not loaded from the secret store yet")
-        roles = [settings.admin_role] if request.admin else []
+        roles = [settings.operator_role] if request.operator else []
         issued = tokens.issue(
             request.user_id, ttl_seconds=settings.dev_token_ttl_seconds, roles=roles
         )

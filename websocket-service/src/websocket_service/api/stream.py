@@ -13,6 +13,7 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Query, WebSocket
 from starlette.websockets import WebSocketDisconnect, WebSocketDisconnected
 
+from taskevents.auth import Identity, TokenRejectedError
 from taskevents.logging import get_logger
 from websocket_service.bootstrap import AuditLogDep, HubDep, TokenVerifierDep
 from websocket_service.frames import (
@@ -31,7 +32,7 @@ from websocket_service.frames import (
 from websocket_service.handlers import CatchUp, plan_catch_up
 from websocket_service.hub import ClientConnection, Close, CloseCode, Hub, fit_close_reason
 from websocket_service.metrics import CONNECTIONS, FRAMES_SENT, RESUMES, SLOW_CLIENTS_CLOSED
-from websocket_service.ports import AuditLog, Identity, TokenRejectedError
+from websocket_service.ports import AuditLog
 from websocket_service.settings import Settings
 
 log = get_logger(__name__)
@@ -88,9 +89,14 @@ def stream_router(settings: Settings) -> APIRouter:
                 raise TokenRejectedError(
                     f"a token in Sec-WebSocket-Protocol needs the subprotocol {SUBPROTOCOL} too"
                 )
+            if not (token or protocol_token):
+                raise TokenRejectedError(
+                    f"missing token: pass ?token=<JWT> or the subprotocols {SUBPROTOCOL}, "
+                    "bearer.<JWT>"
+                )
             identity = await tokens.verify(token or protocol_token)
-            if watch == "all" and not identity.admin:
-                raise TokenRejectedError("watching every user needs the admin role")
+            if watch == "all" and not identity.operator:
+                raise TokenRejectedError("watching every user needs the operator role")
         except TokenRejectedError as error:
             # Accept, then close: a browser sees the close code and reason, never an HTTP
             # status. Nothing else is sent.
