@@ -213,6 +213,8 @@ class PostgresAuditLog:
         if not batch:
             return set()
         columns: list[list[Any]] = [[] for _ in range(11)]
+        # The payloads travel as text[] and are cast in SQL: asyncpg would read a list
+        # inside a jsonb[] parameter as another dimension of the array.
         for event, delivery in batch:
             values = (
                 event.event_id, event.type, event.task_id, event.user_id, event.timestamp,
