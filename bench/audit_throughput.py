@@ -34,10 +34,17 @@ import yaml
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from audit_log_service.adapters.migrations import default_migrations_dir, migrate_database
-from audit_log_service.adapters.postgres import PostgresAuditLog, SchemaStatus
+from audit_log_service.adapters.postgres import AUDIT_MIGRATIONS, PostgresAuditLog
 from audit_log_service.ports import Delivery
 from taskevents.cloudevents import parse_cloud_event
+from taskevents.postgres import (
+    PoolSettings,
+    SchemaStatus,
+    close_pool,
+    create_pool,
+    migrate,
+    packaged_migrations,
+)
 from taskevents_cli.devrun import AppSpec, RunningApp, start_app
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -75,7 +82,12 @@ async def ensure_database() -> None:
             await connection.execute(f'CREATE DATABASE "{BENCH_DB}"')
     finally:
         await connection.close()
-    await migrate_database(bench_url(), default_migrations_dir(), connect_timeout_seconds=5)
+    await migrate(
+        bench_url(),
+        packaged_migrations("audit_log_service"),
+        AUDIT_MIGRATIONS,
+        connect_timeout_seconds=5,
+    )
 
 
 def free_port() -> int:
@@ -290,15 +302,8 @@ async def direct_consumer(
 ) -> None:
     """The baseline: aiokafka batches straight into the same INSERT (one round trip per
     batch), offsets committed after the rows; no Dapr."""
-    writer = PostgresAuditLog(
-        bench_url(),
-        SchemaStatus(migrated=True),
-        pool_max_size=4,
-        connect_timeout_seconds=5,
-        acquire_timeout_seconds=5,
-        command_timeout_seconds=30,
-    )
-    await writer.open()
+    pool = await create_pool(bench_url(), PoolSettings(max_size=4, command_timeout_seconds=30))
+    writer = PostgresAuditLog(pool, SchemaStatus(migrated=True), acquire_timeout_seconds=5)
     consumer = AIOKafkaConsumer(
         topic,
         bootstrap_servers=BROKERS,
@@ -328,7 +333,7 @@ async def direct_consumer(
                 await consumer.commit()
     finally:
         await consumer.stop()
-        await writer.close()
+        await close_pool(pool)
 
 
 @contextlib.asynccontextmanager

@@ -28,9 +28,10 @@ import pytest
 import pytest_asyncio
 from aiokafka import AIOKafkaProducer
 
-from audit_log_service.adapters.postgres import PostgresAuditLog, SchemaStatus
+from audit_log_service.adapters.postgres import PostgresAuditLog
 from audit_log_service.ports import Delivery
 from taskevents.events import TaskEvent
+from taskevents.postgres import PoolSettings, SchemaStatus, close_pool, create_pool
 from taskevents.publisher import EventPublisher
 from tests.conftest import Cluster
 from tests.support.cluster import Service, service_spec, start_service
@@ -401,15 +402,8 @@ async def test_pagination_returns_every_row_once_while_rows_keep_arriving(
     audit: AuditPair, http: httpx.AsyncClient, unique: str
 ) -> None:
     user_id = f"user-{unique}"
-    writer = PostgresAuditLog(
-        audit.db.url,
-        SchemaStatus(migrated=True),
-        pool_max_size=2,
-        connect_timeout_seconds=5,
-        acquire_timeout_seconds=5,
-        command_timeout_seconds=10,
-    )
-    await writer.open()
+    pool = await create_pool(audit.db.url, PoolSettings(max_size=2))
+    writer = PostgresAuditLog(pool, SchemaStatus(migrated=True), acquire_timeout_seconds=5)
     base = datetime(2031, 3, 1, tzinfo=UTC)
 
     def batch(start: int, count: int) -> list[tuple[TaskEvent, Delivery]]:
@@ -463,7 +457,7 @@ async def test_pagination_returns_every_row_once_while_rows_keep_arriving(
         assert stats.json()["by_type"][LOAD_TYPE] == next_new
         assert sum(hour["count"] for hour in stats.json()["by_hour"]) == next_new
     finally:
-        await writer.close()
+        await close_pool(pool)
 
     bad = await http.get(f"{audit.url}/audit/events", params={"limit": 501})
     assert bad.status_code == 422
@@ -475,16 +469,10 @@ async def test_pagination_returns_every_row_once_while_rows_keep_arriving(
 async def test_partitions_are_made_ahead_and_retention_drops_old_months(
     audit: AuditPair, unique: str
 ) -> None:
+    pool = await create_pool(audit.db.url, PoolSettings(max_size=1))
     log = PostgresAuditLog(
-        audit.db.url,
-        SchemaStatus(migrated=True),
-        pool_max_size=1,
-        connect_timeout_seconds=5,
-        acquire_timeout_seconds=5,
-        command_timeout_seconds=10,
-        partitions_ahead_months=4,
+        pool, SchemaStatus(migrated=True), acquire_timeout_seconds=5, partitions_ahead_months=4
     )
-    await log.open()
     connection = await asyncpg.connect(audit.db.url)
     try:
         # A row stored 14 months ago (its partition made for it), and one stored now.
@@ -529,4 +517,4 @@ async def test_partitions_are_made_ahead_and_retention_drops_old_months(
         )
     finally:
         await connection.close()
-        await log.close()
+        await close_pool(pool)

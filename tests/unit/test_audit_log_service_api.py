@@ -4,25 +4,27 @@ filters turn into, and the subscription routes passing daprd's metadata to the h
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
 import pytest
+import pytest_asyncio
 from fastapi import FastAPI
+from starlette.types import Receive, Scope, Send
 
 from audit_log_service.adapters.postgres import dead_letters_query, events_query
-from audit_log_service.api.dead_letters import dead_letters_router
 from audit_log_service.api.events import (
     EventQuery,
     InvalidCursorError,
     decode_cursor,
     encode_cursor,
-    events_router,
 )
-from audit_log_service.api.subscriptions import add_subscription_routes
+from audit_log_service.app import create_app
+from audit_log_service.bootstrap import Bootstrap, Services
 from audit_log_service.ports import (
     DeadLetter,
     DeadLetterFilter,
@@ -35,6 +37,7 @@ from audit_log_service.ports import (
 )
 from audit_log_service.settings import Settings
 from taskevents.events import TaskEvent
+from taskevents.web import ReadinessCheck
 
 NOW = datetime(2026, 11, 22, 10, 15, tzinfo=UTC)
 
@@ -142,13 +145,72 @@ def audit() -> FakeAudit:
     return FakeAudit()
 
 
-@pytest.fixture
-def client(audit: FakeAudit) -> httpx.AsyncClient:
-    app = FastAPI()
-    add_subscription_routes(app, audit_log=audit, settings=Settings())
-    app.include_router(events_router(audit))
-    app.include_router(dead_letters_router(audit, audit))
-    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://audit")
+async def answers() -> str | None:
+    return None
+
+
+@asynccontextmanager
+async def running(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    """A client of the app with its lifespan running (httpx's ASGITransport runs none): each
+    request gets a copy of the lifespan's state, as a server hands it out."""
+    async with app.router.lifespan_context(app) as state:
+
+        async def with_state(scope: Scope, receive: Receive, send: Send) -> None:
+            await app({**scope, "state": dict(state or {})}, receive, send)
+
+        transport = httpx.ASGITransport(app=with_state)
+        async with httpx.AsyncClient(transport=transport, base_url="http://audit") as client:
+            yield client
+
+
+def bootstrap_of(audit: FakeAudit, *, database_check: ReadinessCheck = answers) -> Bootstrap:
+    """The service's bootstrap, with the fake in place of Postgres and the sidecar."""
+
+    @asynccontextmanager
+    async def fakes(settings: Settings) -> AsyncIterator[Services]:
+        yield Services(
+            audit_log=audit,
+            reader=audit,
+            desk=audit,
+            republisher=audit,
+            database_check=database_check,
+            sidecar_check=answers,
+        )
+
+    return fakes
+
+
+@pytest_asyncio.fixture
+async def client(audit: FakeAudit) -> AsyncIterator[httpx.AsyncClient]:
+    async with running(create_app(Settings(), bootstrap=bootstrap_of(audit))) as client:
+        yield client
+
+
+# --- probes ------------------------------------------------------------------------------
+
+
+async def test_the_probes_answer_from_the_running_services(client: httpx.AsyncClient) -> None:
+    health = await client.get("/health")
+    ready = await client.get("/ready")
+    metrics = await client.get("/metrics")
+
+    assert health.json() == {"service": "audit-log-service", "status": "healthy"}
+    assert ready.json() == {"status": "ready"}
+    assert 'taskevents_audit_events_total{result="stored"}' in metrics.text
+
+
+async def test_a_database_that_does_not_answer_makes_the_service_unready(
+    audit: FakeAudit,
+) -> None:
+    async def unmigrated() -> str | None:
+        return "the schema is not migrated yet: database unavailable: ConnectionRefusedError"
+
+    app = create_app(Settings(), bootstrap=bootstrap_of(audit, database_check=unmigrated))
+    async with running(app) as client:
+        response = await client.get("/ready")
+
+    assert response.status_code == 503
+    assert list(response.json()["failing"]) == ["database"]
 
 
 # --- query parameters --------------------------------------------------------------------

@@ -115,10 +115,10 @@ def envelope_of(data: Any, **fields: Any) -> CloudEvent:
 async def test_a_batch_is_one_round_trip_with_a_status_per_event() -> None:
     log = FakeAuditLog()
     first, second = an_event(), an_event()
-    await record_event(first, delivery=Delivery(), log=log)
+    await record_event(first, delivery=Delivery(), audit_log=log)
 
     outcomes = await record_events(
-        [(first, Delivery()), (second, Delivery()), (second, Delivery())], log=log
+        [(first, Delivery()), (second, Delivery()), (second, Delivery())], audit_log=log
     )
 
     assert [o.status for o in outcomes] == [DaprStatus.SUCCESS] * 3
@@ -128,7 +128,7 @@ async def test_a_batch_is_one_round_trip_with_a_status_per_event() -> None:
 
 
 async def test_a_batch_meeting_an_unavailable_database_is_retried_whole() -> None:
-    outcomes = await record_events([(an_event(), Delivery())] * 3, log=UnavailableAuditLog())
+    outcomes = await record_events([(an_event(), Delivery())] * 3, audit_log=UnavailableAuditLog())
 
     assert [o.status for o in outcomes] == [DaprStatus.RETRY] * 3
 
@@ -137,7 +137,7 @@ async def test_a_batch_the_database_refuses_drops_only_the_bad_event() -> None:
     log = FakeAuditLog()
     good, bad = an_event(), an_event(task_id="task-\x00")
 
-    outcomes = await record_events([(good, Delivery()), (bad, Delivery())], log=log)
+    outcomes = await record_events([(good, Delivery()), (bad, Delivery())], audit_log=log)
 
     assert [o.status for o in outcomes] == [DaprStatus.SUCCESS, DaprStatus.SUCCESS]
     # The fake refuses NUL only in batches; one by one both are stored: what matters is
@@ -169,7 +169,7 @@ async def test_an_event_is_recorded_with_where_it_came_from() -> None:
     event = an_event()
     delivery = Delivery(source="cli", trace_id="abc", kafka_partition=2, kafka_offset=17)
 
-    outcome = await record_event(event, delivery=delivery, log=log)
+    outcome = await record_event(event, delivery=delivery, audit_log=log)
 
     assert outcome.status is DaprStatus.SUCCESS
     assert log.events == {event.event_id: (event, delivery)}
@@ -179,8 +179,8 @@ async def test_a_redelivered_event_leaves_one_row_and_still_succeeds() -> None:
     log = FakeAuditLog()
     event = an_event()
 
-    first = await record_event(event, delivery=Delivery(kafka_offset=1), log=log)
-    second = await record_event(event, delivery=Delivery(kafka_offset=9), log=log)
+    first = await record_event(event, delivery=Delivery(kafka_offset=1), audit_log=log)
+    second = await record_event(event, delivery=Delivery(kafka_offset=9), audit_log=log)
 
     assert (first.status, second.status) == (DaprStatus.SUCCESS, DaprStatus.SUCCESS)
     assert second.reason == "already recorded"
@@ -192,14 +192,14 @@ async def test_an_unknown_event_type_is_kept() -> None:
     log = FakeAuditLog()
     event = an_event("task.archived")
 
-    outcome = await record_event(event, delivery=Delivery(), log=log)
+    outcome = await record_event(event, delivery=Delivery(), audit_log=log)
 
     assert outcome.status is DaprStatus.SUCCESS
     assert log.events[event.event_id][0].type == "task.archived"
 
 
 async def test_database_unavailable_means_retry() -> None:
-    outcome = await record_event(an_event(), delivery=Delivery(), log=UnavailableAuditLog())
+    outcome = await record_event(an_event(), delivery=Delivery(), audit_log=UnavailableAuditLog())
 
     assert outcome.status is DaprStatus.RETRY
     assert outcome.reason is not None
@@ -207,7 +207,7 @@ async def test_database_unavailable_means_retry() -> None:
 
 
 async def test_values_the_database_refuses_for_good_are_dropped() -> None:
-    outcome = await record_event(an_event(), delivery=Delivery(), log=RefusingAuditLog())
+    outcome = await record_event(an_event(), delivery=Delivery(), audit_log=RefusingAuditLog())
 
     assert outcome.status is DaprStatus.DROP
 
@@ -243,8 +243,8 @@ async def test_a_dead_letter_is_kept_and_a_redelivery_counted() -> None:
     log = FakeAuditLog()
     letter = DeadLetter(message_id="ce-1", topic=DLQ, raw="{}")
 
-    first = await record_dead_letter(letter, log=log)
-    second = await record_dead_letter(letter, log=log)
+    first = await record_dead_letter(letter, audit_log=log)
+    second = await record_dead_letter(letter, audit_log=log)
 
     assert (first.status, second.status) == (DaprStatus.SUCCESS, DaprStatus.SUCCESS)
     assert list(log.dead_letters) == ["ce-1"]
@@ -254,7 +254,7 @@ async def test_a_dead_letter_is_kept_and_a_redelivery_counted() -> None:
 async def test_a_dead_letter_meeting_an_unavailable_database_is_retried() -> None:
     letter = DeadLetter(message_id="ce-1", topic=DLQ, raw="{}")
 
-    outcome = await record_dead_letter(letter, log=UnavailableAuditLog())
+    outcome = await record_dead_letter(letter, audit_log=UnavailableAuditLog())
 
     assert outcome.status is DaprStatus.RETRY
 
@@ -262,7 +262,7 @@ async def test_a_dead_letter_meeting_an_unavailable_database_is_retried() -> Non
 async def test_a_dead_letter_the_database_refuses_is_dropped() -> None:
     letter = DeadLetter(message_id="ce-1", topic=DLQ, raw="{}")
 
-    outcome = await record_dead_letter(letter, log=RefusingAuditLog())
+    outcome = await record_dead_letter(letter, audit_log=RefusingAuditLog())
 
     assert outcome.status is DaprStatus.DROP
 

@@ -1,14 +1,18 @@
+"""The audit log's migrations as the shared migrator reads them: file names, order, the
+service's own folder (applying them to a real database: tests/integration)."""
+
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
 
-from audit_log_service.adapters.migrations import (
+from audit_log_service.settings import Settings
+from taskevents.postgres import (
     MigrationError,
-    default_migrations_dir,
-    discover_migrations,
+    load_migrations,
     order_migrations,
+    packaged_migrations,
     parse_migration_filename,
     pending_migrations,
 )
@@ -71,7 +75,7 @@ def test_discovery_reads_sql_files_and_ignores_the_rest(tmp_path: Path) -> None:
     (tmp_path / "0001_first.sql").write_text("CREATE TABLE a ();")
     (tmp_path / "README.md").write_text("notes")
 
-    migrations = discover_migrations(tmp_path)
+    migrations = load_migrations(tmp_path)
 
     assert [(m.version, m.name, m.sql) for m in migrations] == [
         (1, "first", "CREATE TABLE a ();"),
@@ -81,15 +85,25 @@ def test_discovery_reads_sql_files_and_ignores_the_rest(tmp_path: Path) -> None:
 
 def test_an_empty_or_missing_folder_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(MigrationError, match="no migrations"):
-        discover_migrations(tmp_path)
+        load_migrations(tmp_path)
     with pytest.raises(MigrationError, match="no migrations folder"):
-        discover_migrations(tmp_path / "missing")
+        load_migrations(tmp_path / "missing")
 
 
 def test_the_service_migrations_are_found_and_numbered_without_gaps() -> None:
-    assert default_migrations_dir() == SERVICE_MIGRATIONS
+    assert packaged_migrations("audit_log_service") == SERVICE_MIGRATIONS
 
-    migrations = discover_migrations(default_migrations_dir())
+    migrations = load_migrations(packaged_migrations("audit_log_service"))
 
     assert [m.version for m in migrations] == list(range(1, len(migrations) + 1))
     assert [m.name for m in migrations[:2]] == ["audit_events", "dead_letters"]
+
+
+def test_the_migrations_folder_is_a_setting_defaulting_to_the_packaged_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert Settings().migrations_dir == SERVICE_MIGRATIONS
+
+    monkeypatch.setenv("AUDIT_MIGRATIONS_DIR", str(tmp_path))
+
+    assert Settings().migrations_dir == tmp_path

@@ -9,6 +9,7 @@ import hashlib
 import json
 from collections.abc import Mapping, Sequence
 
+from audit_log_service.metrics import DEAD_LETTER_ACTIONS, DEAD_LETTERS, EVENTS
 from audit_log_service.ports import (
     AuditLog,
     DeadLetter,
@@ -24,7 +25,7 @@ from taskevents.events import InvalidEventError, TaskEvent
 from taskevents.logging import get_logger
 from taskevents.status import DEAD_LETTER_REASON_HEADER, Outcome
 
-logger = get_logger(__name__)
+log = get_logger(__name__)
 
 # The names under which daprd's Kafka component passes a message's place in the log.
 PARTITION_METADATA = "__partition"
@@ -37,18 +38,26 @@ MAX_ID_CHARS = 200
 EVENT_FIELDS = ("event_id", "type", "task_id", "user_id")
 
 
-async def record_event(event: TaskEvent, *, delivery: Delivery, log: AuditLog) -> Outcome:
+async def record_event(event: TaskEvent, *, delivery: Delivery, audit_log: AuditLog) -> Outcome:
     try:
-        is_new = await log.record_event(event, delivery)
+        is_new = await audit_log.record_event(event, delivery)
     except StorageUnavailableError as error:
         return Outcome.retry(f"audit log unavailable: {error}")
     except UnstorableError as error:
         return Outcome.drop(f"the database refuses this event: {error}")
-    return Outcome.success() if is_new else Outcome.success("already recorded")
+    return _recorded(is_new)
+
+
+def _recorded(is_new: bool) -> Outcome:
+    if is_new:
+        EVENTS.labels("stored").inc()
+        return Outcome.success()
+    EVENTS.labels("duplicate").inc()
+    return Outcome.success("already recorded")
 
 
 async def record_events(
-    batch: Sequence[tuple[TaskEvent, Delivery]], *, log: AuditLog
+    batch: Sequence[tuple[TaskEvent, Delivery]], *, audit_log: AuditLog
 ) -> list[Outcome]:
     """One outcome per event, in order. The batch is written in one round trip; SUCCESS only
     once it committed, RETRY for all when the database is away. Should the database refuse
@@ -57,18 +66,21 @@ async def record_events(
     if not batch:
         return []
     try:
-        new_ids = await log.record_events(batch)
+        new_ids = await audit_log.record_events(batch)
     except StorageUnavailableError as error:
         return [Outcome.retry(f"audit log unavailable: {error}")] * len(batch)
     except UnstorableError as error:
-        logger.warning("the database refuses a batch; writing it event by event", error=str(error))
-        return [await record_event(event, delivery=delivery, log=log) for event, delivery in batch]
+        log.warning("the database refuses a batch; writing it event by event", error=str(error))
+        return [
+            await record_event(event, delivery=delivery, audit_log=audit_log)
+            for event, delivery in batch
+        ]
     seen: set[str] = set()
     outcomes = []
     for event, _ in batch:
         is_new = event.event_id in new_ids and event.event_id not in seen
         seen.add(event.event_id)
-        outcomes.append(Outcome.success() if is_new else Outcome.success("already recorded"))
+        outcomes.append(_recorded(is_new))
     return outcomes
 
 
@@ -88,7 +100,8 @@ async def replay_dead_letter(
         raise ReplayRefusedError(f"dead letter {letter_id} was discarded")
     event = event_of_dead_letter(letter)
     await publisher.republish(event)
-    logger.info(
+    DEAD_LETTER_ACTIONS.labels("replayed").inc()
+    log.info(
         "dead letter replayed",
         dead_letter_id=letter_id,
         event_id=event.event_id,
@@ -103,7 +116,8 @@ async def discard_dead_letter(
 ) -> StoredDeadLetter | None:
     letter = await desk.mark_discarded(letter_id, operator)
     if letter is not None:
-        logger.info("dead letter discarded", dead_letter_id=letter_id, operator=operator)
+        DEAD_LETTER_ACTIONS.labels("discarded").inc()
+        log.info("dead letter discarded", dead_letter_id=letter_id, operator=operator)
     return letter
 
 
@@ -118,21 +132,23 @@ def event_of_dead_letter(letter: StoredDeadLetter) -> TaskEvent:
         ) from None
 
 
-async def record_dead_letter(letter: DeadLetter, *, log: AuditLog) -> Outcome:
+async def record_dead_letter(letter: DeadLetter, *, audit_log: AuditLog) -> Outcome:
     try:
-        seen_count = await log.record_dead_letter(letter)
+        seen_count = await audit_log.record_dead_letter(letter)
     except StorageUnavailableError as error:
         return Outcome.retry(f"audit log unavailable: {error}")
     except UnstorableError as error:
         # Nothing dead-letters the dead-letter topic: this message is gone, say so loudly.
-        logger.error(
+        DEAD_LETTERS.labels("lost").inc()
+        log.error(
             "dead letter lost: the database refuses it",
             message_id=letter.message_id,
             error=str(error),
             raw=letter.raw[:500],
         )
         return Outcome.drop(f"the database refuses this dead letter: {error}")
-    logger.info(
+    DEAD_LETTERS.labels("filed" if seen_count == 1 else "seen_again").inc()
+    log.info(
         "dead letter recorded",
         message_id=letter.message_id,
         original_topic=letter.original_topic,
@@ -141,6 +157,14 @@ async def record_dead_letter(letter: DeadLetter, *, log: AuditLog) -> Outcome:
         seen_count=seen_count,
     )
     return Outcome.success()
+
+
+async def file_dead_letter(
+    body: bytes, *, topic: str, metadata: Mapping[str, str], audit_log: AuditLog
+) -> Outcome:
+    """Whatever reached the dead-letter topic (posted raw by daprd) becomes a dead letter."""
+    letter = dead_letter_of_message(raw_payload_of(body), topic=topic, metadata=metadata)
+    return await record_dead_letter(letter, audit_log=audit_log)
 
 
 def delivery_of(envelope: CloudEvent, metadata: Mapping[str, str]) -> Delivery:

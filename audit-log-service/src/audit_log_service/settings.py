@@ -6,6 +6,7 @@ from urllib.parse import urlsplit
 from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
+from taskevents.postgres import packaged_migrations
 from taskevents.settings import ServiceSettings, is_placeholder
 
 APP_ID = "audit-log-service"
@@ -41,8 +42,9 @@ class Settings(ServiceSettings):
         default=3600.0, gt=0, description="How often partitions and retention are seen to."
     )
     migrate_on_start: bool = True
-    migrations_dir: Path | None = Field(
-        default=None, description="Default: the migrations/ folder shipped with the service."
+    migrations_dir: Path = Field(
+        default_factory=lambda: packaged_migrations("audit_log_service"),
+        description="Default: the migrations/ folder shipped with the service.",
     )
 
     @property

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
-from collections.abc import AsyncIterator, Iterator, Sequence
-from contextlib import asynccontextmanager, contextmanager
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Any
 
@@ -25,22 +23,12 @@ from audit_log_service.ports import (
     UnstorableError,
 )
 from taskevents.events import TaskEvent
+from taskevents.postgres import MigrationLedger, SchemaStatus, translated_db_errors
 
-# Trouble that goes away by itself: the database is down, restarting, unreachable, out of
-# connections, or the transaction lost a race. A delivery that meets it is retried.
-TRANSIENT_DB_ERRORS: tuple[type[BaseException], ...] = (
-    OSError,  # refused, reset, unreachable; TimeoutError (pool acquire, command) is one too
-    asyncpg.exceptions.PostgresConnectionError,
-    asyncpg.exceptions.InterfaceError,  # connection closed, pool closing
-    asyncpg.exceptions.OperatorInterventionError,  # cannot connect now, admin shutdown
-    asyncpg.exceptions.InsufficientResourcesError,  # too many connections, disk full
-    asyncpg.exceptions.TransactionRollbackError,  # serialization failure, deadlock
-)
-# The database refuses these values and always will.
-PERMANENT_DB_ERRORS: tuple[type[BaseException], ...] = (
-    asyncpg.exceptions.DataError,
-    asyncpg.exceptions.ProgramLimitExceededError,
-)
+# Where the audit log records its migrations, and the advisory lock its replicas take to
+# apply them ("audit_lg" in ASCII): the names older releases used, so their databases
+# upgrade in place.
+AUDIT_MIGRATIONS = MigrationLedger(table="audit_schema_migrations", lock_key=0x61756469745F6C67)
 
 EVENT_COLUMNS = (
     "event_id, type, task_id, user_id, occurred_at, received_at, payload, source, trace_id, "
@@ -119,43 +107,6 @@ MAINTENANCE_LOCK_KEY = 0x61756469745F7074
 NO_PARTITION = "no partition of relation"
 
 
-def describe_db_error(error: BaseException) -> str:
-    detail = str(error)
-    return f"{type(error).__name__}: {detail}" if detail else type(error).__name__
-
-
-@contextmanager
-def translated_db_errors() -> Iterator[None]:
-    try:
-        yield
-    except PERMANENT_DB_ERRORS as error:
-        raise UnstorableError(describe_db_error(error)) from error
-    except TRANSIENT_DB_ERRORS as error:
-        raise StorageUnavailableError(describe_db_error(error)) from error
-
-
-@dataclass
-class SchemaStatus:
-    """Whether the migrations have run; until they have, every delivery is a RETRY."""
-
-    migrated: bool = False
-    failure: str | None = None  # a broken migration: no point trying again
-    waiting_for: str | None = None  # why the migrations have not run yet
-
-    def problem(self) -> str | None:
-        if self.failure is not None:
-            return f"migrations failed: {self.failure}"
-        if not self.migrated:
-            return f"the schema is not migrated yet: {self.waiting_for or 'migrations pending'}"
-        return None
-
-
-async def _init_connection(connection: Any) -> None:
-    await connection.set_type_codec(
-        "jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog"
-    )
-
-
 class _Where:
     """Conditions joined with AND, and their numbered parameters."""
 
@@ -220,58 +171,30 @@ def dead_letters_query(where: DeadLetterFilter) -> tuple[str, list[object]]:
 
 
 class PostgresAuditLog:
-    """AuditLog and AuditReader over an asyncpg pool, which `open` creates and `close` ends.
-    The pool connects on first use (min_size 0), so the service starts, and answers RETRY,
-    while the database is away."""
+    """AuditLog, AuditReader and DeadLetterDesk over an asyncpg pool (made with
+    taskevents.postgres.create_pool, which connects on first use): the service starts, and
+    answers RETRY, while the database is away or its schema not yet migrated."""
 
     def __init__(
         self,
-        dsn: str,
+        pool: asyncpg.Pool,
         schema: SchemaStatus,
         *,
-        pool_max_size: int,
-        connect_timeout_seconds: float,
         acquire_timeout_seconds: float,
-        command_timeout_seconds: float,
         partitions_ahead_months: int = 3,
     ) -> None:
-        self._dsn = dsn
-        self._partitions_ahead_months = partitions_ahead_months
+        self._pool = pool
         self._schema = schema
-        self._pool_max_size = pool_max_size
-        self._connect_timeout_seconds = connect_timeout_seconds
         self._acquire_timeout_seconds = acquire_timeout_seconds
-        self._command_timeout_seconds = command_timeout_seconds
-        self._pool: Any = None
-
-    async def open(self) -> None:
-        self._pool = await asyncpg.create_pool(
-            self._dsn,
-            min_size=0,
-            max_size=self._pool_max_size,
-            timeout=self._connect_timeout_seconds,
-            command_timeout=self._command_timeout_seconds,
-            init=_init_connection,
-        )
-
-    async def close(self, timeout_seconds: float = 10.0) -> None:
-        pool, self._pool = self._pool, None
-        if pool is None:
-            return
-        try:
-            await asyncio.wait_for(pool.close(), timeout_seconds)
-        except TimeoutError:
-            pool.terminate()
+        self._partitions_ahead_months = partitions_ahead_months
 
     @asynccontextmanager
     async def _connection(self, timeout_seconds: float | None = None) -> AsyncIterator[Any]:
         problem = self._schema.problem()
         if problem is not None:
             raise StorageUnavailableError(problem)
-        if self._pool is None:
-            raise StorageUnavailableError("the database pool is not open")
         timeout = timeout_seconds or self._acquire_timeout_seconds
-        with translated_db_errors():
+        with translated_db_errors(StorageUnavailableError, UnstorableError):
             try:
                 connection = await self._pool.acquire(timeout=timeout)
             except TimeoutError:
@@ -290,6 +213,8 @@ class PostgresAuditLog:
         if not batch:
             return set()
         columns: list[list[Any]] = [[] for _ in range(11)]
+        # The payloads travel as text[] and are cast in SQL: asyncpg would read a list
+        # inside a jsonb[] parameter as another dimension of the array.
         for event, delivery in batch:
             values = (
                 event.event_id, event.type, event.task_id, event.user_id, event.timestamp,

@@ -8,18 +8,13 @@ from fastapi import APIRouter, Header, HTTPException, Path, Query
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from audit_log_service.api.events import DEFAULT_LIMIT, MAX_LIMIT, Limit, TimeRange, TypeParam
+from audit_log_service.bootstrap import DeadLetterDeskDep, EventRepublisherDep
 from audit_log_service.handlers import (
     ReplayRefusedError,
     discard_dead_letter,
     replay_dead_letter,
 )
-from audit_log_service.ports import (
-    DeadLetterDesk,
-    DeadLetterFilter,
-    DeadLetterStatus,
-    EventRepublisher,
-    StoredDeadLetter,
-)
+from audit_log_service.ports import DeadLetterFilter, DeadLetterStatus, StoredDeadLetter
 
 UNKNOWN_OPERATOR = "unknown"
 OPERATOR_HEADER = "X-Operator"
@@ -82,25 +77,32 @@ class BulkReplay(BaseModel):
     failed: list[ReplayFailure]
 
 
-def dead_letters_router(desk: DeadLetterDesk, publisher: EventRepublisher) -> APIRouter:
+def dead_letters_router() -> APIRouter:
     router = APIRouter(prefix="/audit", tags=["dead letters"])
 
     @router.get("/dead-letters", summary="Dead letters, newest first, a page at a time")
-    async def list_dead_letters(query: Annotated[DeadLetterQuery, Query()]) -> DeadLetterPage:
+    async def list_dead_letters(
+        query: Annotated[DeadLetterQuery, Query()], desk: DeadLetterDeskDep
+    ) -> DeadLetterPage:
         rows = await desk.list_dead_letters(query.to_filter(extra=1))
         items = rows[: query.limit]
         next_cursor = items[-1].id if len(rows) > query.limit else None
         return DeadLetterPage(items=items, next_cursor=next_cursor)
 
     @router.get("/dead-letters/{letter_id}", summary="One dead letter, whole")
-    async def get_dead_letter(letter_id: LetterId) -> StoredDeadLetter:
+    async def get_dead_letter(letter_id: LetterId, desk: DeadLetterDeskDep) -> StoredDeadLetter:
         return _found(await desk.get_dead_letter(letter_id), letter_id)
 
     @router.post(
         "/dead-letters/replay",
         summary="Replay every dead letter matching a filter (default: the new ones)",
     )
-    async def replay_matching(body: ReplayFilter, operator: Operator = None) -> BulkReplay:
+    async def replay_matching(
+        body: ReplayFilter,
+        desk: DeadLetterDeskDep,
+        publisher: EventRepublisherDep,
+        operator: Operator = None,
+    ) -> BulkReplay:
         letters = await desk.list_dead_letters(body.to_filter())
         result = BulkReplay(replayed=[], failed=[])
         for letter in letters:
@@ -119,7 +121,12 @@ def dead_letters_router(desk: DeadLetterDesk, publisher: EventRepublisher) -> AP
         summary="Publish the dead letter's event to task-events again and mark it replayed",
         responses={409: {"description": "discarded, or no valid event inside"}},
     )
-    async def replay(letter_id: LetterId, operator: Operator = None) -> StoredDeadLetter:
+    async def replay(
+        letter_id: LetterId,
+        desk: DeadLetterDeskDep,
+        publisher: EventRepublisherDep,
+        operator: Operator = None,
+    ) -> StoredDeadLetter:
         try:
             letter = await replay_dead_letter(
                 letter_id, operator=operator or UNKNOWN_OPERATOR, desk=desk, publisher=publisher
@@ -132,7 +139,9 @@ def dead_letters_router(desk: DeadLetterDesk, publisher: EventRepublisher) -> AP
         "/dead-letters/{letter_id}",
         summary="Discard a dead letter (it is kept, marked with who discarded it and when)",
     )
-    async def discard(letter_id: LetterId, operator: Operator = None) -> StoredDeadLetter:
+    async def discard(
+        letter_id: LetterId, desk: DeadLetterDeskDep, operator: Operator = None
+    ) -> StoredDeadLetter:
         letter = await discard_dead_letter(
             letter_id, operator=operator or UNKNOWN_OPERATOR, desk=desk
         )

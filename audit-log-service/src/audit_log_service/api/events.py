@@ -12,7 +12,8 @@ from typing import Annotated, Self
 from fastapi import APIRouter, HTTPException, Path, Query, Response
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
-from audit_log_service.ports import AuditReader, EventFilter, EventKey, EventStats, StoredEvent
+from audit_log_service.bootstrap import AuditReaderDep
+from audit_log_service.ports import EventFilter, EventKey, EventStats, StoredEvent
 
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 500
@@ -141,7 +142,7 @@ def _json(model: BaseModel) -> Response:
     return Response(model.model_dump_json(), media_type="application/json")
 
 
-def events_router(reader: AuditReader) -> APIRouter:
+def events_router() -> APIRouter:
     router = APIRouter(prefix="/audit", tags=["audit"])
 
     # The pages are built from validated models already: serialise them once, instead of
@@ -149,7 +150,9 @@ def events_router(reader: AuditReader) -> APIRouter:
     @router.get(
         "/events", response_model=EventPage, summary="Events, newest first, a page at a time"
     )
-    async def list_events(query: Annotated[EventQuery, Query()]) -> Response:
+    async def list_events(
+        query: Annotated[EventQuery, Query()], reader: AuditReaderDep
+    ) -> Response:
         rows = await reader.list_events(query.to_filter(extra=1))
         items = rows[: query.limit]
         next_cursor = None
@@ -166,12 +169,15 @@ def events_router(reader: AuditReader) -> APIRouter:
     async def task_history(
         task_id: Annotated[str, Path(min_length=1, max_length=200)],
         query: Annotated[HistoryQuery, Query()],
+        reader: AuditReaderDep,
     ) -> Response:
         items = await reader.task_history(task_id, query.limit)
         return _json(TaskHistory(task_id=task_id, items=items))
 
     @router.get("/stats", summary="Counts per type and per hour (default: the last 24 hours)")
-    async def event_stats(query: Annotated[StatsQuery, Query()]) -> EventStats:
+    async def event_stats(
+        query: Annotated[StatsQuery, Query()], reader: AuditReaderDep
+    ) -> EventStats:
         since, until = query.bounds()
         return await reader.event_stats(since, until)
 

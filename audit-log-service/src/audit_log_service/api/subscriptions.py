@@ -4,31 +4,21 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
+from audit_log_service.bootstrap import AuditLogDep
 from audit_log_service.handlers import (
-    dead_letter_of_message,
     delivery_of,
-    raw_payload_of,
-    record_dead_letter,
+    file_dead_letter,
     record_event,
     record_events,
 )
-from audit_log_service.ports import AuditLog
 from audit_log_service.settings import Settings
 from taskevents.cloudevents import CloudEvent
 from taskevents.events import TaskEvent
-from taskevents.metrics import DELIVERIES
 from taskevents.status import Outcome
-from taskevents.web import (
-    NOT_METADATA,
-    BulkEntry,
-    app_token_guard,
-    bulk_subscription_route,
-    delivery_metadata,
-    subscription_route,
-)
+from taskevents.web import BulkEntry, app_token, deliver_bulk, deliver_event, delivery_metadata
 
 TASK_EVENTS_ROUTE = "/events/task-events"
 # The route of the bulk subscription (dapr-components/subscriptions/audit-log-service.yaml);
@@ -37,35 +27,40 @@ TASK_EVENTS_BULK_ROUTE = "/events/task-events/bulk"
 DEAD_LETTERS_ROUTE = "/events/task-events-dlq"
 
 
-def add_subscription_routes(app: FastAPI, *, audit_log: AuditLog, settings: Settings) -> None:
-    async def on_task_event(event: TaskEvent, envelope: CloudEvent) -> Outcome:
-        delivery = delivery_of(envelope, delivery_metadata())
-        return await record_event(event, delivery=delivery, log=audit_log)
+def subscriptions_router(settings: Settings) -> APIRouter:
+    router = APIRouter(dependencies=[app_token(settings.app_api_token)], include_in_schema=False)
 
-    async def on_task_events(entries: Sequence[BulkEntry]) -> list[Outcome]:
-        batch = [(entry.event, delivery_of(entry.envelope, entry.metadata)) for entry in entries]
-        return await record_events(batch, log=audit_log)
+    @router.post(TASK_EVENTS_ROUTE)
+    async def task_event(request: Request, audit_log: AuditLogDep) -> JSONResponse:
+        async def handle(event: TaskEvent, envelope: CloudEvent) -> Outcome:
+            delivery = delivery_of(envelope, delivery_metadata())
+            return await record_event(event, delivery=delivery, audit_log=audit_log)
 
-    async def on_dead_letter(request: Request) -> JSONResponse:
+        return await deliver_event(request, handle)
+
+    @router.post(TASK_EVENTS_BULK_ROUTE)
+    async def task_events(request: Request, audit_log: AuditLogDep) -> JSONResponse:
+        async def handle(entries: Sequence[BulkEntry]) -> list[Outcome]:
+            batch = [(e.event, delivery_of(e.envelope, e.metadata)) for e in entries]
+            return await record_events(batch, audit_log=audit_log)
+
+        return await deliver_bulk(request, handle)
+
+    @router.post(DEAD_LETTERS_ROUTE)
+    async def dead_letter(request: Request, audit_log: AuditLogDep) -> JSONResponse:
         # The dead-letter subscription takes messages raw (rawPayload): daprd would never
         # pass on one that is not a CloudEvent, and with no dead-letter topic of its own to
-        # move it to, it would retry it forever and block the partition.
-        body = await request.body()
-        metadata = {k: v for k, v in request.headers.items() if k not in NOT_METADATA}
-        letter = dead_letter_of_message(
-            raw_payload_of(body), topic=settings.dead_letter_topic, metadata=metadata
-        )
-        outcome = await record_dead_letter(letter, log=audit_log)
-        DELIVERIES.labels(DEAD_LETTERS_ROUTE, letter.type or "unparsed", outcome.status.value).inc()
-        return JSONResponse(outcome.response())
+        # move it to, it would retry it forever and block the partition. So every message
+        # is filed from its bytes as they were on the topic, whether or not the edge could
+        # read an event in them.
+        async def file(*_: object) -> Outcome:
+            return await file_dead_letter(
+                await request.body(),
+                topic=settings.dead_letter_topic,
+                metadata=delivery_metadata(),
+                audit_log=audit_log,
+            )
 
-    token = settings.app_api_token
-    subscription_route(app, TASK_EVENTS_ROUTE, on_task_event, token=token)
-    bulk_subscription_route(app, TASK_EVENTS_BULK_ROUTE, on_task_events, token=token)
-    app.add_api_route(
-        DEAD_LETTERS_ROUTE,
-        on_dead_letter,
-        methods=["POST"],
-        include_in_schema=False,
-        dependencies=[Depends(app_token_guard(token))],
-    )
+        return await deliver_event(request, file, on_invalid=file)
+
+    return router

@@ -9,7 +9,7 @@ import hashlib
 import importlib.util
 import json
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -196,6 +196,12 @@ def load_migrations(directory: Path) -> list[Migration]:
     return order_migrations(files)
 
 
+def pending_migrations(
+    migrations: Iterable[Migration], applied_versions: Collection[int]
+) -> list[Migration]:
+    return [m for m in migrations if m.version not in applied_versions]
+
+
 async def apply_migrations(
     connection: Any, migrations: Sequence[Migration], ledger: MigrationLedger
 ) -> list[Migration]:
@@ -236,9 +242,7 @@ async def apply_migrations(
                     "applied migrations are never edited: add a new one instead"
                 )
         done = []
-        for migration in migrations:
-            if migration.version in applied:
-                continue
+        for migration in pending_migrations(migrations, applied):
             try:
                 async with connection.transaction():
                     await connection.execute(migration.sql)
