@@ -19,17 +19,22 @@ from recurring_task_service.adapters.postgres import MIGRATION_LEDGER, PostgresS
 from recurring_task_service.adapters.timer import FiringTimer
 from recurring_task_service.ports import ScheduleStore, TaskSchedules, Waker
 from recurring_task_service.settings import PACKAGE, Settings
+from taskevents.logging import get_logger
 from taskevents.postgres import (
+    DatabaseUnavailableError,
     PoolSettings,
     SchemaStatus,
     close_pool,
     create_pool,
     database_check,
+    migrate,
     migrate_when_reachable,
     packaged_migrations,
 )
 from taskevents.publisher import EventPublisher
 from taskevents.web import ReadinessCheck, RunningServices, services_of, sidecar_check
+
+log = get_logger(__name__)
 
 # APScheduler logs every run of the poll job (once a second); our own log says what fired.
 CHATTY_LOGGERS = ("apscheduler.executors", "apscheduler.scheduler")
@@ -56,9 +61,11 @@ def migrations_dir(settings: Settings) -> Path:
 
 @asynccontextmanager
 async def bootstrap(settings: Settings) -> AsyncIterator[Services]:
-    """The pool opens without a connection, so a database that is down only delays the
-    migrations (in the background) and, until they have run, the service is not ready,
-    the API answers 503 and the timer does not fire."""
+    """A database that answers is migrated before the service takes requests. One that
+    does not only delays that: the pool opens without a connection, the migrations are
+    tried again in the background, and until they have run the service is not ready, the
+    API and deliveries meet StoreUnavailableError (503, RETRY) and the timer does not fire.
+    Broken migrations stop the start."""
     for chatty in CHATTY_LOGGERS:
         logging.getLogger(chatty).setLevel(logging.WARNING)
     async with AsyncExitStack() as stack:
@@ -92,10 +99,13 @@ async def bootstrap(settings: Settings) -> AsyncIterator[Services]:
             sidecar_ready=sidecar_ready,
         )
         stack.push_async_callback(timer.stop)
-        migrating = asyncio.create_task(
-            _migrate_then_fire(settings, schema, timer), name="recurring-migrations"
-        )
-        stack.push_async_callback(_cancel, migrating)
+        if await _migrated_now(settings, schema):
+            timer.start()
+        else:
+            migrating = asyncio.create_task(
+                _migrate_then_fire(settings, schema, timer), name="recurring-migrations"
+            )
+            stack.push_async_callback(_cancel, migrating)
 
         async def database_ready() -> str | None:
             problem = schema.problem() or await database_check(pool)
@@ -108,6 +118,26 @@ async def bootstrap(settings: Settings) -> AsyncIterator[Services]:
             database_ready=database_ready,
             sidecar_ready=sidecar_ready,
         )
+
+
+async def _migrated_now(settings: Settings, schema: SchemaStatus) -> bool:
+    try:
+        await migrate(
+            str(settings.database_url),
+            migrations_dir(settings),
+            MIGRATION_LEDGER,
+            connect_timeout_seconds=settings.database_connect_timeout_seconds,
+        )
+    except DatabaseUnavailableError as error:
+        log.warning(
+            "database unavailable at start; migrating once it answers",
+            database=settings.database_name,
+            error=str(error),
+        )
+        schema.waiting_for = f"database unavailable: {error}"
+        return False
+    schema.migrated = True
+    return True
 
 
 async def _migrate_then_fire(settings: Settings, schema: SchemaStatus, timer: FiringTimer) -> None:
