@@ -40,15 +40,25 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.procfs import cpu_seconds, postgres_pids  # noqa: E402
-from recurring_task_service.adapters.migrations import migrate  # noqa: E402
-from recurring_task_service.adapters.postgres import PostgresSchedules, connect  # noqa: E402
+from recurring_task_service.adapters.postgres import (  # noqa: E402
+    MIGRATION_LEDGER,
+    PostgresSchedules,
+)
 from recurring_task_service.schedules import (  # noqa: E402
     NewSchedule,
     ScheduleOptions,
     first_occurrence,
     interval_rule,
 )
-from recurring_task_service.settings import DEFAULT_MIGRATIONS_DIR  # noqa: E402
+from recurring_task_service.settings import PACKAGE  # noqa: E402
+from taskevents.postgres import (  # noqa: E402
+    PoolSettings,
+    SchemaStatus,
+    close_pool,
+    create_pool,
+    migrate,
+    packaged_migrations,
+)
 from tests.support.cluster import Service, service_spec, start_service  # noqa: E402
 from tests.support.kafka import TOPIC, end_offsets  # noqa: E402
 from tests.support.stack import RUN_ID, Stack, ensure_stack  # noqa: E402
@@ -153,11 +163,10 @@ async def recreate_database(stack: Stack) -> str:
 
 
 async def store_schedules(url: str, count: int, first_at: datetime, prefix: str) -> None:
-    pool = await connect(url, size=8, wait_seconds=10)
+    await migrate(url, packaged_migrations(PACKAGE), MIGRATION_LEDGER, connect_timeout_seconds=10.0)
+    pool = await create_pool(url, PoolSettings(max_size=8))
     try:
-        async with pool.acquire() as connection:
-            await migrate(connection, DEFAULT_MIGRATIONS_DIR)
-        store = PostgresSchedules(pool)
+        store = PostgresSchedules(pool, SchemaStatus(migrated=True))
         rule = interval_rule(INTERVAL_SECONDS)
         spacing = timedelta(seconds=INTERVAL_SECONDS) / count
 
@@ -177,7 +186,7 @@ async def store_schedules(url: str, count: int, first_at: datetime, prefix: str)
         for start in range(0, count, 200):
             await asyncio.gather(*(one(i) for i in range(start, min(start + 200, count))))
     finally:
-        await pool.close()
+        await close_pool(pool)
 
 
 async def read_lateness(
@@ -227,7 +236,7 @@ async def metrics_lateness(replicas: list[Service]) -> dict[str, float]:
                 continue
             text = (await http.get(f"{replica.url}/metrics")).text
             for line in text.splitlines():
-                if line.startswith("recurring_trigger_lateness_seconds_bucket"):
+                if line.startswith("taskevents_recurring_trigger_lateness_seconds_bucket"):
                     le = line.split('le="')[1].split('"')[0]
                     buckets[le] = buckets.get(le, 0.0) + float(line.rsplit(" ", 1)[1])
     return buckets

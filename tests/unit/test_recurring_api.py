@@ -1,10 +1,11 @@
 """The HTTP edges of recurring-task-service over in-memory fakes: the schedules API and
-the subscription route (the lifespan, which connects to Postgres, does not run)."""
+the subscription route (the app starts with a bootstrap of fakes instead of Postgres)."""
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
@@ -12,8 +13,10 @@ from typing import Any
 import httpx
 import pytest
 from fastapi import FastAPI
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from recurring_task_service.app import create_app
+from recurring_task_service.bootstrap import Services
 from recurring_task_service.ports import (
     MissedRecord,
     ScheduleExistsError,
@@ -23,7 +26,6 @@ from recurring_task_service.ports import (
 )
 from recurring_task_service.schedules import MissedReason, MissedRun, NewSchedule, Schedule
 from recurring_task_service.settings import Settings
-from recurring_task_service.state import AppState
 from taskevents.events import TaskEvent
 
 
@@ -154,18 +156,34 @@ def waker() -> RecordingWaker:
 
 @pytest.fixture
 def app(schedules: FakeSchedules, waker: RecordingWaker) -> FastAPI:
-    app = create_app(Settings(app_api_token=None))
-    app.state.resources = AppState(
-        schedules=schedules, task_schedules=schedules, waker=waker, database_check=database_fine
-    )
-    return app
+    @asynccontextmanager
+    async def fakes(_settings: Settings) -> AsyncIterator[Services]:
+        yield Services(
+            schedules=schedules,
+            task_schedules=schedules,
+            waker=waker,
+            database_ready=database_fine,
+            sidecar_ready=database_fine,
+        )
+
+    return create_app(Settings(app_api_token=None), bootstrap=fakes)
+
+
+def with_lifespan_state(app: ASGIApp, state: Mapping[str, Any]) -> ASGIApp:
+    """What a server does with the state a lifespan yields (httpx's transport does not)."""
+
+    async def with_state(scope: Scope, receive: Receive, send: Send) -> None:
+        await app({**scope, "state": dict(state)}, receive, send)
+
+    return with_state
 
 
 @pytest.fixture
 async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
-    transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
-        yield client
+    async with app.router.lifespan_context(app) as state:
+        transport = httpx.ASGITransport(app=with_lifespan_state(app, state or {}))
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            yield client
 
 
 def detail_text(response: httpx.Response) -> str:

@@ -1,21 +1,25 @@
 from __future__ import annotations
 
-import logging
-
+from recurring_task_service.adapters.postgres import MIGRATION_LEDGER
 from recurring_task_service.app import create_app
+from recurring_task_service.bootstrap import migrations_dir
 from recurring_task_service.settings import APP_ID, Settings
-from taskevents.logging import configure_logging
-from taskevents.web import serve
+from taskevents.postgres import migrate_command
+from taskevents.web import run_service
+
+
+async def migrate(settings: Settings) -> int:
+    return await migrate_command(
+        str(settings.database_url),
+        migrations_dir(settings),
+        MIGRATION_LEDGER,
+        connect_timeout_seconds=settings.database_connect_timeout_seconds,
+        database=settings.database_name,
+    )
 
 
 def main() -> None:
-    settings = Settings()
-    configure_logging(APP_ID, level=settings.log_level, json=settings.json_logs)
-    # APScheduler logs every run of the poll job (once a second) and httpx every readiness
-    # probe of the sidecar; our own log says what fired.
-    for chatty in ("apscheduler.executors", "apscheduler.scheduler"):
-        logging.getLogger(chatty).setLevel(logging.WARNING)
-    serve(create_app(settings), host=settings.host, port=settings.port)
+    run_service(APP_ID, Settings, create_app, migrate=migrate)
 
 
 if __name__ == "__main__":

@@ -8,8 +8,7 @@ from pydantic_settings import SettingsConfigDict
 from taskevents.settings import ServiceSettings, is_placeholder
 
 APP_ID = "recurring-task-service"
-# Beside src/ in the checkout; an image copies the folder and points the setting at it.
-DEFAULT_MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
+PACKAGE = "recurring_task_service"
 
 
 class Settings(ServiceSettings):
@@ -25,10 +24,11 @@ class Settings(ServiceSettings):
         validation_alias=AliasChoices("DATABASE_URL"),
     )
     database_pool_size: int = Field(default=5, ge=1)
-    database_wait_seconds: float = Field(
-        default=30.0, ge=0, description="How long start-up waits for Postgres to answer."
+    database_connect_timeout_seconds: float = Field(default=5.0, gt=0)
+    database_command_timeout_seconds: float = Field(default=10.0, gt=0)
+    migrations_dir: Path | None = Field(
+        default=None, description="Default: the migrations shipped with the package."
     )
-    migrations_dir: Path = DEFAULT_MIGRATIONS_DIR
 
     poll_seconds: float = Field(
         default=1.0, gt=0, description="How often every replica looks for due schedules."
@@ -42,6 +42,11 @@ class Settings(ServiceSettings):
         description="A due occurrence older than this (the service was down) is skipped, "
         "not published.",
     )
+
+    @property
+    def database_name(self) -> str:
+        host = self.database_url.hosts()[0]
+        return f"{host.get('host')}:{host.get('port')}{self.database_url.path or ''}"
 
     def placeholder_secrets(self) -> list[str]:
         weak = super().placeholder_secrets()

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
-import json
-import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import asyncpg
 
@@ -37,58 +34,25 @@ from recurring_task_service.schedules import (
     rule_from_fields,
 )
 from taskevents.events import TaskEvent
-from taskevents.logging import get_logger
+from taskevents.postgres import MigrationLedger, SchemaStatus, translated_db_errors
 
-log = get_logger(__name__)
-
-# Errors that say "the database is not there just now", as opposed to a bug in a query.
-UNAVAILABLE = (
-    OSError,
-    TimeoutError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.InterfaceError,
-    asyncpg.CannotConnectNowError,
-    asyncpg.TooManyConnectionsError,
+# The ledger this service has always kept, so existing databases upgrade in place. The lock
+# key: any fixed 64-bit number no other user of the database takes for its lock — the first
+# 8 bytes of sha256("recurring-task-service/migrations").
+MIGRATION_LEDGER = MigrationLedger(
+    table="recurring_schema_migrations", lock_key=2066258197461214137
 )
-WAIT_STEP_SECONDS = 0.5
 
 P = ParamSpec("P")
 T = TypeVar("T")
 
 
-async def connect(url: str, *, size: int, wait_seconds: float) -> asyncpg.Pool:
-    """A pool, once Postgres answers; waits up to `wait_seconds` for it."""
-    deadline = time.monotonic() + wait_seconds
-    while True:
-        try:
-            pool: asyncpg.Pool = await asyncpg.create_pool(
-                url, min_size=1, max_size=size, init=_init_connection
-            )
-        except UNAVAILABLE as error:
-            if time.monotonic() > deadline:
-                raise StoreUnavailableError(
-                    f"Postgres did not answer within {wait_seconds:.0f}s: {error}"
-                ) from error
-            log.info("waiting for Postgres", error=f"{type(error).__name__}: {error}")
-            await asyncio.sleep(WAIT_STEP_SECONDS)
-        else:
-            return pool
-
-
-async def _init_connection(connection: asyncpg.Connection) -> None:
-    await connection.set_type_codec(
-        "jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog"
-    )
-
-
 def _translating_outages(
-    method: Callable[P, Coroutine[Any, Any, T]],
-) -> Callable[P, Coroutine[Any, Any, T]]:
-    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
-        try:
-            return await method(*args, **kwargs)
-        except UNAVAILABLE as error:
-            raise StoreUnavailableError(f"{type(error).__name__}: {error}") from error
+    method: Callable[Concatenate[PostgresSchedules, P], Coroutine[Any, Any, T]],
+) -> Callable[Concatenate[PostgresSchedules, P], Coroutine[Any, Any, T]]:
+    async def wrapper(self: PostgresSchedules, /, *args: P.args, **kwargs: P.kwargs) -> T:
+        with self._outages_translated():
+            return await method(self, *args, **kwargs)
 
     return wrapper
 
@@ -106,10 +70,20 @@ _INSERT_SCHEDULE_UNLESS_THE_TASK_HAS_ONE = (
 
 
 class PostgresSchedules:
-    """ScheduleStore, TaskSchedules, DueSchedules and Outbox over one pool."""
+    """ScheduleStore, TaskSchedules, DueSchedules and Outbox over one pool. Until `schema`
+    says the migrations have run, every call is StoreUnavailableError."""
 
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(self, pool: asyncpg.Pool, schema: SchemaStatus) -> None:
         self._pool = pool
+        self._schema = schema
+
+    @contextmanager
+    def _outages_translated(self) -> Iterator[None]:
+        problem = self._schema.problem()
+        if problem is not None:
+            raise StoreUnavailableError(problem)
+        with translated_db_errors(StoreUnavailableError):
+            yield
 
     # --- the HTTP API
 
@@ -307,7 +281,7 @@ class PostgresSchedules:
 
     @asynccontextmanager
     async def claim_due(self, *, limit: int) -> AsyncIterator[_Claimed]:
-        try:
+        with self._outages_translated():
             async with self._pool.acquire() as connection, connection.transaction():
                 rows = await connection.fetch(
                     """SELECT *, now() AS claimed_at FROM recurring_schedules
@@ -345,12 +319,10 @@ class PostgresSchedules:
                            WHERE id = $1""",
                         claimed.advances,
                     )
-        except UNAVAILABLE as error:
-            raise StoreUnavailableError(f"{type(error).__name__}: {error}") from error
 
     @asynccontextmanager
     async def take(self, *, limit: int) -> AsyncIterator[_OutboxBatch]:
-        try:
+        with self._outages_translated():
             async with self._pool.acquire() as connection, connection.transaction():
                 rows = await connection.fetch(
                     """SELECT id, event, due_at FROM recurring_outbox
@@ -372,8 +344,6 @@ class PostgresSchedules:
                     await connection.execute(
                         "DELETE FROM recurring_outbox WHERE id = ANY($1::bigint[])", batch.done
                     )
-        except UNAVAILABLE as error:
-            raise StoreUnavailableError(f"{type(error).__name__}: {error}") from error
 
 
 async def _newest_task_event(

@@ -6,41 +6,22 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
-from prometheus_client import Counter, Histogram
 
 from recurring_task_service.firing import claim_due_occurrences, relay_outbox
+from recurring_task_service.metrics import OCCURRENCES, RELAYED, TRIGGER_LATENESS_SECONDS
 from recurring_task_service.ports import ConnectingPublisher, DueSchedules, Outbox
 from taskevents.logging import get_logger
 from taskevents.metrics import PUBLISHED
+from taskevents.web import ReadinessCheck
 
 log = get_logger(__name__)
 
 POLL_JOB = "poll"
 WAKE_UP_JOB = "wake-up"
 STOP_WAIT_SECONDS = 10.0
-
-OCCURRENCES = Counter(
-    "recurring_occurrences_total",
-    "Due occurrences handled: queued (into the outbox), skipped (beyond the grace period), "
-    "coalesced (folded into one event).",
-    ["result"],
-)
-RELAYED = Counter(
-    "recurring_outbox_relayed_total",
-    "Outbox events relayed to the sidecar, by result (published, failed).",
-    ["result"],
-)
-TRIGGER_LATENESS_SECONDS = Histogram(
-    "recurring_trigger_lateness_seconds",
-    "Time from an occurrence being due to its event being published.",
-    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0),
-)
-
-ReadinessCheck = Callable[[], Awaitable[str | None]]
 
 
 class FiringTimer:

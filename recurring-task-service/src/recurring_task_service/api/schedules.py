@@ -4,10 +4,11 @@ import uuid
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal, Self
 
-from fastapi import APIRouter, Depends, Header, HTTPException, Query, Response, status
+from fastapi import APIRouter, Header, HTTPException, Query, Response, status
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from recurring_task_service.ports import ScheduleExistsError, ScheduleUpdate
+from recurring_task_service.bootstrap import ScheduleStoreDep, WakerDep
+from recurring_task_service.ports import ScheduleExistsError, ScheduleStore, ScheduleUpdate, Waker
 from recurring_task_service.schedules import (
     MAX_AFTER_COMPLETION_DAYS,
     MAX_INTERVAL_SECONDS,
@@ -27,15 +28,12 @@ from recurring_task_service.schedules import (
     upcoming,
     zone,
 )
-from recurring_task_service.state import AppState, app_state
 from taskevents.events import EventType, NonEmptyId, TaskEvent
 
 MAX_LIST_LIMIT = 1000
 MAX_PREVIEW = 1000
 MANUAL_TRIGGER = "manual"
 
-router = APIRouter(prefix="/schedules", tags=["schedules"])
-State = Annotated[AppState, Depends(app_state)]
 NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"description": "no such schedule"}}
 
 
@@ -270,173 +268,182 @@ class MissedList(BaseModel):
     missed: list[MissedView]
 
 
-@router.post(
-    "",
-    status_code=status.HTTP_201_CREATED,
-    responses={409: {"description": "the task already has a schedule"}},
-)
-async def create_schedule(body: ScheduleCreate, state: State) -> ScheduleView:
-    rule, options = body.rule(), body.options()
-    try:
-        schedule = await state.schedules.create(
-            NewSchedule(
-                task_id=body.task_id,
-                user_id=body.user_id,
-                rule=rule,
-                payload=body.payload or {},
-                next_fire_at=first_occurrence(rule, datetime.now(UTC), options),
-                options=options,
-                paused=bool(body.paused),
+def schedules_router() -> APIRouter:
+    router = APIRouter(prefix="/schedules", tags=["schedules"])
+
+    @router.post(
+        "",
+        status_code=status.HTTP_201_CREATED,
+        responses={409: {"description": "the task already has a schedule"}},
+    )
+    async def create_schedule(
+        body: ScheduleCreate, schedules: ScheduleStoreDep, waker: WakerDep
+    ) -> ScheduleView:
+        rule, options = body.rule(), body.options()
+        try:
+            schedule = await schedules.create(
+                NewSchedule(
+                    task_id=body.task_id,
+                    user_id=body.user_id,
+                    rule=rule,
+                    payload=body.payload or {},
+                    next_fire_at=first_occurrence(rule, datetime.now(UTC), options),
+                    options=options,
+                    paused=bool(body.paused),
+                )
             )
+        except ScheduleExistsError as error:
+            raise HTTPException(status.HTTP_409_CONFLICT, detail=str(error)) from None
+        _wake(waker, schedule)
+        return ScheduleView.of(schedule)
+
+    @router.get("/{schedule_id}", responses=NOT_FOUND)
+    async def get_schedule(schedule_id: uuid.UUID, schedules: ScheduleStoreDep) -> ScheduleView:
+        return ScheduleView.of(await _found(schedules, schedule_id))
+
+    @router.get("")
+    async def list_schedules(
+        schedules: ScheduleStoreDep,
+        user_id: Annotated[str | None, Query(description="Only this user's schedules.")] = None,
+        limit: Annotated[int, Query(ge=1, le=MAX_LIST_LIMIT)] = 100,
+    ) -> ScheduleList:
+        found = await schedules.list_for_user(user_id, limit=limit)
+        return ScheduleList(schedules=[ScheduleView.of(s) for s in found])
+
+    @router.patch("/{schedule_id}", responses=NOT_FOUND)
+    async def change_schedule(
+        schedule_id: uuid.UUID, body: ScheduleChange, schedules: ScheduleStoreDep, waker: WakerDep
+    ) -> ScheduleView:
+        return await _edit(schedules, waker, schedule_id, body)
+
+    @router.post("/{schedule_id}/pause", responses=NOT_FOUND)
+    async def pause_schedule(
+        schedule_id: uuid.UUID, schedules: ScheduleStoreDep, waker: WakerDep
+    ) -> ScheduleView:
+        """Stop firing; what falls into the pause is not caught up later."""
+        return await _edit(schedules, waker, schedule_id, ScheduleChange(paused=True))
+
+    @router.post("/{schedule_id}/resume", responses=NOT_FOUND)
+    async def resume_schedule(
+        schedule_id: uuid.UUID, schedules: ScheduleStoreDep, waker: WakerDep
+    ) -> ScheduleView:
+        """Fire again from the next occurrence after now."""
+        return await _edit(schedules, waker, schedule_id, ScheduleChange(paused=False))
+
+    @router.delete("/{schedule_id}", status_code=status.HTTP_204_NO_CONTENT, responses=NOT_FOUND)
+    async def delete_schedule(schedule_id: uuid.UUID, schedules: ScheduleStoreDep) -> Response:
+        if not await schedules.delete(schedule_id):
+            raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no schedule {schedule_id}")
+        return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+    @router.get("/{schedule_id}/occurrences", responses=NOT_FOUND)
+    async def preview_occurrences(
+        schedule_id: uuid.UUID,
+        schedules: ScheduleStoreDep,
+        next: Annotated[int, Query(ge=1, le=MAX_PREVIEW, description="How many.")] = 10,
+    ) -> OccurrencePreview:
+        """The next occurrences as the schedule stands (none while it waits for a completion
+        or is over; a paused schedule shows where it would go on)."""
+        schedule = await _found(schedules, schedule_id)
+        next_fire_at = schedule.next_fire_at
+        if schedule.paused:
+            next_fire_at = resumed_next_fire_at(
+                schedule.rule, next_fire_at, _now(), schedule.options
+            )
+        found = upcoming(schedule.rule, next_fire_at, schedule.options, schedule.fire_count, next)
+        return OccurrencePreview(
+            schedule_id=schedule_id, occurrences=[occurrence_iso(o) for o in found]
         )
-    except ScheduleExistsError as error:
-        raise HTTPException(status.HTTP_409_CONFLICT, detail=str(error)) from None
-    _wake(state, schedule)
-    return ScheduleView.of(schedule)
+
+    @router.post(
+        "/{schedule_id}/trigger", status_code=status.HTTP_202_ACCEPTED, responses=NOT_FOUND
+    )
+    async def trigger_schedule(
+        schedule_id: uuid.UUID,
+        schedules: ScheduleStoreDep,
+        waker: WakerDep,
+        idempotency_key: Annotated[
+            str | None,
+            Header(max_length=200, description="The same key gives the same event id."),
+        ] = None,
+    ) -> Triggered:
+        """Fire now, outside the schedule: one task.recurring.triggered with
+        `payload.trigger = "manual"`; the schedule's own occurrences are not affected."""
+        key = idempotency_key or uuid.uuid4().hex
+        now = _now()
+
+        def manual_event(schedule: Schedule) -> TaskEvent:
+            return TaskEvent.create(
+                EventType.TASK_RECURRING_TRIGGERED,
+                task_id=schedule.task_id,
+                user_id=schedule.user_id,
+                payload={
+                    **schedule.payload,
+                    "schedule_id": str(schedule.id),
+                    "trigger": MANUAL_TRIGGER,
+                    "triggered_at": occurrence_iso(now),
+                },
+                event_id=trigger_event_id(schedule.id, key),
+                timestamp=now,
+            )
+
+        event = await schedules.enqueue(schedule_id, manual_event)
+        if event is None:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no schedule {schedule_id}")
+        waker.wake_at(now)
+        return Triggered(schedule_id=schedule_id, event_id=event.event_id)
+
+    @router.get("/{schedule_id}/missed", responses=NOT_FOUND)
+    async def missed_occurrences(
+        schedule_id: uuid.UUID,
+        schedules: ScheduleStoreDep,
+        limit: Annotated[int, Query(ge=1, le=MAX_LIST_LIMIT)] = 100,
+    ) -> MissedList:
+        """Occurrences not published on their own: missed beyond the grace period while every
+        replica was down, or folded into one coalesced event. Newest first."""
+        await _found(schedules, schedule_id)
+        records = await schedules.missed(schedule_id, limit=limit)
+        return MissedList(
+            schedule_id=schedule_id,
+            missed=[
+                MissedView(
+                    reason=r.run.reason.value,
+                    first_occurrence=r.run.first,
+                    last_occurrence=r.run.last,
+                    occurrences=r.run.count,
+                    recorded_at=r.recorded_at,
+                )
+                for r in records
+            ],
+        )
+
+    return router
 
 
-@router.get("/{schedule_id}", responses=NOT_FOUND)
-async def get_schedule(schedule_id: uuid.UUID, state: State) -> ScheduleView:
-    return ScheduleView.of(await _found(state, schedule_id))
-
-
-@router.get("")
-async def list_schedules(
-    state: State,
-    user_id: Annotated[str | None, Query(description="Only this user's schedules.")] = None,
-    limit: Annotated[int, Query(ge=1, le=MAX_LIST_LIMIT)] = 100,
-) -> ScheduleList:
-    schedules = await state.schedules.list_for_user(user_id, limit=limit)
-    return ScheduleList(schedules=[ScheduleView.of(s) for s in schedules])
-
-
-@router.patch("/{schedule_id}", responses=NOT_FOUND)
-async def change_schedule(
-    schedule_id: uuid.UUID, body: ScheduleChange, state: State
+async def _edit(
+    schedules: ScheduleStore, waker: Waker, schedule_id: uuid.UUID, change: ScheduleChange
 ) -> ScheduleView:
-    return await _edit(state, schedule_id, body)
-
-
-@router.post("/{schedule_id}/pause", responses=NOT_FOUND)
-async def pause_schedule(schedule_id: uuid.UUID, state: State) -> ScheduleView:
-    """Stop firing; what falls into the pause is not caught up later."""
-    return await _edit(state, schedule_id, ScheduleChange(paused=True))
-
-
-@router.post("/{schedule_id}/resume", responses=NOT_FOUND)
-async def resume_schedule(schedule_id: uuid.UUID, state: State) -> ScheduleView:
-    """Fire again from the next occurrence after now."""
-    return await _edit(state, schedule_id, ScheduleChange(paused=False))
-
-
-@router.delete("/{schedule_id}", status_code=status.HTTP_204_NO_CONTENT, responses=NOT_FOUND)
-async def delete_schedule(schedule_id: uuid.UUID, state: State) -> Response:
-    if not await state.schedules.delete(schedule_id):
-        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no schedule {schedule_id}")
-    return Response(status_code=status.HTTP_204_NO_CONTENT)
-
-
-@router.get("/{schedule_id}/occurrences", responses=NOT_FOUND)
-async def preview_occurrences(
-    schedule_id: uuid.UUID,
-    state: State,
-    next: Annotated[int, Query(ge=1, le=MAX_PREVIEW, description="How many.")] = 10,
-) -> OccurrencePreview:
-    """The next occurrences as the schedule stands (none while it waits for a completion
-    or is over; a paused schedule shows where it would go on)."""
-    schedule = await _found(state, schedule_id)
-    next_fire_at = schedule.next_fire_at
-    if schedule.paused:
-        next_fire_at = resumed_next_fire_at(schedule.rule, next_fire_at, _now(), schedule.options)
-    found = upcoming(schedule.rule, next_fire_at, schedule.options, schedule.fire_count, next)
-    return OccurrencePreview(
-        schedule_id=schedule_id, occurrences=[occurrence_iso(o) for o in found]
-    )
-
-
-@router.post("/{schedule_id}/trigger", status_code=status.HTTP_202_ACCEPTED, responses=NOT_FOUND)
-async def trigger_schedule(
-    schedule_id: uuid.UUID,
-    state: State,
-    idempotency_key: Annotated[
-        str | None,
-        Header(max_length=200, description="The same key gives the same event id."),
-    ] = None,
-) -> Triggered:
-    """Fire now, outside the schedule: one task.recurring.triggered with
-    `payload.trigger = "manual"`; the schedule's own occurrences are not affected."""
-    key = idempotency_key or uuid.uuid4().hex
-    now = _now()
-
-    def manual_event(schedule: Schedule) -> TaskEvent:
-        return TaskEvent.create(
-            EventType.TASK_RECURRING_TRIGGERED,
-            task_id=schedule.task_id,
-            user_id=schedule.user_id,
-            payload={
-                **schedule.payload,
-                "schedule_id": str(schedule.id),
-                "trigger": MANUAL_TRIGGER,
-                "triggered_at": occurrence_iso(now),
-            },
-            event_id=trigger_event_id(schedule.id, key),
-            timestamp=now,
-        )
-
-    event = await state.schedules.enqueue(schedule_id, manual_event)
-    if event is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no schedule {schedule_id}")
-    state.waker.wake_at(now)
-    return Triggered(schedule_id=schedule_id, event_id=event.event_id)
-
-
-@router.get("/{schedule_id}/missed", responses=NOT_FOUND)
-async def missed_occurrences(
-    schedule_id: uuid.UUID,
-    state: State,
-    limit: Annotated[int, Query(ge=1, le=MAX_LIST_LIMIT)] = 100,
-) -> MissedList:
-    """Occurrences not published on their own: missed beyond the grace period while every
-    replica was down, or folded into one coalesced event. Newest first."""
-    await _found(state, schedule_id)
-    records = await state.schedules.missed(schedule_id, limit=limit)
-    return MissedList(
-        schedule_id=schedule_id,
-        missed=[
-            MissedView(
-                reason=r.run.reason.value,
-                first_occurrence=r.run.first,
-                last_occurrence=r.run.last,
-                occurrences=r.run.count,
-                recorded_at=r.recorded_at,
-            )
-            for r in records
-        ],
-    )
-
-
-async def _edit(state: AppState, schedule_id: uuid.UUID, change: ScheduleChange) -> ScheduleView:
     now = _now()
     try:
-        schedule = await state.schedules.update(schedule_id, lambda c: change.edit(c, now))
+        schedule = await schedules.update(schedule_id, lambda c: change.edit(c, now))
     except InvalidScheduleError as error:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, detail=str(error)) from None
     if schedule is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no schedule {schedule_id}")
-    _wake(state, schedule)
+    _wake(waker, schedule)
     return ScheduleView.of(schedule)
 
 
-async def _found(state: AppState, schedule_id: uuid.UUID) -> Schedule:
-    schedule = await state.schedules.get(schedule_id)
+async def _found(schedules: ScheduleStore, schedule_id: uuid.UUID) -> Schedule:
+    schedule = await schedules.get(schedule_id)
     if schedule is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no schedule {schedule_id}")
     return schedule
 
 
-def _wake(state: AppState, schedule: Schedule) -> None:
+def _wake(waker: Waker, schedule: Schedule) -> None:
     if schedule.next_fire_at is not None and schedule.active and not schedule.paused:
-        state.waker.wake_at(schedule.next_fire_at)
+        waker.wake_at(schedule.next_fire_at)
 
 
 def _now() -> datetime:

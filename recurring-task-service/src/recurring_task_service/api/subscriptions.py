@@ -1,0 +1,44 @@
+"""The sidecar's routes (dapr-components/subscriptions/recurring-task-service.yaml)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+
+from recurring_task_service.bootstrap import TaskSchedulesDep
+from recurring_task_service.handlers import sync_task_schedule
+from recurring_task_service.settings import Settings
+from taskevents.cloudevents import CloudEvent
+from taskevents.events import TaskEvent
+from taskevents.status import Outcome
+from taskevents.web import BulkEntry, app_token, deliver_bulk, deliver_event
+
+TASK_EVENTS_ROUTE = "/events/task-events"
+# The subscription's route: batches, because every triggered event this service publishes
+# comes back to it too.
+TASK_EVENTS_BULK_ROUTE = "/events/task-events/bulk"
+
+
+def subscriptions_router(settings: Settings) -> APIRouter:
+    router = APIRouter(dependencies=[app_token(settings.app_api_token)], include_in_schema=False)
+
+    @router.post(TASK_EVENTS_ROUTE)
+    async def task_event(request: Request, schedules: TaskSchedulesDep) -> JSONResponse:
+        async def handle(event: TaskEvent, _envelope: CloudEvent) -> Outcome:
+            return await sync_task_schedule(event, schedules=schedules)
+
+        return await deliver_event(request, handle)
+
+    @router.post(TASK_EVENTS_BULK_ROUTE)
+    async def task_events(request: Request, schedules: TaskSchedulesDep) -> JSONResponse:
+        async def handle(entries: Sequence[BulkEntry]) -> list[Outcome]:
+            # In order: the entries of one batch come from one partition, so one task's
+            # events are applied as they were published. Most are this service's own
+            # triggered events, which need no database.
+            return [await sync_task_schedule(e.event, schedules=schedules) for e in entries]
+
+        return await deliver_bulk(request, handle)
+
+    return router

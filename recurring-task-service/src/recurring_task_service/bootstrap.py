@@ -1,0 +1,180 @@
+"""The wiring: what the service builds at start, what its routes take, and how it stops."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated
+
+from fastapi import Depends
+from starlette.requests import HTTPConnection
+
+from recurring_task_service.adapters.postgres import MIGRATION_LEDGER, PostgresSchedules
+from recurring_task_service.adapters.timer import FiringTimer
+from recurring_task_service.ports import ScheduleStore, TaskSchedules, Waker
+from recurring_task_service.settings import PACKAGE, Settings
+from taskevents.logging import get_logger
+from taskevents.postgres import (
+    DatabaseUnavailableError,
+    PoolSettings,
+    SchemaStatus,
+    close_pool,
+    create_pool,
+    database_check,
+    migrate,
+    migrate_when_reachable,
+    packaged_migrations,
+)
+from taskevents.publisher import EventPublisher
+from taskevents.web import ReadinessCheck, RunningServices, services_of, sidecar_check
+
+log = get_logger(__name__)
+
+# APScheduler logs every run of the poll job (once a second); our own log says what fired.
+CHATTY_LOGGERS = ("apscheduler.executors", "apscheduler.scheduler")
+
+
+@dataclass(frozen=True, slots=True)
+class Services(RunningServices):
+    schedules: ScheduleStore
+    task_schedules: TaskSchedules
+    waker: Waker
+    database_ready: ReadinessCheck
+    sidecar_ready: ReadinessCheck
+
+    def readiness_checks(self) -> Mapping[str, ReadinessCheck]:
+        return {"database": self.database_ready, "sidecar": self.sidecar_ready}
+
+
+Bootstrap = Callable[[Settings], AbstractAsyncContextManager[Services]]
+
+
+def migrations_dir(settings: Settings) -> Path:
+    return settings.migrations_dir or packaged_migrations(PACKAGE)
+
+
+@asynccontextmanager
+async def bootstrap(settings: Settings) -> AsyncIterator[Services]:
+    """A database that answers is migrated before the service takes requests. One that
+    does not only delays that: the pool opens without a connection, the migrations are
+    tried again in the background, and until they have run the service is not ready, the
+    API and deliveries meet StoreUnavailableError (503, RETRY) and the timer does not fire.
+    Broken migrations stop the start."""
+    for chatty in CHATTY_LOGGERS:
+        logging.getLogger(chatty).setLevel(logging.WARNING)
+    async with AsyncExitStack() as stack:
+        pool = await create_pool(
+            str(settings.database_url),
+            PoolSettings(
+                max_size=settings.database_pool_size,
+                connect_timeout_seconds=settings.database_connect_timeout_seconds,
+                command_timeout_seconds=settings.database_command_timeout_seconds,
+            ),
+        )
+        stack.push_async_callback(close_pool, pool)
+        schema = SchemaStatus()
+        schedules = PostgresSchedules(pool, schema)
+        publisher = EventPublisher(
+            pubsub_name=settings.pubsub_name,
+            topic=settings.topic,
+            http_port=settings.dapr_http_port,
+            grpc_port=settings.dapr_grpc_port,
+        )
+        stack.push_async_callback(publisher.close)
+        sidecar_ready = sidecar_check(settings.dapr_http_port)
+        timer = FiringTimer(
+            schedules,
+            schedules,
+            publisher,
+            topic=settings.topic,
+            poll_seconds=settings.poll_seconds,
+            batch_size=settings.claim_batch_size,
+            grace=timedelta(seconds=settings.catch_up_grace_seconds),
+            sidecar_ready=sidecar_ready,
+        )
+        stack.push_async_callback(timer.stop)
+        if await _migrated_now(settings, schema):
+            timer.start()
+        else:
+            migrating = asyncio.create_task(
+                _migrate_then_fire(settings, schema, timer), name="recurring-migrations"
+            )
+            stack.push_async_callback(_cancel, migrating)
+
+        async def database_ready() -> str | None:
+            problem = schema.problem() or await database_check(pool)
+            return f"{settings.database_name}: {problem}" if problem else None
+
+        yield Services(
+            schedules=schedules,
+            task_schedules=schedules,
+            waker=timer,
+            database_ready=database_ready,
+            sidecar_ready=sidecar_ready,
+        )
+
+
+async def _migrated_now(settings: Settings, schema: SchemaStatus) -> bool:
+    try:
+        await migrate(
+            str(settings.database_url),
+            migrations_dir(settings),
+            MIGRATION_LEDGER,
+            connect_timeout_seconds=settings.database_connect_timeout_seconds,
+        )
+    except DatabaseUnavailableError as error:
+        log.warning(
+            "database unavailable at start; migrating once it answers",
+            database=settings.database_name,
+            error=str(error),
+        )
+        schema.waiting_for = f"database unavailable: {error}"
+        return False
+    schema.migrated = True
+    return True
+
+
+async def _migrate_then_fire(settings: Settings, schema: SchemaStatus, timer: FiringTimer) -> None:
+    await migrate_when_reachable(
+        str(settings.database_url),
+        migrations_dir(settings),
+        MIGRATION_LEDGER,
+        schema,
+        connect_timeout_seconds=settings.database_connect_timeout_seconds,
+    )
+    if schema.migrated:
+        timer.start()
+
+
+async def _cancel(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+def _services(connection: HTTPConnection) -> Services:
+    return services_of(connection, Services)
+
+
+# Async: FastAPI runs a plain function dependency in its thread pool.
+async def _schedule_store(connection: HTTPConnection) -> ScheduleStore:
+    return _services(connection).schedules
+
+
+async def _task_schedules(connection: HTTPConnection) -> TaskSchedules:
+    return _services(connection).task_schedules
+
+
+async def _waker(connection: HTTPConnection) -> Waker:
+    return _services(connection).waker
+
+
+ScheduleStoreDep = Annotated[ScheduleStore, Depends(_schedule_store)]
+TaskSchedulesDep = Annotated[TaskSchedules, Depends(_task_schedules)]
+WakerDep = Annotated[Waker, Depends(_waker)]
