@@ -25,17 +25,21 @@ from notification_service.handlers import Policy, Ports
 from notification_service.ports import Channel, Ledger, PreferenceStore, RateLimit, SmsSender
 from notification_service.settings import APP_ID, Settings
 from notification_service.sms import SmsComposer
+from taskevents.logging import get_logger
 from taskevents.postgres import (
     PoolSettings,
     SchemaStatus,
     close_pool,
     create_pool,
     database_check,
+    migrate,
     migrate_when_reachable,
     packaged_migrations,
 )
 from taskevents.secrets import DaprSecrets, SecretsWithFallback
 from taskevents.web import ReadinessCheck, RunningServices, services_of, sidecar_check
+
+log = get_logger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,17 +110,27 @@ async def bootstrap(settings: Settings) -> AsyncIterator[Services]:
         )
         stack.push_async_callback(close_pool, pool)
         schema = SchemaStatus()
-        migrating = asyncio.create_task(
-            migrate_when_reachable(
-                dsn,
-                packaged_migrations(PACKAGE),
-                MIGRATIONS,
-                schema,
-                connect_timeout_seconds=settings.state_timeout_seconds,
-            ),
-            name="migrations",
-        )
-        stack.push_async_callback(_cancel, migrating)
+        migrations = packaged_migrations(PACKAGE)
+        try:
+            # A database that answers is migrated before the first request…
+            await migrate(
+                dsn, migrations, MIGRATIONS, connect_timeout_seconds=settings.state_timeout_seconds
+            )
+            schema.migrated = True
+        except Exception as error:
+            # …one that does not leaves the service serving, unready, until it answers.
+            log.warning("database not migrated at start; migrating later", error=str(error))
+            migrating = asyncio.create_task(
+                migrate_when_reachable(
+                    dsn,
+                    migrations,
+                    MIGRATIONS,
+                    schema,
+                    connect_timeout_seconds=settings.state_timeout_seconds,
+                ),
+                name="migrations",
+            )
+            stack.push_async_callback(_cancel, migrating)
         ledger = PostgresLedger(
             pool,
             namespace=settings.ledger_namespace,
