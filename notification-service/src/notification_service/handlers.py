@@ -60,7 +60,8 @@ class Policy:
     urgent_priorities: frozenset[str] = frozenset({"urgent"})
     rate_limit: RateLimit = field(default_factory=lambda: RateLimit(0, 600.0))
     # A delivery that finds another one sending waits this long for it to finish (or for
-    # its claim to expire) before asking Dapr to retry, looking again at most this often.
+    # its claim to expire) before asking Dapr to retry, looking again after a growing wait
+    # of at most `claim_poll_seconds`.
     claim_wait_seconds: float = 5.0
     claim_poll_seconds: float = 0.5
     # A deferred notification whose send failed for a while is tried again this much later
