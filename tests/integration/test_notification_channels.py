@@ -28,11 +28,11 @@ import pytest
 import pytest_asyncio
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from notification_service.adapters.secrets import SecretSource
 from notification_service.adapters.sms import TwilioSmsSender, WebhookSmsSender
 from notification_service.ports import DeliveryRejectedError, DeliveryTemporarilyFailedError, Sms
 from taskevents.events import EventType, TaskEvent
 from taskevents.publisher import EventPublisher
+from taskevents.secrets import SecretsWithFallback
 from tests.conftest import Cluster
 from tests.support.cluster import VENV_BIN, Service, service_spec, start_service
 from tests.support.kafka import DLQ_TOPIC
@@ -506,7 +506,7 @@ async def test_webhook_provider_posts_json_and_sorts_failures(receiver: Receiver
 
 async def test_twilio_provider_request_shape_and_failures(receiver: Receiver) -> None:
     def twilio(token: str | None) -> TwilioSmsSender:
-        secrets = SecretSource(store_name=None, http_port=1, fallback={"TWILIO_AUTH_TOKEN": token})
+        secrets = SecretsWithFallback(None, {"TWILIO_AUTH_TOKEN": token})
         return TwilioSmsSender(
             base_url=receiver.base_url + "/", account_sid=TWILIO_SID, from_number=TWILIO_FROM,
             messaging_service_sid=None, secrets=secrets,

@@ -15,11 +15,11 @@ import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, Envelope, LoginPassword, Session
 
-from notification_service.adapters.secrets import SecretSource
 from notification_service.adapters.smtp import SmtpMailer
 from notification_service.emails import EmailComposer
 from notification_service.ports import MailTemporarilyFailedError
 from taskevents.events import TaskEvent
+from taskevents.secrets import SecretsWithFallback
 from tests.support.stack import free_port
 
 pytestmark = pytest.mark.integration
@@ -109,9 +109,7 @@ def mailer(
     use_tls: bool = False,
 ) -> SmtpMailer:
     # The credentials come through the secret source (here: its environment fallback).
-    secrets = SecretSource(
-        store_name=None, http_port=1, fallback={"SMTP_USERNAME": USER, "SMTP_PASSWORD": password}
-    )
+    secrets = SecretsWithFallback(None, {"SMTP_USERNAME": USER, "SMTP_PASSWORD": password})
     return SmtpMailer(
         host="127.0.0.1", port=port, mail_from="t <noreply@t.test>", secrets=secrets,
         cert_bundle=str(cert), timeout_seconds=10, start_tls=start_tls, use_tls=use_tls,

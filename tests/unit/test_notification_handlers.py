@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -243,6 +243,9 @@ class FakeLedger:
         self, user_id: str, *, since: datetime | None, limit: int
     ) -> list[HistoryEntry]:
         return []
+
+    async def prune(self, *, older_than: timedelta) -> int:
+        return 0
 
     def status_of(self, event: TaskEvent, channel: Channel = Channel.EMAIL) -> Status | None:
         row = self.rows.get((event.event_id, channel))

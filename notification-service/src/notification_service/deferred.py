@@ -10,7 +10,6 @@ import contextlib
 import time
 from datetime import timedelta
 
-from notification_service.adapters.postgres import PostgresLedger
 from notification_service.handlers import Policy, Ports, deliver_due
 from notification_service.ports import LedgerUnavailableError
 from taskevents.logging import get_logger
@@ -26,7 +25,6 @@ class DeferredDelivery:
         *,
         ports: Ports,
         policy: Policy,
-        ledger: PostgresLedger,
         poll_seconds: float,
         batch: int,
         lease_seconds: float,
@@ -34,7 +32,7 @@ class DeferredDelivery:
     ) -> None:
         self._ports = ports
         self._policy = policy
-        self._ledger = ledger
+        self._ledger = ports.ledger
         self._poll_seconds = poll_seconds
         self._batch = batch
         self._lease_seconds = lease_seconds

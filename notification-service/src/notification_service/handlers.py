@@ -4,8 +4,6 @@ twice"), deferred during quiet hours, summarised in a digest past the rate limit
 
 from __future__ import annotations
 
-import asyncio
-import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -48,6 +46,7 @@ from notification_service.preferences import (
 from notification_service.sms import SmsComposer
 from taskevents.events import TaskEvent
 from taskevents.logging import get_logger
+from taskevents.retry import HELD_ELSEWHERE, RetryPolicy
 from taskevents.status import DaprStatus, Outcome
 
 log = get_logger(__name__)
@@ -61,13 +60,23 @@ class Policy:
     urgent_priorities: frozenset[str] = frozenset({"urgent"})
     rate_limit: RateLimit = field(default_factory=lambda: RateLimit(0, 600.0))
     # A delivery that finds another one sending waits this long for it to finish (or for
-    # its claim to expire) before asking Dapr to retry.
+    # its claim to expire) before asking Dapr to retry, looking again after a growing wait
+    # of at most `claim_poll_seconds`.
     claim_wait_seconds: float = 5.0
     claim_poll_seconds: float = 0.5
     # A deferred notification whose send failed for a while is tried again this much later
     # (doubling per attempt) and given up after `deferred_max_attempts`.
     deferred_retry_seconds: float = 30.0
     deferred_max_attempts: int = 10
+
+    @property
+    def claim_retry(self) -> RetryPolicy:
+        return RetryPolicy(
+            HELD_ELSEWHERE.name,
+            first_wait_seconds=min(HELD_ELSEWHERE.first_wait_seconds, self.claim_poll_seconds),
+            max_wait_seconds=self.claim_poll_seconds,
+            give_up_after_seconds=self.claim_wait_seconds,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,8 +134,16 @@ def combine(outcomes: Iterable[Outcome]) -> Outcome:
     return Outcome.success("; ".join(reasons) if reasons else None)
 
 
+async def notify_user_or_dead_letter(
+    event: TaskEvent, envelope: dict[str, Any] | None, *, ports: Ports, policy: Policy
+) -> Outcome:
+    """The handler of every delivered task event (`envelope`: its CloudEvent)."""
+    outcome = await notify_user(event, ports=ports, policy=policy)
+    return await dead_letter_with_reason(outcome, event, envelope, ports=ports)
+
+
 async def notify_user(event: TaskEvent, *, ports: Ports, policy: Policy) -> Outcome:
-    """The handler of every delivered task event."""
+    """Notify the user on each channel they want, as their preferences say."""
     if event.type not in policy.event_types:
         return Outcome.success()
     try:
@@ -398,12 +415,12 @@ def _recipient(
 async def _claim(
     notifications: NotificationLog, notification: Notification, policy: Policy
 ) -> Claim:
-    deadline = time.monotonic() + policy.claim_wait_seconds
-    while True:
-        claim = await notifications.claim(notification)
-        if claim.result is not ClaimResult.HELD_ELSEWHERE or time.monotonic() >= deadline:
-            return claim
-        await asyncio.sleep(policy.claim_poll_seconds)
+    async def claim() -> Claim:
+        return await notifications.claim(notification)
+
+    return await policy.claim_retry.poll(
+        claim, until=lambda claim: claim.result is not ClaimResult.HELD_ELSEWHERE
+    )
 
 
 async def _release(notifications: NotificationLog, claim: Claim) -> None:

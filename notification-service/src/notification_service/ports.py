@@ -5,7 +5,7 @@ sent, deferred or summarised."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any, Protocol
 
@@ -252,3 +252,7 @@ class Ledger(Protocol):
     async def history(
         self, user_id: str, *, since: datetime | None, limit: int
     ) -> list[HistoryEntry]: ...
+
+    async def prune(self, *, older_than: timedelta) -> int:
+        """Remove what is done and unchanged for `older_than`; returns how many rows."""
+        ...

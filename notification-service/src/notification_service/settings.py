@@ -161,6 +161,12 @@ class Settings(ServiceSettings):
         return self
 
     @property
+    def database_location(self) -> str:
+        """host:port/database, for logs (never the password)."""
+        parts = urlsplit(self.database_url.get_secret_value())
+        return f"{parts.hostname}:{parts.port or 5432}{parts.path}"
+
+    @property
     def sent_retention_seconds(self) -> int | None:
         return self.sent_retention_days * 86_400 if self.sent_retention_days else None
 

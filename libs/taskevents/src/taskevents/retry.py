@@ -84,13 +84,18 @@ class RetryPolicy:
             assert state.outcome is not None
             return state.outcome.result()
 
+        async def attempt() -> T:
+            # tenacity awaits only what is a coroutine function itself, not any callable
+            # that returns an awaitable (a lambda, a partial).
+            return await function()
+
         retrying = AsyncRetrying(
             stop=self._stop(),
             wait=self._wait(),
             retry=retry_if_result(lambda result: not until(result)),
             retry_error_callback=last_result,
         )
-        result: T = await retrying(function)
+        result: T = await retrying(attempt)
         return result
 
     def _log_retry(self, state: RetryCallState) -> None:

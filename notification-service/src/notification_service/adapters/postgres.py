@@ -6,13 +6,10 @@ sliding window (rate limit) and scanned by due time (deferred delivery) — see 
 
 from __future__ import annotations
 
-import asyncio
-import json
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
-from importlib import resources
 from typing import Any
 
 import asyncpg
@@ -31,66 +28,38 @@ from notification_service.ports import (
     Status,
 )
 from taskevents.logging import get_logger
+from taskevents.postgres import MigrationLedger, SchemaStatus, translated_db_errors
 
 log = get_logger(__name__)
 
+PACKAGE = "notification_service"
+# The lock key is the one the schema was created under before there were migrations ("notif_lg"
+# in ASCII, a bigint no other migrator in the database uses), so old and new replicas exclude
+# each other during an upgrade.
+MIGRATIONS = MigrationLedger(table="notification_schema_migrations", lock_key=0x6E6F7469665F6C67)
 DIGEST_EVENT_TYPE = "notification.digest"
-# Any bigint no other migrator in the database uses: "notif_lg" in ASCII.
-SCHEMA_LOCK_KEY = 0x6E6F7469665F6C67
-TRANSIENT_DB_ERRORS: tuple[type[BaseException], ...] = (
-    OSError,
-    TimeoutError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.InterfaceError,
-    asyncpg.CannotConnectNowError,
-    asyncpg.TooManyConnectionsError,
-    asyncpg.SerializationError,
-    asyncpg.DeadlockDetectedError,
-)
 DONE = (Status.SENT.value, Status.DIGESTED.value)
 WAITING = (Status.DEFERRED.value, Status.DIGEST_PENDING.value)
 COUNTED = (Status.SENDING.value, Status.SENT.value)
 
 
-def schema_sql() -> str:
-    return resources.files("notification_service").joinpath("schema.sql").read_text()
-
-
 class PostgresLedger:
+    """Over a pool from taskevents.postgres.create_pool (jsonb read and written as Python
+    values). Until `schema` says the migrations have run, every call is a
+    LedgerUnavailableError, as when the database is down."""
+
     def __init__(
         self,
-        dsn: str,
+        pool: asyncpg.Pool,
         *,
         namespace: str,
-        min_size: int = 1,
-        max_size: int = 5,
+        schema: SchemaStatus,
         timeout_seconds: float = 5.0,
     ) -> None:
-        self._dsn = dsn
+        self._pool = pool
         self._namespace = namespace
-        self._min_size = min_size
-        self._max_size = max_size
+        self._schema = schema
         self._timeout = timeout_seconds
-        self._pool: asyncpg.Pool | None = None
-        self._pool_lock = asyncio.Lock()
-
-    async def open(self) -> None:
-        """Connect and create the schema (idempotent, under an advisory lock); also done on
-        first use, so a database that is down at start-up only delays it."""
-        await self._get_pool()
-
-    async def close(self) -> None:
-        if self._pool is not None:
-            await self._pool.close()
-            self._pool = None
-
-    async def check(self) -> str | None:
-        try:
-            async with self._connection() as conn:
-                await conn.fetchval("SELECT 1")
-        except LedgerUnavailableError as error:
-            return f"database: {error}"
-        return None
 
     # --- Ledger --------------------------------------------------------------------------
 
@@ -113,7 +82,7 @@ class PostgresLedger:
                 """,
                 self._namespace, n.event_id, n.channel.value, n.user_id, n.task_id,
                 n.event_type, n.recipient, entry.title, reason,
-                json.dumps(entry.event) if entry.event is not None else None, due_at,
+                entry.event, due_at,
             )  # fmt: skip
         return row is not None
 
@@ -202,7 +171,7 @@ class PostgresLedger:
                 kind=Kind(row["kind"]),
                 notification=_notification(row),
                 attempts=row["attempts"],
-                event=json.loads(row["event"]) if row["event"] is not None else None,
+                event=row["event"],
             )
             for row in rows
         ]
@@ -336,7 +305,7 @@ class PostgresLedger:
             """,
             self._namespace, n.event_id, n.channel.value, n.user_id, n.task_id,
             n.event_type, n.recipient, entry.title, status.value,
-            json.dumps(entry.event) if entry.event is not None else None, counted,
+            entry.event, counted,
         )  # fmt: skip
 
     async def _ensure_digest(self, conn: Any, n: Notification, *, due_at: datetime) -> None:
@@ -358,37 +327,14 @@ class PostgresLedger:
             DIGEST_EVENT_TYPE, n.recipient, due_at,
         )  # fmt: skip
 
-    async def _get_pool(self) -> asyncpg.Pool:
-        async with self._pool_lock:
-            if self._pool is None:
-                try:
-                    pool = await asyncpg.create_pool(
-                        self._dsn,
-                        min_size=self._min_size,
-                        max_size=self._max_size,
-                        timeout=self._timeout,
-                        command_timeout=self._timeout,
-                    )
-                    try:
-                        async with pool.acquire() as conn, conn.transaction():
-                            await conn.execute("SELECT pg_advisory_xact_lock($1)", SCHEMA_LOCK_KEY)
-                            await conn.execute(schema_sql())
-                    except BaseException:
-                        await pool.close()
-                        raise
-                except TRANSIENT_DB_ERRORS as error:
-                    raise LedgerUnavailableError(_describe(error)) from error
-                self._pool = pool
-            return self._pool
-
     @asynccontextmanager
     async def _connection(self) -> AsyncIterator[Any]:
-        pool = await self._get_pool()
-        try:
-            async with pool.acquire(timeout=self._timeout) as conn:
+        problem = self._schema.problem()
+        if problem is not None:
+            raise LedgerUnavailableError(problem)
+        with translated_db_errors(LedgerUnavailableError):
+            async with self._pool.acquire(timeout=self._timeout) as conn:
                 yield conn
-        except TRANSIENT_DB_ERRORS as error:
-            raise LedgerUnavailableError(_describe(error)) from error
 
 
 def _notification(row: Any) -> Notification:
@@ -400,7 +346,3 @@ def _notification(row: Any) -> Notification:
         task_id=row["task_id"] or "",
         recipient=row["recipient"],
     )
-
-
-def _describe(error: BaseException) -> str:
-    return f"{type(error).__name__}: {error}" if str(error) else type(error).__name__

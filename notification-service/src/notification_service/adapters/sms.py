@@ -8,9 +8,9 @@ from typing import Any
 
 import httpx
 
-from notification_service.adapters.secrets import SecretSource
 from notification_service.ports import DeliveryRejectedError, DeliveryTemporarilyFailedError, Sms
 from taskevents.logging import get_logger
+from taskevents.secrets import SecretsWithFallback
 
 log = get_logger(__name__)
 
@@ -70,7 +70,7 @@ class TwilioSmsSender:
         account_sid: str,
         from_number: str | None,
         messaging_service_sid: str | None,
-        secrets: SecretSource,
+        secrets: SecretsWithFallback,
         timeout_seconds: float = 10.0,
     ) -> None:
         self._base_url = base_url.rstrip("/")

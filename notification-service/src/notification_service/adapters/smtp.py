@@ -16,13 +16,13 @@ from typing import Any
 import aiosmtplib
 from pydantic import SecretStr
 
-from notification_service.adapters.secrets import SecretSource
 from notification_service.emails import single_line
 from notification_service.ports import (
     Email,
     MailRejectedError,
     MailTemporarilyFailedError,
 )
+from taskevents.secrets import SecretsWithFallback
 
 EVENT_ID_HEADER = "X-Taskevents-Event-Id"
 READINESS_TIMEOUT_SECONDS = 2.0
@@ -42,7 +42,7 @@ class SmtpMailer:
         username: str | None = None,
         password: SecretStr | None = None,
         timeout_seconds: float = 10.0,
-        secrets: SecretSource | None = None,
+        secrets: SecretsWithFallback | None = None,
         validate_certs: bool = True,
         cert_bundle: str | None = None,
         pool_size: int = 6,

@@ -1,2 +1,2 @@
-"""The service's own HTTP API: preferences and the sent-notification history. The
-subscription route and the probes are registered in app.py."""
+"""The service's HTTP API, one module per resource, and the sidecar's routes
+(subscriptions.py)."""

@@ -1,13 +1,13 @@
 from __future__ import annotations
 
-from collections.abc import Callable
 from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Query
 from pydantic import AwareDatetime, BaseModel
 
-from notification_service.ports import Ledger, LedgerUnavailableError
+from notification_service.bootstrap import LedgerDep
+from notification_service.ports import LedgerUnavailableError
 
 MAX_ITEMS = 1000
 
@@ -34,11 +34,12 @@ class NotificationList(BaseModel):
     items: list[SentNotification]
 
 
-def notifications_router(ledger: Callable[[], Ledger]) -> APIRouter:
+def notifications_router() -> APIRouter:
     router = APIRouter(tags=["notifications"])
 
     @router.get("/notifications", responses={503: {}})
     async def list_notifications(
+        ledger: LedgerDep,
         user_id: Annotated[str, Query(min_length=1, max_length=200)],
         since: Annotated[
             AwareDatetime | None,
@@ -49,7 +50,7 @@ def notifications_router(ledger: Callable[[], Ledger]) -> APIRouter:
         """What was sent (or deferred, summarised in a digest, refused), oldest first:
         when, on which channel, with what status."""
         try:
-            entries = await ledger().history(user_id, since=since, limit=limit)
+            entries = await ledger.history(user_id, since=since, limit=limit)
         except LedgerUnavailableError as error:
             raise HTTPException(503, f"ledger unavailable: {error}") from error
         return NotificationList(

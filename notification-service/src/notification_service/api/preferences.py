@@ -1,26 +1,26 @@
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Path, Response
 
-from notification_service.ports import PreferenceStore, PreferencesUnavailableError
+from notification_service.bootstrap import PreferenceStoreDep
+from notification_service.ports import PreferencesUnavailableError
 from notification_service.preferences import Preferences
 
 UserId = Annotated[str, Path(min_length=1, max_length=200, pattern=r"^[^\s/]+$")]
 
 
-def preferences_router(store: Callable[[], PreferenceStore]) -> APIRouter:
+def preferences_router() -> APIRouter:
     router = APIRouter(prefix="/preferences", tags=["preferences"])
 
     @router.get(
         "/{user_id}",
         responses={404: {"description": "no preferences stored"}, 503: {}},
     )
-    async def get_preferences(user_id: UserId) -> Preferences:
+    async def get_preferences(user_id: UserId, store: PreferenceStoreDep) -> Preferences:
         try:
-            found = await store().get(user_id)
+            found = await store.get(user_id)
         except PreferencesUnavailableError as error:
             raise HTTPException(503, f"preferences unavailable: {error}") from error
         if found is None:
@@ -28,10 +28,12 @@ def preferences_router(store: Callable[[], PreferenceStore]) -> APIRouter:
         return found
 
     @router.put("/{user_id}", responses={503: {}})
-    async def put_preferences(user_id: UserId, preferences: Preferences) -> Preferences:
+    async def put_preferences(
+        user_id: UserId, preferences: Preferences, store: PreferenceStoreDep
+    ) -> Preferences:
         """Replace the user's preferences (fields left out take their defaults)."""
         try:
-            await store().put(user_id, preferences)
+            await store.put(user_id, preferences)
         except PreferencesUnavailableError as error:
             raise HTTPException(503, f"preferences unavailable: {error}") from error
         return preferences
@@ -41,9 +43,9 @@ def preferences_router(store: Callable[[], PreferenceStore]) -> APIRouter:
         status_code=204,
         responses={404: {"description": "no preferences stored"}, 503: {}},
     )
-    async def delete_preferences(user_id: UserId) -> Response:
+    async def delete_preferences(user_id: UserId, store: PreferenceStoreDep) -> Response:
         try:
-            deleted = await store().delete(user_id)
+            deleted = await store.delete(user_id)
         except PreferencesUnavailableError as error:
             raise HTTPException(503, f"preferences unavailable: {error}") from error
         if not deleted:

@@ -1,6 +1,7 @@
 -- The notification ledger: what was sent, deferred, summarised or refused, per
--- (namespace, event, channel). Applied at start-up under an advisory lock; every statement
--- is idempotent. `namespace` keeps deployments that share a database apart.
+-- (namespace, event, channel). `namespace` keeps deployments that share a database apart.
+-- Every statement is idempotent: this is the schema the service created at start-up before
+-- it had migrations, so a database made that way takes this migration as a no-op.
 CREATE TABLE IF NOT EXISTS notification_ledger (
   namespace   text        NOT NULL,
   event_id    text        NOT NULL,

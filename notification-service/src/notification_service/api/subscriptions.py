@@ -1,0 +1,31 @@
+"""The sidecar's routes: each delivered task event goes to the handler, and its outcome is
+the answer to Dapr. The path is the one dapr-components/subscriptions names."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+
+from notification_service.bootstrap import PolicyDep, PortsDep
+from notification_service.handlers import notify_user_or_dead_letter
+from notification_service.settings import Settings
+from taskevents.cloudevents import CloudEvent
+from taskevents.events import TaskEvent
+from taskevents.status import Outcome
+from taskevents.web import app_token, deliver_event
+
+TASK_EVENTS_ROUTE = "/events/task-events"
+
+
+def subscriptions_router(settings: Settings) -> APIRouter:
+    router = APIRouter(dependencies=[app_token(settings.app_api_token)], include_in_schema=False)
+
+    @router.post(TASK_EVENTS_ROUTE)
+    async def task_events(request: Request, ports: PortsDep, policy: PolicyDep) -> JSONResponse:
+        async def handle(event: TaskEvent, envelope: CloudEvent) -> Outcome:
+            cloud_event = envelope.model_dump(mode="json", exclude_unset=True)
+            return await notify_user_or_dead_letter(event, cloud_event, ports=ports, policy=policy)
+
+        return await deliver_event(request, handle)
+
+    return router

@@ -1,0 +1,185 @@
+"""notification-service's ledger schema under the library's migrator, on the real Postgres:
+a database the service made before it had migrations upgrades in place and its rows read as
+before; the service migrates at start; with its database down it starts anyway, unready and
+with the ledger unavailable. Each test has a scratch database of its own."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import asyncpg
+import pytest
+from fastapi.testclient import TestClient
+
+from notification_service.adapters.postgres import MIGRATIONS, PACKAGE, PostgresLedger
+from notification_service.app import create_app
+from notification_service.ports import Channel, LedgerEntry, Notification
+from notification_service.settings import Settings
+from taskevents.events import TaskEvent
+from taskevents.postgres import (
+    PoolSettings,
+    SchemaStatus,
+    close_pool,
+    create_pool,
+    migrate,
+    packaged_migrations,
+)
+from tests.support.stack import Stack, free_port, scratch_database
+from tests.support.waiting import eventually
+
+pytestmark = pytest.mark.integration
+
+NAMESPACE = "notify-ledger-it"
+# The schema the service applied at every start before it had migrations (schema.sql): the
+# statements of 0001, in one transaction under the same advisory lock.
+BEFORE_MIGRATIONS = (packaged_migrations(PACKAGE) / "0001_notification_ledger.sql").read_text()
+
+
+def an_event() -> TaskEvent:
+    return TaskEvent.create(
+        "task.created", task_id="task-42", user_id="user-7",
+        payload={"title": "Pay rent", "user_email": "ada@example.com"},
+    )  # fmt: skip
+
+
+async def made_before_migrations(dsn: str, event: TaskEvent) -> None:
+    """What an older release left: its schema, and a deferred row whose event it wrote as
+    JSON text (it had no jsonb codec)."""
+    connection = await asyncpg.connect(dsn)
+    try:
+        async with connection.transaction():
+            await connection.execute("SELECT pg_advisory_xact_lock($1)", MIGRATIONS.lock_key)
+            await connection.execute(BEFORE_MIGRATIONS)
+        await connection.execute(
+            """
+            INSERT INTO notification_ledger
+              (namespace, event_id, channel, kind, user_id, task_id, event_type, recipient,
+               title, status, reason, event, due_at)
+            VALUES ($1, $2, 'email', 'event', $3, $4, $5, 'ada@example.com', 'Pay rent',
+                    'deferred', 'quiet hours', $6, now() - interval '1 minute')
+            """,
+            NAMESPACE, event.event_id, event.user_id, event.task_id, event.type,
+            json.dumps(event.model_dump(mode="json")),
+        )  # fmt: skip
+    finally:
+        await connection.close()
+
+
+async def test_a_database_made_before_migrations_upgrades_in_place_and_reads_as_before(
+    stack: Stack,
+) -> None:
+    old, new = an_event(), an_event()
+    async with scratch_database(stack, "notify_ledger") as dsn:
+        await made_before_migrations(dsn, old)
+
+        applied = await migrate(
+            dsn, packaged_migrations(PACKAGE), MIGRATIONS, connect_timeout_seconds=5
+        )
+        again = await migrate(
+            dsn, packaged_migrations(PACKAGE), MIGRATIONS, connect_timeout_seconds=5
+        )
+
+        assert [m.filename for m in applied] == ["0001_notification_ledger.sql"]
+        assert again == []
+        pool = await create_pool(dsn, PoolSettings())
+        try:
+            ledger = PostgresLedger(pool, namespace=NAMESPACE, schema=SchemaStatus(migrated=True))
+            [due] = await ledger.take_due(limit=10, lease_seconds=60)
+            assert due.event == old.model_dump(mode="json")
+            assert TaskEvent.model_validate(due.event) == old
+
+            notification = Notification(
+                new.event_id, Channel.EMAIL, new.type, new.user_id, new.task_id, "a@b.example"
+            )
+            stored = await ledger.defer(
+                LedgerEntry(notification, "Pay rent", new.model_dump(mode="json")),
+                due_at=datetime.now(UTC) + timedelta(hours=1),
+                reason="quiet hours",
+            )
+            assert stored
+            # Written as a JSON object (a Python value through the codec), not a JSON string.
+            kinds = await pool.fetch(
+                "SELECT event_id, jsonb_typeof(event) AS kind, event->>'task_id' AS task_id"
+                " FROM notification_ledger WHERE namespace = $1 ORDER BY event_id",
+                NAMESPACE,
+            )
+            assert {(r["event_id"], r["kind"], r["task_id"]) for r in kinds} == {
+                (old.event_id, "object", "task-42"),
+                (new.event_id, "object", "task-42"),
+            }
+            recorded = await pool.fetch(
+                f"SELECT version, name, checksum FROM {MIGRATIONS.table}"  # noqa: S608
+            )
+            assert [(r["version"], r["name"]) for r in recorded] == [(1, "notification_ledger")]
+            assert recorded[0]["checksum"] == applied[0].checksum
+        finally:
+            await close_pool(pool)
+
+
+@contextmanager
+def running(database_url: str) -> Iterator[TestClient]:
+    """The service in this process on the real bootstrap; no sidecar and no SMTP server
+    answer on the ports it is given."""
+    settings = Settings(
+        database_url=database_url,
+        dapr_http_port=free_port(),
+        smtp_port=free_port(),
+        secret_store="",
+    )
+    with TestClient(create_app(settings)) as client:
+        yield client
+
+
+async def failing(client: TestClient) -> dict[str, Any]:
+    response = await asyncio.to_thread(client.get, "/ready")
+    assert response.status_code == 503  # the sidecar at least never answers
+    body: dict[str, Any] = response.json()["failing"]
+    return body
+
+
+async def test_the_service_migrates_its_database_at_start(stack: Stack) -> None:
+    async with scratch_database(stack, "notify_ledger") as dsn:
+        with running(dsn) as client:
+
+            async def database_ready() -> bool:
+                return "database" not in await failing(client)
+
+            await eventually(database_ready, what="the database migrated and answering")
+            history = await asyncio.to_thread(
+                client.get, "/notifications", params={"user_id": "user-7"}
+            )
+        assert history.status_code == 200
+        assert history.json()["items"] == []
+        connection = await asyncpg.connect(dsn)
+        try:
+            versions = await connection.fetch(f"SELECT version FROM {MIGRATIONS.table}")  # noqa: S608
+        finally:
+            await connection.close()
+        assert [r["version"] for r in versions] == [1]
+
+
+async def test_with_its_database_down_the_service_runs_unready_and_the_ledger_unavailable() -> None:
+    unreachable = f"postgresql://taskevents:taskevents@127.0.0.1:{free_port()}/taskevents"
+    with running(unreachable) as client:
+
+        async def waiting_for_the_database() -> str | None:
+            problem = (await failing(client)).get("database", "")
+            return problem if "database unavailable" in problem else None
+
+        problem = await eventually(waiting_for_the_database, what="readiness naming the database")
+        history = await asyncio.to_thread(
+            client.get, "/notifications", params={"user_id": "user-7"}
+        )
+        health = await asyncio.to_thread(client.get, "/health")
+
+    assert problem.startswith("the schema is not migrated yet: database unavailable: ")
+    assert history.status_code == 503
+    assert history.json()["detail"].startswith(
+        "ledger unavailable: the schema is not migrated yet: database unavailable: "
+    )
+    assert health.json() == {"service": "notification-service", "status": "healthy"}
