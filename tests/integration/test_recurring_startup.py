@@ -16,7 +16,7 @@ import asyncpg
 import httpx
 import pytest
 
-from taskevents.devrun import ManagedProcess
+from taskevents_cli.devrun import ManagedProcess
 from tests.support.cluster import VENV_BIN
 from tests.support.stack import Stack, free_port, scratch_database
 from tests.support.waiting import eventually

@@ -4,7 +4,8 @@ import json
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.responses import JSONResponse
 from fastapi.testclient import TestClient
 from pydantic import SecretStr
 
@@ -12,12 +13,14 @@ from taskevents.cloudevents import CloudEvent
 from taskevents.events import TaskEvent
 from taskevents.status import Outcome
 from taskevents.web import (
+    EventHandler,
     ReadinessCheck,
     RunningServices,
+    app_token,
+    deliver_event,
     delivery_metadata,
     lifespan_state,
     probes_router,
-    subscription_route,
 )
 
 EVENT = {
@@ -45,11 +48,16 @@ class RecordingHandler:
         return self.outcome
 
 
-def client_for(handler: RecordingHandler, token: str | None = None) -> TestClient:
+def client_for(handler: EventHandler, token: str | None = None) -> TestClient:
+    """A subscription route as every service's api/subscriptions.py writes one."""
+    router = APIRouter(dependencies=[app_token(SecretStr(token) if token is not None else None)])
+
+    @router.post("/events")
+    async def events(request: Request) -> JSONResponse:
+        return await deliver_event(request, handler)
+
     app = FastAPI()
-    subscription_route(
-        app, "/events", handler, token=SecretStr(token) if token is not None else None
-    )
+    app.include_router(router)
     return TestClient(app)
 
 
@@ -72,9 +80,7 @@ def test_a_failing_handler_means_retry() -> None:
     async def broken(event: TaskEvent, cloud_event: CloudEvent) -> Outcome:
         raise ConnectionError("boom")
 
-    app = FastAPI()
-    subscription_route(app, "/events", broken, token=None)
-    response = TestClient(app).post("/events", content=envelope(EVENT))
+    response = client_for(broken).post("/events", content=envelope(EVENT))
     assert response.json() == {"status": "RETRY"}
 
 

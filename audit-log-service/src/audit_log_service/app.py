@@ -1,10 +1,5 @@
 from __future__ import annotations
 
-import contextlib
-from collections.abc import AsyncIterator
-from importlib.metadata import version
-from typing import Any
-
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
@@ -14,22 +9,13 @@ from audit_log_service.api.subscriptions import subscriptions_router
 from audit_log_service.bootstrap import Bootstrap, Services, bootstrap
 from audit_log_service.ports import StorageUnavailableError
 from audit_log_service.settings import APP_ID, Settings
-from taskevents.web import lifespan_state, probes_router
+from taskevents.web import service_app
+
+SUMMARY = "The system of record: every task event once, every dead letter, a query API."
 
 
 def create_app(settings: Settings, *, bootstrap: Bootstrap = bootstrap) -> FastAPI:
-    @contextlib.asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
-        async with bootstrap(settings) as services:
-            yield lifespan_state(services)
-
-    app = FastAPI(
-        title=APP_ID,
-        summary="The system of record: every task event once, every dead letter, a query API.",
-        version=version(APP_ID),
-        lifespan=lifespan,
-    )
-    app.include_router(probes_router(APP_ID, Services))
+    app = service_app(APP_ID, SUMMARY, lambda: bootstrap(settings), Services)
     app.include_router(subscriptions_router(settings))
     app.include_router(events_router())
     app.include_router(dead_letters_router())

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, AsyncExitStack
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import Depends
 from starlette.requests import HTTPConnection
@@ -24,15 +24,15 @@ from audit_log_service.ports import (
     StorageUnavailableError,
 )
 from audit_log_service.settings import Settings
+from taskevents.background import in_background
 from taskevents.logging import get_logger
 from taskevents.postgres import (
-    DatabaseUnavailableError,
+    Migrations,
     PoolSettings,
     SchemaStatus,
     close_pool,
     create_pool,
-    migrate,
-    migrate_when_reachable,
+    migrate_at_start,
 )
 from taskevents.web import ReadinessCheck, RunningServices, services_of, sidecar_check
 
@@ -83,10 +83,8 @@ async def bootstrap(settings: Settings) -> AsyncIterator[Services]:
         )
         stack.push_async_callback(republisher.close)
         if not schema.migrated:
-            await _migrate_or_keep_trying(settings, schema, stack)
-        _in_background(
-            stack, _maintain_partitions(audit_log, settings), name="audit-log-partitions"
-        )
+            await migrate_at_start(_migrations(settings), schema, stack)
+        in_background(stack, _maintain_partitions(audit_log, settings), name="audit-log-partitions")
 
         async def database_check() -> str | None:
             return await audit_log.check(settings.ready_timeout_seconds)
@@ -102,48 +100,14 @@ async def bootstrap(settings: Settings) -> AsyncIterator[Services]:
         )
 
 
-async def _migrate_or_keep_trying(
-    settings: Settings, schema: SchemaStatus, stack: AsyncExitStack
-) -> None:
-    """Migrate now when the database answers (a broken migration stops the start-up);
-    otherwise start serving, answer RETRY, and migrate in the background once it does."""
-    try:
-        await migrate(
-            settings.database_dsn,
-            settings.migrations_dir,
-            AUDIT_MIGRATIONS,
-            connect_timeout_seconds=settings.db_connect_timeout_seconds,
-        )
-    except DatabaseUnavailableError as error:
-        schema.waiting_for = f"database unavailable: {error}"
-        log.warning(
-            "database unavailable at start-up; deliveries get RETRY until it answers",
-            database=settings.database_location,
-            error=str(error),
-        )
-    else:
-        schema.migrated = True
-        return
-    migrations = migrate_when_reachable(
-        settings.database_dsn,
-        settings.migrations_dir,
-        AUDIT_MIGRATIONS,
-        schema,
+def _migrations(settings: Settings) -> Migrations:
+    return Migrations(
+        dsn=settings.database_dsn,
+        directory=settings.migrations_dir,
+        ledger=AUDIT_MIGRATIONS,
         connect_timeout_seconds=settings.db_connect_timeout_seconds,
+        database=settings.database_location,
     )
-    _in_background(stack, migrations, name="audit-log-migrations")
-
-
-def _in_background(stack: AsyncExitStack, work: Coroutine[Any, Any, None], *, name: str) -> None:
-    """Run `work` as a task that the exit of `stack` cancels and waits for."""
-    task = asyncio.create_task(work, name=name)
-
-    async def stop() -> None:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-
-    stack.push_async_callback(stop)
 
 
 MAINTENANCE_RETRY_SECONDS = 30.0

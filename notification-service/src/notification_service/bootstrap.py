@@ -3,8 +3,6 @@ and the dependencies the routes take."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
@@ -27,13 +25,13 @@ from notification_service.settings import APP_ID, Settings
 from notification_service.sms import SmsComposer
 from taskevents.logging import get_logger
 from taskevents.postgres import (
+    Migrations,
     PoolSettings,
     SchemaStatus,
     close_pool,
     create_pool,
     database_check,
-    migrate,
-    migrate_when_reachable,
+    migrate_at_start,
     packaged_migrations,
 )
 from taskevents.secrets import DaprSecrets, SecretsWithFallback
@@ -110,27 +108,14 @@ async def bootstrap(settings: Settings) -> AsyncIterator[Services]:
         )
         stack.push_async_callback(close_pool, pool)
         schema = SchemaStatus()
-        migrations = packaged_migrations(PACKAGE)
-        try:
-            # A database that answers is migrated before the first request…
-            await migrate(
-                dsn, migrations, MIGRATIONS, connect_timeout_seconds=settings.state_timeout_seconds
-            )
-            schema.migrated = True
-        except Exception as error:
-            # …one that does not leaves the service serving, unready, until it answers.
-            log.warning("database not migrated at start; migrating later", error=str(error))
-            migrating = asyncio.create_task(
-                migrate_when_reachable(
-                    dsn,
-                    migrations,
-                    MIGRATIONS,
-                    schema,
-                    connect_timeout_seconds=settings.state_timeout_seconds,
-                ),
-                name="migrations",
-            )
-            stack.push_async_callback(_cancel, migrating)
+        migrations = Migrations(
+            dsn=dsn,
+            directory=packaged_migrations(PACKAGE),
+            ledger=MIGRATIONS,
+            connect_timeout_seconds=settings.state_timeout_seconds,
+            database=settings.database_location,
+        )
+        await migrate_at_start(migrations, schema, stack)
         ledger = PostgresLedger(
             pool,
             namespace=settings.ledger_namespace,
@@ -235,12 +220,6 @@ def sms_sender(settings: Settings, secrets: SecretsWithFallback) -> SmsSender:
             timeout_seconds=settings.sms_timeout_seconds,
         )
     return LogSmsSender()
-
-
-async def _cancel(task: asyncio.Task[None]) -> None:
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
 
 
 # The dependencies of the routes. Async: FastAPI runs a plain function dependency in its

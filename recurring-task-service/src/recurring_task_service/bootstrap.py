@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
@@ -21,14 +19,13 @@ from recurring_task_service.ports import ScheduleStore, TaskSchedules, Waker
 from recurring_task_service.settings import PACKAGE, Settings
 from taskevents.logging import get_logger
 from taskevents.postgres import (
-    DatabaseUnavailableError,
+    Migrations,
     PoolSettings,
     SchemaStatus,
     close_pool,
     create_pool,
     database_check,
-    migrate,
-    migrate_when_reachable,
+    migrate_at_start,
     packaged_migrations,
 )
 from taskevents.publisher import EventPublisher
@@ -99,13 +96,15 @@ async def bootstrap(settings: Settings) -> AsyncIterator[Services]:
             sidecar_ready=sidecar_ready,
         )
         stack.push_async_callback(timer.stop)
-        if await _migrated_now(settings, schema):
-            timer.start()
-        else:
-            migrating = asyncio.create_task(
-                _migrate_then_fire(settings, schema, timer), name="recurring-migrations"
-            )
-            stack.push_async_callback(_cancel, migrating)
+        migrations = Migrations(
+            dsn=str(settings.database_url),
+            directory=migrations_dir(settings),
+            ledger=MIGRATION_LEDGER,
+            connect_timeout_seconds=settings.database_connect_timeout_seconds,
+            database=settings.database_name,
+        )
+        # The timer fires only once the schema is there.
+        await migrate_at_start(migrations, schema, stack, then=timer.start)
 
         async def database_ready() -> str | None:
             problem = schema.problem() or await database_check(pool)
@@ -118,44 +117,6 @@ async def bootstrap(settings: Settings) -> AsyncIterator[Services]:
             database_ready=database_ready,
             sidecar_ready=sidecar_ready,
         )
-
-
-async def _migrated_now(settings: Settings, schema: SchemaStatus) -> bool:
-    try:
-        await migrate(
-            str(settings.database_url),
-            migrations_dir(settings),
-            MIGRATION_LEDGER,
-            connect_timeout_seconds=settings.database_connect_timeout_seconds,
-        )
-    except DatabaseUnavailableError as error:
-        log.warning(
-            "database unavailable at start; migrating once it answers",
-            database=settings.database_name,
-            error=str(error),
-        )
-        schema.waiting_for = f"database unavailable: {error}"
-        return False
-    schema.migrated = True
-    return True
-
-
-async def _migrate_then_fire(settings: Settings, schema: SchemaStatus, timer: FiringTimer) -> None:
-    await migrate_when_reachable(
-        str(settings.database_url),
-        migrations_dir(settings),
-        MIGRATION_LEDGER,
-        schema,
-        connect_timeout_seconds=settings.database_connect_timeout_seconds,
-    )
-    if schema.migrated:
-        timer.start()
-
-
-async def _cancel(task: asyncio.Task[None]) -> None:
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
 
 
 def _services(connection: HTTPConnection) -> Services:

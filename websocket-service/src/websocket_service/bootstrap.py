@@ -15,6 +15,7 @@ from fastapi import Depends
 from starlette.requests import HTTPConnection
 
 from taskevents.auth import TokenVerifier, load_shared_key, verifier_from
+from taskevents.background import in_background
 from taskevents.logging import get_logger
 from taskevents.retry import SIDECAR_ANSWERS
 from taskevents.secrets import DaprSecrets
@@ -84,10 +85,10 @@ async def bootstrap(settings: Settings) -> AsyncIterator[Services]:
                 http_port=settings.dapr_http_port,
                 api_token=api_token,
             )
-            loader = asyncio.create_task(
-                load_shared_key(tokens, store, settings.jwt_secret_name, policy=SIDECAR_ANSWERS)
+            loading = load_shared_key(
+                tokens, store, settings.jwt_secret_name, policy=SIDECAR_ANSWERS
             )
-            stack.push_async_callback(_cancel, loader)
+            in_background(stack, loading, name="token-key")
         services = Services(
             hub=Hub(
                 max_queue_frames=settings.max_queue_frames,
@@ -101,12 +102,6 @@ async def bootstrap(settings: Settings) -> AsyncIterator[Services]:
         )
         stack.push_async_callback(services.close_all_clients)
         yield services
-
-
-async def _cancel(task: asyncio.Task[None]) -> None:
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
 
 
 def _services(connection: HTTPConnection) -> Services:

@@ -9,14 +9,15 @@ import hashlib
 import importlib.util
 import json
 import re
-from collections.abc import Collection, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
+from contextlib import AsyncExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import asyncpg
 
+from taskevents.background import in_background
 from taskevents.logging import get_logger
 from taskevents.retry import UNTIL_DEPENDENCY_ANSWERS, RetryPolicy
 
@@ -281,6 +282,17 @@ async def migrate(
         raise DatabaseUnavailableError(describe_db_error(error)) from error
 
 
+@dataclass(frozen=True, slots=True)
+class Migrations:
+    """A service's migrations and the database they go to."""
+
+    dsn: str
+    directory: Path
+    ledger: MigrationLedger
+    connect_timeout_seconds: float
+    database: str  # host:port/name, for logs (never the password)
+
+
 @dataclass
 class SchemaStatus:
     """Whether the migrations have run; until they have, the service is not ready and
@@ -363,3 +375,48 @@ async def migrate_command(
         applied=[migration.filename for migration in applied] or "nothing to do",
     )
     return 0
+
+
+async def migrate_at_start(
+    migrations: Migrations,
+    status: SchemaStatus,
+    stack: AsyncExitStack,
+    *,
+    then: Callable[[], None] | None = None,
+) -> None:
+    """Every service's start: a database that answers is migrated before the service takes
+    requests (broken migrations stop the start). One that does not only delays that: the
+    service serves, unready, and the migrations are tried again in the background until
+    it answers (a task the exit of `stack` cancels). `then` runs once migrated."""
+    try:
+        await migrate(
+            migrations.dsn,
+            migrations.directory,
+            migrations.ledger,
+            connect_timeout_seconds=migrations.connect_timeout_seconds,
+        )
+    except DatabaseUnavailableError as error:
+        status.waiting_for = f"database unavailable: {error}"
+        log.warning(
+            "database unavailable at start; serving unready, migrating once it answers",
+            database=migrations.database,
+            error=str(error),
+        )
+    else:
+        status.migrated = True
+        if then is not None:
+            then()
+        return
+
+    async def later() -> None:
+        await migrate_when_reachable(
+            migrations.dsn,
+            migrations.directory,
+            migrations.ledger,
+            status,
+            connect_timeout_seconds=migrations.connect_timeout_seconds,
+        )
+        if status.migrated and then is not None:
+            then()
+
+    in_background(stack, later(), name=f"migrations:{migrations.ledger.table}")

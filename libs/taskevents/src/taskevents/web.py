@@ -7,9 +7,11 @@ import contextlib
 import hmac
 import json
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
+from importlib.metadata import version
 from types import MappingProxyType
 from typing import Any, TypeVar
 
@@ -109,6 +111,25 @@ class ServiceNotRunningError(RuntimeError):
     pass
 
 
+def service_app(
+    app_id: str,
+    summary: str,
+    services: Callable[[], AbstractAsyncContextManager[S]],
+    kind: type[S],
+) -> FastAPI:
+    """Every service's app: a lifespan that enters `services()` (the service's bootstrap)
+    and hands what it yields to the routes, and the probes. The service adds its routers."""
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[dict[str, Any]]:
+        async with services() as running:
+            yield lifespan_state(running)
+
+    app = FastAPI(title=app_id, summary=summary, version=version(app_id), lifespan=lifespan)
+    app.include_router(probes_router(app_id, kind))
+    return app
+
+
 def probes_router(service: str, kind: type[RunningServices]) -> APIRouter:
     """/health, /ready and /metrics: open to everyone, and carrying no user data."""
     router = APIRouter(tags=["probes"])
@@ -150,34 +171,6 @@ async def _readiness(checks: Mapping[str, ReadinessCheck]) -> JSONResponse:
     if failing:
         return JSONResponse({"status": "unready", "failing": failing}, status_code=503)
     return JSONResponse({"status": "ready"})
-
-
-def static_probes_router(
-    service: str,
-    checks: Mapping[str, ReadinessCheck],
-    health_extra: Callable[[], Mapping[str, Any]] | None = None,
-) -> APIRouter:
-    """The probes of a service that holds no typed lifespan state yet (goes when all four
-    do)."""
-    router = APIRouter(tags=["probes"])
-
-    @router.get("/health")
-    async def health() -> dict[str, Any]:
-        body: dict[str, Any] = {"service": service, "status": "healthy"}
-        if health_extra is not None:
-            body.update(health_extra())
-        return body
-
-    @router.get("/ready", responses={503: {"description": "a dependency does not answer"}})
-    async def ready() -> JSONResponse:
-        return await _readiness(checks)
-
-    @router.get("/metrics", include_in_schema=False)
-    async def metrics() -> Response:
-        body, content_type = render_latest()
-        return Response(body, media_type=content_type)
-
-    return router
 
 
 def sidecar_check(http_port: int) -> ReadinessCheck:
@@ -243,25 +236,6 @@ async def deliver_event(
     structlog.contextvars.unbind_contextvars("event_id", "task_id", "trace_id")
     _delivery_metadata.reset(metadata_token)
     return JSONResponse(outcome.response())
-
-
-def subscription_route(
-    app: FastAPI,
-    path: str,
-    handler: EventHandler,
-    *,
-    token: SecretStr | None,
-    on_invalid: Callable[[bytes, CloudEvent | None, str], Awaitable[Outcome]] | None = None,
-) -> None:
-    """Register `deliver_event` for a handler made at start (goes when the services route
-    through typed state)."""
-
-    async def deliver(request: Request) -> JSONResponse:
-        return await deliver_event(request, handler, on_invalid=on_invalid)
-
-    app.add_api_route(
-        path, deliver, methods=["POST"], include_in_schema=False, dependencies=[app_token(token)]
-    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -351,24 +325,6 @@ async def deliver_bulk(request: Request, handler: BulkEventHandler) -> JSONRespo
     DELIVERY_SECONDS.labels(path).observe(time.perf_counter() - started)
     return JSONResponse(
         {"statuses": [{"entryId": k, "status": v.value} for k, v in statuses.items()]}
-    )
-
-
-def bulk_subscription_route(
-    app: FastAPI,
-    path: str,
-    handler: BulkEventHandler,
-    *,
-    token: SecretStr | None,
-) -> None:
-    """Register `deliver_bulk` for a handler made at start (goes when the services route
-    through typed state)."""
-
-    async def deliver(request: Request) -> JSONResponse:
-        return await deliver_bulk(request, handler)
-
-    app.add_api_route(
-        path, deliver, methods=["POST"], include_in_schema=False, dependencies=[app_token(token)]
     )
 
 
