@@ -103,6 +103,7 @@ YAML
   fi
 }
 
+existing_install || hold_lock "$TASKEVENTS_CACHE/dapr/$DAPR_VERSION.lock"
 if existing_install; then
   info "using the existing Dapr installation in $DAPR_HOME_DIR ($(version_of "$DAPR_HOME_DIR/bin/daprd"))"
 else

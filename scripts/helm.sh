@@ -67,7 +67,10 @@ $(tail -n 20 "$compile_log")"
   info "built helm $HELM_VERSION in $(( $(now) - start ))s"
 }
 
-built || build_helm
+if ! built; then
+  hold_lock "$BUILD_DIR.lock"
+  built || build_helm  # another set-up may have built it while we waited
+fi
 if [ "$#" -eq 0 ]; then
   echo "$HELM"
 else

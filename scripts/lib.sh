@@ -81,3 +81,11 @@ first_host_port() {
 
 # Seconds elapsed since $1 (from `now`), as "N s".
 since() { echo "$(( $(now) - $1 )) s"; }
+
+# Hold an exclusive lock on file $1 until the script exits: two set-ups started together
+# (two checkouts, CI beside a developer) build one after the other, never over each other.
+hold_lock() {
+  mkdir -p "$(dirname "$1")"
+  exec 9>"$1"
+  flock 9
+}

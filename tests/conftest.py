@@ -37,12 +37,9 @@ class Cluster:
 def stack() -> Stack:
     stack = ensure_stack()
     # Every sidecar of the session asks for this token: the Dapr SDK in this process reads it
-    # from the environment when it is imported (and from its settings once it is), the CLI
-    # the tests run as a subprocess from the environment.
+    # from the environment when it is first imported, the CLI the tests run as a subprocess
+    # too. (Importing the SDK here would fix its ports before the cluster knows them.)
     os.environ["DAPR_API_TOKEN"] = stack.dapr_api_token
-    from dapr.conf import settings as dapr_settings
-
-    dapr_settings.DAPR_API_TOKEN = stack.dapr_api_token  # type: ignore[attr-defined]
     return stack
 
 
@@ -53,9 +50,15 @@ async def cluster(stack: Stack) -> AsyncIterator[Cluster]:
         spec, consumer = service_spec(stack, "taskevents-cli", with_app=False)
         cli = start_service(stack, spec, consumer)
         started.append(cli)
-        # The Dapr SDK reads the sidecar ports from the environment when it is imported.
+        # The Dapr SDK reads the sidecar ports from the environment when it is imported; its
+        # settings are set too, in case something imported it already.
         os.environ["DAPR_HTTP_PORT"] = str(cli.dapr_http_port)
         os.environ["DAPR_GRPC_PORT"] = str(cli.dapr_grpc_port)
+        from dapr.conf import settings as dapr_settings
+
+        dapr_settings.DAPR_HTTP_PORT = cli.dapr_http_port  # type: ignore[attr-defined]
+        dapr_settings.DAPR_GRPC_PORT = cli.dapr_grpc_port  # type: ignore[attr-defined]
+        dapr_settings.DAPR_API_TOKEN = stack.dapr_api_token  # type: ignore[attr-defined]
         services = {}
         for app_id in SERVICES:
             spec, consumer = service_spec(stack, app_id)

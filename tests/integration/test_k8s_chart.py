@@ -285,6 +285,14 @@ def test_probes_resources_and_security_of_every_service_pod(rendered: tuple[Doc,
         assert image.rsplit(":", 1)[0].endswith(f"/{app_id}")
 
 
+PREFIXES = {
+    "notification-service": "NOTIFY_",
+    "recurring-task-service": "RECURRING_",
+    "audit-log-service": "AUDIT_",
+    "websocket-service": "WEBSOCKET_",
+}
+
+
 def test_pods_run_the_images_as_their_dockerfiles_build_them(rendered: tuple[Doc, ...]) -> None:
     for app_id, port in design_ports().items():
         runtime = dockerfile(app_id)[-1]
@@ -297,8 +305,11 @@ def test_pods_run_the_images_as_their_dockerfiles_build_them(rendered: tuple[Doc
         assert [e.arguments for e in runtime.all("EXPOSE")] == [str(port)]
         env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
         image_env = " ".join(e.arguments for e in runtime.all("ENV"))
-        host_variables = [name for name, value in env.items() if name.endswith("_HOST")]
-        assert any(f"{name}=0.0.0.0" in image_env for name in host_variables)
+        # The image listens on every address (APP_HOST); what the chart sets for the
+        # service's own host variable says the same.
+        assert "APP_HOST=0.0.0.0" in image_env
+        listen = {n: v for n, v in env.items() if n in ("APP_HOST", f"{PREFIXES[app_id]}HOST")}
+        assert set(listen.values()) <= {"0.0.0.0"}, listen
 
 
 def test_every_service_scales_and_has_a_disruption_budget(rendered: tuple[Doc, ...]) -> None:
