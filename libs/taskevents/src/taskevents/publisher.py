@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from typing import TYPE_CHECKING
 
 import httpx
 
 from taskevents.events import TaskEvent
+from taskevents.retry import SIDECAR_STARTING
 
 if TYPE_CHECKING:
     from dapr.aio.clients import DaprClient
@@ -24,19 +24,18 @@ class SidecarUnavailableError(RuntimeError):
 async def wait_for_sidecar(http_port: int, *, timeout: float = SIDECAR_WAIT_SECONDS) -> None:
     """Wait, without blocking the event loop, until the sidecar's outbound side is ready."""
     url = f"http://127.0.0.1:{http_port}/v1.0/healthz/outbound"
-    deadline = time.monotonic() + timeout
     async with httpx.AsyncClient(timeout=2.0) as http:
-        while True:
+
+        async def ready() -> bool:
             try:
-                if (await http.get(url)).is_success:
-                    return
+                return (await http.get(url)).is_success
             except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise SidecarUnavailableError(
-                    f"the Dapr sidecar at {url} did not become ready in {timeout:.0f}s"
-                )
-            await asyncio.sleep(0.25)
+                return False
+
+        if not await SIDECAR_STARTING.within(timeout).poll(ready, until=bool):
+            raise SidecarUnavailableError(
+                f"the Dapr sidecar at {url} did not become ready in {timeout:.0f}s"
+            )
 
 
 class LazyDaprClient:
