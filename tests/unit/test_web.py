@@ -1,26 +1,32 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Mapping
+import uuid
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse
 from fastapi.testclient import TestClient
+from prometheus_client import generate_latest
 from pydantic import SecretStr
 
 from taskevents.cloudevents import CloudEvent
 from taskevents.events import TaskEvent
+from taskevents.settings import ServiceSettings
 from taskevents.status import Outcome
 from taskevents.web import (
+    BulkEntry,
     EventHandler,
     ReadinessCheck,
     RunningServices,
     app_token,
+    deliver_bulk,
     deliver_event,
     delivery_metadata,
     lifespan_state,
     probes_router,
+    service_app,
 )
 
 EVENT = {
@@ -150,3 +156,87 @@ def test_a_service_whose_lifespan_has_not_started_is_not_ready() -> None:
     ready = client.get("/ready")
     assert ready.status_code == 503
     assert "not running" in ready.json()["failing"]["service"]
+
+
+def test_an_event_over_the_size_limit_is_dropped_unread() -> None:
+    handler = RecordingHandler()
+    client = client_for(handler)
+    client.app.state.max_event_bytes = 1024  # type: ignore[attr-defined]
+    big = envelope({**EVENT, "payload": {"notes": "x" * 2000}})
+    assert client.post("/events", content=big).json() == {"status": "DROP"}
+    assert client.post("/events", content=envelope(EVENT)).json() == {"status": "SUCCESS"}
+    assert [e.event_id for e in handler.seen] == ["e-1"]
+
+
+def test_a_bulk_entry_over_the_size_limit_is_dropped_and_the_others_go_on() -> None:
+    seen: list[str] = []
+
+    async def handle(entries: Sequence[BulkEntry]) -> list[Outcome]:
+        seen.extend(e.event.event_id for e in entries)
+        return [Outcome.success() for _ in entries]
+
+    app = FastAPI()
+    app.state.max_event_bytes = 1024
+
+    @app.post("/events/bulk")
+    async def bulk(request: Request) -> JSONResponse:
+        return await deliver_bulk(request, handle)
+
+    small = json.loads(envelope(EVENT))
+    big = json.loads(envelope({**EVENT, "event_id": "e-2", "payload": {"n": "x" * 2000}}))
+    body = {"entries": [{"entryId": "a", "event": small}, {"entryId": "b", "event": big}]}
+    statuses = TestClient(app).post("/events/bulk", json=body).json()["statuses"]
+    assert statuses == [{"entryId": "a", "status": "SUCCESS"}, {"entryId": "b", "status": "DROP"}]
+    assert seen == ["e-1"]
+
+
+def test_unknown_event_types_are_counted_as_other() -> None:
+    handler = RecordingHandler()
+    client = client_for(handler)
+    invented = f"task.invented-{uuid.uuid4().hex}"
+    client.post("/events", content=envelope({**EVENT, "type": invented}))
+    metrics = generate_latest().decode()
+    assert invented not in metrics
+    assert 'taskevents_deliveries_total{route="/events",status="SUCCESS",type="other"}' in metrics
+
+
+def limited_app() -> TestClient:
+    app = service_app(
+        "demo-service",
+        "demo",
+        lambda: _running(DemoServices()),
+        DemoServices,
+        ServiceSettings(max_request_bytes=2048),
+    )
+
+    @app.post("/api")
+    async def api(request: Request) -> dict[str, int]:
+        return {"received": len(await request.body())}
+
+    @app.post("/events/task-events")
+    async def events(request: Request) -> dict[str, int]:
+        return {"received": len(await request.body())}
+
+    return TestClient(app)
+
+
+@asynccontextmanager
+async def _running(services: DemoServices) -> AsyncIterator[DemoServices]:
+    yield services
+
+
+def test_api_bodies_over_the_limit_are_answered_413_however_they_are_sent() -> None:
+    with limited_app() as client:
+        assert client.post("/api", content=b"x" * 2048).json() == {"received": 2048}
+        declared = client.post("/api", content=b"x" * 4096)
+        assert declared.status_code == 413
+        assert "TASKEVENTS_MAX_REQUEST_BYTES" in declared.json()["detail"]
+
+        def chunks() -> Iterator[bytes]:
+            for _ in range(4):
+                yield b"x" * 1024
+
+        streamed = client.post("/api", content=chunks())  # no Content-Length
+        assert streamed.status_code == 413
+        # The sidecar's routes check each event's size instead.
+        assert client.post("/events/task-events", content=b"x" * 4096).status_code == 200

@@ -15,7 +15,7 @@ SUMMARY = "The system of record: every task event once, every dead letter, a que
 
 
 def create_app(settings: Settings, *, bootstrap: Bootstrap = bootstrap) -> FastAPI:
-    app = service_app(APP_ID, SUMMARY, lambda: bootstrap(settings), Services)
+    app = service_app(APP_ID, SUMMARY, lambda: bootstrap(settings), Services, settings)
     app.include_router(subscriptions_router(settings))
     app.include_router(events_router())
     app.include_router(dead_letters_router())

@@ -16,7 +16,7 @@ SUMMARY = (
 
 
 def create_app(settings: Settings, *, bootstrap: Bootstrap = bootstrap) -> FastAPI:
-    app = service_app(APP_ID, SUMMARY, lambda: bootstrap(settings), Services)
+    app = service_app(APP_ID, SUMMARY, lambda: bootstrap(settings), Services, settings)
     app.include_router(subscriptions_router(settings))
     app.include_router(preferences_router())
     app.include_router(notifications_router())

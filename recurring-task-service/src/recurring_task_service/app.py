@@ -14,7 +14,7 @@ SUMMARY = "Schedules that publish task.recurring.triggered once per occurrence."
 
 
 def create_app(settings: Settings, *, bootstrap: Bootstrap = bootstrap) -> FastAPI:
-    app = service_app(APP_ID, SUMMARY, lambda: bootstrap(settings), Services)
+    app = service_app(APP_ID, SUMMARY, lambda: bootstrap(settings), Services, settings)
     app.include_router(subscriptions_router(settings))
     app.include_router(schedules_router())
 

@@ -94,6 +94,19 @@ class ServiceSettings(BaseSettings):
         description="Clock skew allowed on exp.",
     )
 
+    max_event_bytes: int = Field(
+        default=256 * 1024,
+        ge=1024,
+        validation_alias=_shared("TASKEVENTS_MAX_EVENT_BYTES"),
+        description="A delivered event larger than this is dropped (dead-lettered), unread.",
+    )
+    max_request_bytes: int = Field(
+        default=1024 * 1024,
+        ge=1024,
+        validation_alias=_shared("TASKEVENTS_MAX_REQUEST_BYTES"),
+        description="An API request body larger than this is answered 413.",
+    )
+
     pubsub_name: str = Field(default="kafka-pubsub", validation_alias=_shared("PUBSUB_NAME"))
     topic: str = Field(default="task-events", validation_alias=_shared("TOPIC"))
     dead_letter_topic: str = Field(

@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mappi
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
-from importlib.metadata import version
+from importlib.metadata import PackageNotFoundError, version
 from types import MappingProxyType
 from typing import Any, TypeVar
 
@@ -20,6 +20,7 @@ from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request, Respons
 from fastapi.responses import JSONResponse
 from pydantic import SecretStr
 from starlette.requests import HTTPConnection
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from taskevents.auth import VERIFIER_KEY, TokenVerifier
 from taskevents.cloudevents import CloudEvent, parse_cloud_event
@@ -116,18 +117,92 @@ def service_app(
     summary: str,
     services: Callable[[], AbstractAsyncContextManager[S]],
     kind: type[S],
+    settings: ServiceSettings,
 ) -> FastAPI:
     """Every service's app: a lifespan that enters `services()` (the service's bootstrap)
-    and hands what it yields to the routes, and the probes. The service adds its routers."""
+    and hands what it yields to the routes, the probes, and the input limits. The service
+    adds its routers."""
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[dict[str, Any]]:
         async with services() as running:
             yield lifespan_state(running)
 
-    app = FastAPI(title=app_id, summary=summary, version=version(app_id), lifespan=lifespan)
+    app = FastAPI(title=app_id, summary=summary, version=_version(app_id), lifespan=lifespan)
+    app.state.max_event_bytes = settings.max_event_bytes
+    app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes)
     app.include_router(probes_router(app_id, kind))
     return app
+
+
+def _version(package: str) -> str:
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
+class BodyTooLargeError(Exception):
+    pass
+
+
+class BodyLimit:
+    """413 for a request body over `max_bytes`, by its Content-Length or, without one, as
+    it streams in. The routes daprd posts to (/events/…) are exempt: they are guarded by
+    the app token and check each event against TASKEVENTS_MAX_EVENT_BYTES instead (a bulk
+    batch holds many events)."""
+
+    def __init__(self, app: ASGIApp, *, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"].startswith(SIDECAR_ROUTES_PREFIX):
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers") or [])
+        declared = headers.get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            await self._refuse(send)
+            return
+        received = 0
+        started = False
+
+        async def counting_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    raise BodyTooLargeError
+            return message
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, counting_receive, tracking_send)
+        except BodyTooLargeError:
+            if started:
+                raise
+            await self._refuse(send)
+
+    async def _refuse(self, send: Send) -> None:
+        response = JSONResponse(
+            {"detail": f"request body over {self.max_bytes} bytes (TASKEVENTS_MAX_REQUEST_BYTES)"},
+            status_code=413,
+        )
+        await response({"type": "http"}, _no_receive, send)
+
+
+async def _no_receive() -> Message:
+    return {"type": "http.disconnect"}
+
+
+# The routes daprd posts deliveries to, in every service.
+SIDECAR_ROUTES_PREFIX = "/events/"
 
 
 def probes_router(service: str, kind: type[RunningServices]) -> APIRouter:
@@ -211,6 +286,9 @@ async def deliver_event(
     envelope: CloudEvent | None = None
     event_type = "unparsed"
     try:
+        limit = _max_event_bytes(request)
+        if len(body) > limit:
+            raise InvalidEventError(_too_large(len(body), limit))
         envelope = parse_cloud_event(body)
         event = envelope.task_event()
     except InvalidEventError as error:
@@ -220,7 +298,7 @@ async def deliver_event(
             else Outcome.drop(str(error))
         )
     else:
-        event_type = event.type
+        event_type = type_label(event)
         structlog.contextvars.bind_contextvars(
             event_id=event.event_id, task_id=event.task_id, trace_id=envelope.trace_id
         )
@@ -261,8 +339,10 @@ async def deliver_bulk(request: Request, handler: BulkEventHandler) -> JSONRespo
     go to the handler together; an unexpected exception is a RETRY of those."""
     path = request.url.path
     started = time.perf_counter()
+    limit = _max_event_bytes(request)
     try:
-        bulk = json.loads(await request.body())
+        body = await request.body()
+        bulk = json.loads(body)
         entries = bulk["entries"]
         if not isinstance(entries, list):
             raise TypeError("entries is not a list")
@@ -281,7 +361,13 @@ async def deliver_bulk(request: Request, handler: BulkEventHandler) -> JSONRespo
             metadata = {}
         envelope: CloudEvent | None = None
         try:
-            envelope = parse_cloud_event(_entry_event(entry))
+            entry_event = _entry_event(entry)
+            # No entry can be larger than the whole body: measure only when that is.
+            if len(body) > limit:
+                size = len(json.dumps(entry_event, separators=(",", ":")).encode())
+                if size > limit:
+                    raise InvalidEventError(_too_large(size, limit))
+            envelope = parse_cloud_event(entry_event)
             event = envelope.task_event()
         except InvalidEventError as error:
             log.warning(
@@ -326,6 +412,25 @@ async def deliver_bulk(request: Request, handler: BulkEventHandler) -> JSONRespo
     return JSONResponse(
         {"statuses": [{"entryId": k, "status": v.value} for k, v in statuses.items()]}
     )
+
+
+# An event larger than this is dropped at the edge (Dapr dead-letters it), never parsed.
+DEFAULT_MAX_EVENT_BYTES = 256 * 1024
+
+
+def _max_event_bytes(request: Request) -> int:
+    limit: int = getattr(request.app.state, "max_event_bytes", DEFAULT_MAX_EVENT_BYTES)
+    return limit
+
+
+def _too_large(size: int, limit: int) -> str:
+    return f"event of {size} bytes is over the limit of {limit} (TASKEVENTS_MAX_EVENT_BYTES)"
+
+
+def type_label(event: TaskEvent) -> str:
+    """An event type as a metric label: the known types, else `other` — a producer that
+    invents types must not invent time series."""
+    return event.type if event.known_type is not None else "other"
 
 
 def _entry_event(entry: Mapping[str, Any]) -> bytes | str | Mapping[str, Any]:
