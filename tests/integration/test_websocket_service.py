@@ -570,3 +570,16 @@ async def test_a_client_that_never_reads_is_closed_and_a_hundred_others_keep_up(
 async def _read_until_closed(client: websockets.ClientConnection) -> None:
     while True:
         await client.recv()
+
+
+async def test_a_client_message_over_the_size_limit_closes_with_1009(
+    live: LiveStack, unique: str
+) -> None:
+    client = await connect(ws_url(live[0], hs_token(f"big-{unique}")))
+    await client.socket.send("x" * (64 * 1024 + 1))  # the default WEBSOCKET_MAX_MESSAGE_BYTES
+    await until(lambda: client.closed_code is not None, what="the close after a big message")
+    assert client.closed_code == 1009  # message too big
+    # The server goes on: a new client of the same user is welcome.
+    again = await connect(ws_url(live[0], hs_token(f"big-{unique}")))
+    assert again.of_kind("welcome")
+    await again.close()

@@ -289,3 +289,38 @@ def test_a_resume_replays_from_the_audit_log_then_goes_live() -> None:
         "v": 1, "kind": "resume", "status": "complete",
         "after_event_id": history[1].event_id, "replayed": 2,
     }  # fmt: skip
+
+
+def test_one_connection_too_many_for_a_user_or_the_process_is_closed_with_a_reason() -> None:
+    limited = settings(max_connections_per_user=2, max_connections=3)
+    with TestClient(create_app(limited)) as client:
+        ada = token_for("ada")
+        with client.websocket_connect(f"/ws?token={ada}") as first:
+            first.receive_json()
+            with client.websocket_connect(f"/ws?token={ada}") as second:
+                second.receive_json()
+                closed = expect_close(client, f"/ws?token={ada}")
+                assert closed.code == 1008
+                assert "at most 2 connections per user" in closed.reason
+                with client.websocket_connect(f"/ws?token={token_for('bob')}") as third:
+                    third.receive_json()
+                    full = expect_close(client, f"/ws?token={token_for('cy')}")
+                    assert full.code == 1013
+                    assert "connection limit" in full.reason
+        # Closed connections free their places.
+        with client.websocket_connect(f"/ws?token={ada}") as again:
+            assert again.receive_json()["kind"] == "welcome"
+
+
+def test_a_filter_over_its_limit_closes_the_connection_with_a_reason() -> None:
+    with TestClient(create_app(settings(max_filter_items=3))) as client:
+        url = f"/ws?token={token_for('ada')}"
+        with client.websocket_connect(url) as ws:
+            ws.receive_json()  # welcome
+            ws.send_text(json.dumps({"v": 1, "kind": "subscribe", "task_ids": ["t1", "t2"]}))
+            assert ws.receive_json()["kind"] == "subscribed"
+            ws.send_text(json.dumps({"v": 1, "kind": "subscribe", "task_ids": ["t3", "t4"]}))
+            with pytest.raises(WebSocketDisconnect) as closed:
+                ws.receive_json()
+        assert closed.value.code == 1008
+        assert "at most 3 task ids and types" in closed.value.reason

@@ -224,6 +224,17 @@ class Hub:
     def connections_of(self, user_id: str) -> frozenset[ClientConnection]:
         return frozenset(self._by_user.get(user_id, ()))
 
+    def refusal(self, user_id: str, *, max_total: int, max_per_user: int) -> Close | None:
+        """Why one more connection of this user may not open now, if it may not."""
+        if self._count >= max_total:
+            return Close(CloseCode.TRY_AGAIN_LATER, "server at its connection limit; retry later")
+        if len(self._by_user.get(user_id, ())) >= max_per_user:
+            return Close(
+                CloseCode.POLICY_VIOLATION,
+                f"at most {max_per_user} connections per user; close one first",
+            )
+        return None
+
     @contextmanager
     def connect(
         self, user_id: str, *, watch_all: bool = False, hold: bool = False

@@ -20,6 +20,27 @@ class Settings(ServiceSettings):
         default=8 * 3600, ge=60, description="Lifetime of tokens from POST /dev/token."
     )
 
+    max_connections: int = Field(
+        default=20_000,
+        ge=1,
+        description="Open connections per process; one more is closed with 1013 (try again "
+        "later). Keep it under the open-file limit.",
+    )
+    max_connections_per_user: int = Field(
+        default=20, ge=1, description="Open connections of one user; one more gets 1008."
+    )
+    max_filter_items: int = Field(
+        default=1000,
+        ge=1,
+        description="Task ids and types a connection may filter on, all messages together; "
+        "going over closes it with 1008.",
+    )
+    max_message_bytes: int = Field(
+        default=64 * 1024,
+        ge=1024,
+        description="The largest message a client may send; a larger one closes the "
+        "connection with 1009 (message too big).",
+    )
     max_queue_frames: int = Field(
         default=1000,
         ge=1,

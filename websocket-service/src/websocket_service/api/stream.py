@@ -50,6 +50,9 @@ class StreamOptions:
     coalesce_seconds: float
     resume_timeout_seconds: float
     resume_max_events: int
+    max_connections: int
+    max_connections_per_user: int
+    max_filter_items: int
 
     @classmethod
     def from_settings(cls, settings: Settings) -> StreamOptions:
@@ -59,6 +62,9 @@ class StreamOptions:
             coalesce_seconds=settings.coalesce_milliseconds / 1000,
             resume_timeout_seconds=settings.resume_timeout_seconds,
             resume_max_events=settings.resume_max_events,
+            max_connections=settings.max_connections,
+            max_connections_per_user=settings.max_connections_per_user,
+            max_filter_items=settings.max_filter_items,
         )
 
 
@@ -106,6 +112,15 @@ def stream_router(settings: Settings) -> APIRouter:
             log.info("client rejected", reason=error.reason)
             return
         await websocket.accept(subprotocol=subprotocol)
+        refused = hub.refusal(
+            identity.user_id,
+            max_total=options.max_connections,
+            max_per_user=options.max_connections_per_user,
+        )
+        if refused is not None:
+            await websocket.close(refused.code, refused.reason)
+            log.info("client refused", user_id=identity.user_id, reason=refused.reason)
+            return
         watch_all = watch == "all"
         with hub.connect(identity.user_id, watch_all=watch_all, hold=bool(last_event_id)) as conn:
             CONNECTIONS.inc()
@@ -126,7 +141,7 @@ def stream_router(settings: Settings) -> APIRouter:
                         )
                     await _until_first_ends(
                         lambda: _send_frames(websocket, conn, options.coalesce_seconds),
-                        lambda: _receive_messages(websocket, conn),
+                        lambda: _receive_messages(websocket, conn, options.max_filter_items),
                         lambda: _send_heartbeats(conn, options.heartbeat_seconds),
                         lambda: _enforce_close(conn, options.close_grace_seconds),
                     )
@@ -246,7 +261,9 @@ async def _send_frames(
             return
 
 
-async def _receive_messages(websocket: WebSocket, connection: ClientConnection) -> None:
+async def _receive_messages(
+    websocket: WebSocket, connection: ClientConnection, max_filter_items: int
+) -> None:
     while True:
         message = await websocket.receive()
         if message["type"] == "websocket.disconnect":
@@ -255,6 +272,17 @@ async def _receive_messages(websocket: WebSocket, connection: ClientConnection) 
         if isinstance(parsed, Ping):
             connection.offer(pong_frame())
         elif isinstance(parsed, ChangeSubscription):
+            if parsed.add and (
+                len(connection.task_ids | parsed.task_ids) + len(connection.types | parsed.types)
+                > max_filter_items
+            ):
+                connection.request_close(
+                    Close(
+                        CloseCode.POLICY_VIOLATION,
+                        f"at most {max_filter_items} task ids and types in a filter",
+                    )
+                )
+                continue  # _enforce_close sends the close and ends the connection
             connection.change_subscription(
                 add=parsed.add, task_ids=parsed.task_ids, types=parsed.types
             )
