@@ -20,7 +20,11 @@ UNKNOWN_OPERATOR = "unknown"
 OPERATOR_HEADER = "X-Operator"
 
 TopicParam = Annotated[str, StringConstraints(min_length=1, max_length=300)]
-LetterId = Annotated[int, Path(ge=1, description="The dead letter's id (from the list).")]
+# Ids are Postgres bigints: a larger number is no id at all (422), never a database error.
+MAX_ID = 2**63 - 1
+LetterId = Annotated[
+    int, Path(ge=1, le=MAX_ID, description="The dead letter's id (from the list).")
+]
 Operator = Annotated[
     str | None,
     Header(
@@ -35,7 +39,9 @@ class DeadLetterQuery(TimeRange):
     status: DeadLetterStatus | None = None
     original_topic: TopicParam | None = None
     type: TypeParam | None = None
-    cursor: Annotated[int | None, Field(ge=1, description="next_cursor of the page before")] = None
+    cursor: Annotated[
+        int | None, Field(ge=1, le=MAX_ID, description="next_cursor of the page before")
+    ] = None
     limit: Limit = DEFAULT_LIMIT
 
     def to_filter(self, *, extra: int = 0) -> DeadLetterFilter:
