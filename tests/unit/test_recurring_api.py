@@ -21,6 +21,7 @@ from recurring_task_service.ports import (
     MissedRecord,
     ScheduleExistsError,
     ScheduleUpdate,
+    StoreRefusedError,
     StoreUnavailableError,
     TaskChange,
 )
@@ -91,6 +92,10 @@ class FakeSchedules:
 
     async def put_for_task(self, new: NewSchedule, *, event_at: datetime) -> TaskChange:
         self._check()
+        if new.task_id == "poison":
+            raise RuntimeError("a bug met by one event only")
+        if new.task_id == "refused":
+            raise StoreRefusedError("DataError: unsupported Unicode escape sequence")
         await self.delete_for_task(new.task_id, event_at=event_at)
         self._store(new)
         return TaskChange.APPLIED
@@ -330,6 +335,30 @@ async def test_subscription_sets_and_removes_a_task_schedule(
     deleted = TaskEvent.create("task.deleted", task_id="t9", user_id="u9")
     assert await deliver(client, deleted) == "SUCCESS"
     assert schedules.by_id == {}
+
+
+async def test_one_bad_entry_of_a_batch_fails_alone(
+    client: httpx.AsyncClient, schedules: FakeSchedules
+) -> None:
+    events = [
+        TaskEvent.create(
+            "task.created",
+            task_id=task_id,
+            user_id="u9",
+            payload={"recurrence": {"interval_seconds": 60}},
+        )
+        for task_id in ("before", "poison", "refused", "after")
+    ]
+    body = {
+        "entries": [
+            {"entryId": str(i), "event": cloud_event(event)} for i, event in enumerate(events)
+        ]
+    }
+    response = await client.post("/events/task-events/bulk", json=body)
+    statuses = [s["status"] for s in response.json()["statuses"]]
+    # The bug is retried (then dead-lettered) alone; the refused value is dropped at once.
+    assert statuses == ["SUCCESS", "RETRY", "DROP", "SUCCESS"]
+    assert sorted(s.task_id for s in schedules.by_id.values()) == ["after", "before"]
 
 
 async def test_subscription_drops_an_invalid_recurrence(client: httpx.AsyncClient) -> None:

@@ -2,7 +2,12 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from recurring_task_service.ports import StoreUnavailableError, TaskChange, TaskSchedules
+from recurring_task_service.ports import (
+    StoreRefusedError,
+    StoreUnavailableError,
+    TaskChange,
+    TaskSchedules,
+)
 from recurring_task_service.schedules import (
     AfterCompletionRule,
     InvalidScheduleError,
@@ -52,6 +57,8 @@ async def sync_task_schedule(
                 return Outcome.success()
     except StoreUnavailableError as error:
         return Outcome.retry(f"schedule store unavailable: {error}")
+    except StoreRefusedError as error:
+        return Outcome.drop(f"the schedule store refuses this event's values: {error}")
 
 
 async def _apply_recurrence(event: TaskEvent, schedules: TaskSchedules, now: datetime) -> Outcome:

@@ -22,6 +22,11 @@ class StoreUnavailableError(RuntimeError):
     """The schedule store cannot be reached just now; trying again later may work."""
 
 
+class StoreRefusedError(ValueError):
+    """The schedule store refuses these values and always will (a character Postgres cannot
+    keep, a number out of its range): the event is dropped with the reason, never retried."""
+
+
 class ScheduleExistsError(ValueError):
     def __init__(self, task_id: str, schedule_id: uuid.UUID) -> None:
         super().__init__(f"task {task_id!r} already has schedule {schedule_id}")

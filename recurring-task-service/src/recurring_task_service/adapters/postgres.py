@@ -17,6 +17,7 @@ from recurring_task_service.ports import (
     PlannedEvent,
     ScheduleExistsError,
     ScheduleUpdate,
+    StoreRefusedError,
     StoreUnavailableError,
     TaskChange,
 )
@@ -82,7 +83,7 @@ class PostgresSchedules:
         problem = self._schema.problem()
         if problem is not None:
             raise StoreUnavailableError(problem)
-        with translated_db_errors(StoreUnavailableError):
+        with translated_db_errors(StoreUnavailableError, StoreRefusedError):
             yield
 
     # --- the HTTP API

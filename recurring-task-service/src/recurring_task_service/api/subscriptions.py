@@ -9,11 +9,15 @@ from fastapi.responses import JSONResponse
 
 from recurring_task_service.bootstrap import TaskSchedulesDep
 from recurring_task_service.handlers import sync_task_schedule
+from recurring_task_service.ports import TaskSchedules
 from recurring_task_service.settings import Settings
 from taskevents.cloudevents import CloudEvent
 from taskevents.events import TaskEvent
+from taskevents.logging import get_logger
 from taskevents.status import Outcome
 from taskevents.web import BulkEntry, app_token, deliver_bulk, deliver_event
+
+log = get_logger(__name__)
 
 TASK_EVENTS_ROUTE = "/events/task-events"
 # The subscription's route: batches, because every triggered event this service publishes
@@ -36,9 +40,18 @@ def subscriptions_router(settings: Settings) -> APIRouter:
         async def handle(entries: Sequence[BulkEntry]) -> list[Outcome]:
             # In order: the entries of one batch come from one partition, so one task's
             # events are applied as they were published. Most are this service's own
-            # triggered events, which need no database.
-            return [await sync_task_schedule(e.event, schedules=schedules) for e in entries]
+            # triggered events, which need no database. Each entry answers for itself: a
+            # bug met by one event is retried (then dead-lettered) alone, not with its batch.
+            return [await _one(entry.event, schedules) for entry in entries]
 
         return await deliver_bulk(request, handle)
 
     return router
+
+
+async def _one(event: TaskEvent, schedules: TaskSchedules) -> Outcome:
+    try:
+        return await sync_task_schedule(event, schedules=schedules)
+    except Exception as error:
+        log.exception("bulk entry failed; asking Dapr to retry it", event_id=event.event_id)
+        return Outcome.retry(f"{type(error).__name__}: {error}")
