@@ -18,7 +18,15 @@ from fastapi.testclient import TestClient
 
 from notification_service.adapters.postgres import MIGRATIONS, PACKAGE, PostgresLedger
 from notification_service.app import create_app
-from notification_service.ports import Channel, LedgerEntry, Notification
+from notification_service.ports import (
+    Channel,
+    DueItem,
+    LedgerEntry,
+    Notification,
+    RateLimit,
+    Reservation,
+    Status,
+)
 from notification_service.settings import Settings
 from taskevents.events import TaskEvent
 from taskevents.postgres import (
@@ -183,3 +191,48 @@ async def test_with_its_database_down_the_service_runs_unready_and_the_ledger_un
         "ledger unavailable: the schema is not migrated yet: database unavailable: "
     )
     assert health.json() == {"service": "notification-service", "status": "healthy"}
+
+
+async def test_a_deferred_notification_whose_sender_died_mid_send_is_taken_again(
+    stack: Stack,
+) -> None:
+    """Sending a deferred notification flips its row to `sending`; a crash, a ledger error
+    or a shutdown before `sent` is recorded must not strand it there: once its lease has run
+    out it is due again (the claim in the state store still keeps it from going out twice)."""
+    event = an_event()
+    async with scratch_database(stack, "notify_stranded") as dsn:
+        await migrate(dsn, packaged_migrations(PACKAGE), MIGRATIONS, connect_timeout_seconds=5)
+        pool = await create_pool(dsn, PoolSettings())
+        try:
+            ledger = PostgresLedger(pool, namespace=NAMESPACE, schema=SchemaStatus(migrated=True))
+            notification = Notification(
+                event.event_id, Channel.EMAIL, event.type, event.user_id, event.task_id,
+                "ada@example.com",
+            )  # fmt: skip
+            entry = LedgerEntry(notification, "Pay rent", event.model_dump(mode="json"))
+            assert await ledger.defer(
+                entry, due_at=datetime.now(UTC) - timedelta(seconds=1), reason="quiet hours"
+            )
+            [due] = await ledger.take_due(limit=10, lease_seconds=1)
+            # The sender reserves it (status `sending`) and dies before recording the send.
+            reserved = await ledger.reserve(
+                entry, limit=RateLimit(count=0, window_seconds=60), from_deferred=True
+            )
+            assert reserved is Reservation.SEND
+
+            async def taken_again() -> list[DueItem]:
+                return await ledger.take_due(limit=10, lease_seconds=1)
+
+            [again] = await eventually(taken_again, timeout=15, what="the stranded row due again")
+            assert again.notification.event_id == event.event_id
+            assert again.attempts == due.attempts + 1
+            # Leased again: not handed out twice at once.
+            assert await ledger.take_due(limit=10, lease_seconds=60) == []
+            await ledger.record(notification, Status.SENT)
+            row = await pool.fetchrow(
+                "SELECT status FROM notification_ledger WHERE event_id = $1", event.event_id
+            )
+            assert row is not None
+            assert row["status"] == "sent"
+        finally:
+            await close_pool(pool)

@@ -32,6 +32,10 @@ DLQ = "task-events-dlq"
 TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 
 
+# A value the fake database refuses in a batch statement but takes on its own.
+REFUSED_IN_BATCHES = "task-refused-in-batches"
+
+
 @dataclass
 class FakeAuditLog:
     """Rows keyed like the tables: events by event_id, dead letters by message_id."""
@@ -48,7 +52,7 @@ class FakeAuditLog:
         return True
 
     async def record_events(self, batch: Sequence[tuple[TaskEvent, Delivery]]) -> set[str]:
-        if any("\x00" in event.task_id for event, _ in batch):
+        if any(event.task_id == REFUSED_IN_BATCHES for event, _ in batch):
             raise UnstorableError("CharacterNotInRepertoireError: invalid byte 0x00")
         self.round_trips += 1
         return {
@@ -88,7 +92,7 @@ def an_event(event_type: str = "task.created", **overrides: Any) -> TaskEvent:
         event_type,
         task_id=overrides.pop("task_id", "task-1"),
         user_id="user-1",
-        payload={"title": "Pay rent"},
+        payload=overrides.pop("payload", {"title": "Pay rent"}),
         **overrides,
     )
 
@@ -135,14 +139,28 @@ async def test_a_batch_meeting_an_unavailable_database_is_retried_whole() -> Non
 
 async def test_a_batch_the_database_refuses_drops_only_the_bad_event() -> None:
     log = FakeAuditLog()
-    good, bad = an_event(), an_event(task_id="task-\x00")
+    good, bad = an_event(), an_event(task_id=REFUSED_IN_BATCHES)
 
     outcomes = await record_events([(good, Delivery()), (bad, Delivery())], audit_log=log)
 
     assert [o.status for o in outcomes] == [DaprStatus.SUCCESS, DaprStatus.SUCCESS]
-    # The fake refuses NUL only in batches; one by one both are stored: what matters is
+    # The fake refuses it only in batches; one by one both are stored: what matters is
     # that the batch was split rather than dropped whole.
     assert sorted(log.events) == sorted([good.event_id, bad.event_id])
+
+
+async def test_nul_characters_and_lone_surrogates_are_stored_not_refused() -> None:
+    log = FakeAuditLog()
+    event = an_event(task_id="task-\x00", payload={"title": "a\x00b", "k\x00": ["\ud800"]})
+
+    [outcome] = await record_events([(event, Delivery())], audit_log=log)
+
+    assert outcome.status is DaprStatus.SUCCESS
+    stored, _ = log.events[event.event_id]
+    assert stored.task_id == "task-\ufffd"
+    assert stored.payload == {"title": "a\ufffdb", "k\ufffd": ["?"]}
+    json.dumps(stored.model_dump(mode="json")).encode("utf-8")  # UTF-8, no NUL escape left
+    assert "\\u0000" not in json.dumps(stored.payload)
 
 
 def test_a_raw_dead_letter_is_unwrapped_and_keeps_its_own_id() -> None:

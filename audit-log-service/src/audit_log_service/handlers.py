@@ -8,6 +8,7 @@ import dataclasses
 import hashlib
 import json
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 from audit_log_service.metrics import DEAD_LETTER_ACTIONS, DEAD_LETTERS, EVENTS
 from audit_log_service.ports import (
@@ -40,7 +41,7 @@ EVENT_FIELDS = ("event_id", "type", "task_id", "user_id")
 
 async def record_event(event: TaskEvent, *, delivery: Delivery, audit_log: AuditLog) -> Outcome:
     try:
-        is_new = await audit_log.record_event(event, delivery)
+        is_new = await audit_log.record_event(storable(event), delivery)
     except StorageUnavailableError as error:
         return Outcome.retry(f"audit log unavailable: {error}")
     except UnstorableError as error:
@@ -65,6 +66,7 @@ async def record_events(
     its own so that only the bad ones are dropped."""
     if not batch:
         return []
+    batch = [(storable(event), delivery) for event, delivery in batch]
     try:
         new_ids = await audit_log.record_events(batch)
     except StorageUnavailableError as error:
@@ -303,6 +305,28 @@ def _int_or_none(text: str | None) -> int | None:
 # cannot encode); a dead letter must be storable anyway.
 def _clean(text: str) -> str:
     return text.replace("\x00", "\ufffd").encode("utf-8", errors="replace").decode("utf-8")
+
+
+def storable(event: TaskEvent) -> TaskEvent:
+    """The event as the database can keep it: legal JSON may hold NUL characters and lone
+    surrogates, Postgres' text and jsonb cannot, and the system of record refuses no event
+    for them — each such character becomes U+FFFD. An event without one is returned as is."""
+    fields = {name: getattr(event, name) for name in EVENT_FIELDS}
+    cleaned = {name: _clean(value) for name, value in fields.items()}
+    payload = _clean_json(event.payload)
+    if cleaned == fields and payload == event.payload:
+        return event
+    return event.model_copy(update={**cleaned, "payload": payload})
+
+
+def _clean_json(value: Any) -> Any:
+    if isinstance(value, str):
+        return _clean(value)
+    if isinstance(value, list):
+        return [_clean_json(item) for item in value]
+    if isinstance(value, dict):
+        return {_clean(str(key)): _clean_json(item) for key, item in value.items()}
+    return value
 
 
 def _clean_id(text: str) -> str:

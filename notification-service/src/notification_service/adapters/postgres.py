@@ -153,11 +153,17 @@ class PostgresLedger:
             rows = await conn.fetch(
                 """
                 UPDATE notification_ledger AS l
-                SET lease_until = now() + $3::interval, attempts = l.attempts + 1
+                SET lease_until = now() + $3::interval, attempts = l.attempts + 1,
+                    status = 'deferred', updated_at = now()
                 FROM (
                   SELECT event_id, channel FROM notification_ledger
-                  WHERE namespace = $1 AND status = 'deferred' AND due_at <= now()
-                    AND (lease_until IS NULL OR lease_until < now())
+                  WHERE namespace = $1 AND due_at <= now()
+                    AND (
+                      (status = 'deferred' AND (lease_until IS NULL OR lease_until < now()))
+                      -- A deferred one whose sender died (crash, ledger error, shutdown)
+                      -- after it became `sending`: stale once it has not moved for a lease.
+                      OR (status = 'sending' AND updated_at < now() - $3::interval)
+                    )
                   ORDER BY due_at LIMIT $2
                   FOR UPDATE SKIP LOCKED
                 ) AS due
