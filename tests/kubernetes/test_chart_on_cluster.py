@@ -107,12 +107,11 @@ def install(lab: Lab, namespace: str, values: str, *extra: str) -> None:
 
 
 def remove_namespace(lab: Lab, namespace: str) -> None:
-    lab.kubectl(
-        "delete", "namespace", namespace, "--ignore-not-found", "--wait=true", "--timeout=120s"
-    )
+    # Not waited for: every release has a namespace of its own.
+    lab.kubectl("delete", "namespace", namespace, "--ignore-not-found", "--wait=false")
     for volume in lab.items("pv", ""):
         if volume["spec"].get("claimRef", {}).get("namespace") == namespace:
-            lab.kubectl("delete", "pv", volume["metadata"]["name"], "--ignore-not-found")
+            lab.kubectl("delete", "pv", volume["metadata"]["name"], "--wait=false")
 
 
 @pytest.fixture(scope="module", params=sorted(VALUES))
@@ -347,70 +346,6 @@ def secret_value(lab: Lab, namespace: str, name: str, key: str) -> str:
     return base64.b64decode(lab.get("secret", name, namespace)["data"][key]).decode()
 
 
-@pytest.fixture
-def minikube_release(lab: Lab) -> Iterator[str]:
-    namespace = "te-lifecycle"
-    prepare(lab, namespace, "minikube")
-    try:
-        install(lab, namespace, "minikube")
-        yield namespace
-    finally:
-        remove_namespace(lab, namespace)
-
-
-def test_upgrades_roll_exactly_the_pods_whose_dapr_resources_or_secrets_changed(
-    lab: Lab, minikube_release: str, tmp_path: Path
-) -> None:
-    namespace = minikube_release
-    # The Configuration every sidecar loads at start: every service restarts.
-    before = pod_uids(lab, namespace)
-    upgrade(lab, namespace, CHART, "--set", "dapr.tracing.samplingRate=0.5")
-    assert (
-        lab.get("configuration", "taskevents", namespace)["spec"]["tracing"]["samplingRate"]
-        == "0.5"
-    )
-    wait_for_rollout(lab, namespace, before, set(APP_IDS))
-
-    # A Subscription scoped to the audit log only: only its pods restart.
-    chart = tmp_path / "helm-chart"
-    shutil.copytree(CHART, chart)
-    subscriptions = chart / "templates" / "dapr" / "subscriptions-audit-log-service.yaml"
-    text = subscriptions.read_text()
-    assert "maxMessagesCount: 1000" in text
-    subscriptions.write_text(text.replace("maxMessagesCount: 1000", "maxMessagesCount: 500"))
-    before = pod_uids(lab, namespace)
-    upgrade(lab, namespace, chart)
-    stored = lab.get("subscription", "task-events-audit-log", namespace)
-    assert stored["spec"]["bulkSubscribe"]["maxMessagesCount"] == 500
-    wait_for_rollout(lab, namespace, before, {"audit-log-service"})
-
-    # A Secret every pod reads (the app token): every service restarts.
-    before = pod_uids(lab, namespace)
-    upgrade(lab, namespace, CHART, "--set", "dapr.appToken=a-rotated-app-token")
-    assert (
-        secret_value(lab, namespace, f"{RELEASE}-dapr-app-token", "token") == "a-rotated-app-token"
-    )
-    wait_for_rollout(lab, namespace, before, set(APP_IDS))
-
-    # An upgrade that changes nothing restarts nothing.
-    before = pod_uids(lab, namespace)
-    upgrade(lab, namespace, CHART)
-    wait_for_rollout(lab, namespace, before, set())
-
-    # Back to the first revision: the first token again, and the pods that read it restart.
-    before = pod_uids(lab, namespace)
-    lab.helm("rollback", RELEASE, "1", "-n", namespace, "--wait", "--timeout", "3m")
-    assert (
-        secret_value(lab, namespace, f"{RELEASE}-dapr-app-token", "token")
-        == "minikube-development-app-token"
-    )
-    wait_for_rollout(lab, namespace, before, set(APP_IDS))
-    assert (
-        lab.get("configuration", "taskevents", namespace)["spec"]["tracing"]["samplingRate"] == "1"
-    )
-    assert_uninstall_leaves_nothing(lab, namespace)
-
-
 def namespaced_objects(lab: Lab, namespace: str) -> list[str]:
     kinds = lab.kubectl("api-resources", "--verbs=list", "--namespaced", "-o", "name").split()
     kinds = [k for k in kinds if k not in ("events", "events.events.k8s.io")]
@@ -432,22 +367,67 @@ def assert_uninstall_leaves_nothing(lab: Lab, namespace: str, *kept: str) -> Non
     assert not lab.helm("list", "-n", namespace, "-q").strip()
 
 
-def test_upgrade_after_an_operator_rotated_an_existing_secret_rolls_every_service(
-    lab: Lab, tmp_path: Path
+def configured_sampling_rate(values: str) -> str:
+    document = yaml.safe_load(VALUES[values].read_text())
+    return str(document.get("dapr", {}).get("tracing", {}).get("samplingRate", "1"))
+
+
+# Last in the module: it uninstalls the release the tests above share.
+def test_upgrades_restart_exactly_the_pods_that_read_what_changed_then_rollback_and_uninstall(
+    lab: Lab, release: tuple[str, str], tmp_path: Path
 ) -> None:
-    namespace = "te-rotation"
-    prepare(lab, namespace, "production")
-    try:
-        install(lab, namespace, "production")
-        before = pod_uids(lab, namespace)
-        rotated = secret_manifest(
-            namespace, "taskevents-dapr-api-token", {"token": "rotated-api-token"}
-        )
-        lab.kubectl("apply", "-f", "-", stdin=yaml.safe_dump(rotated))
+    namespace, values = release
+    # The Configuration every sidecar loads at start: every service restarts.
+    before = pod_uids(lab, namespace)
+    upgrade(lab, namespace, CHART, "--set", "dapr.tracing.samplingRate=0.5")
+    configuration = lab.get("configuration", "taskevents", namespace)
+    assert configuration["spec"]["tracing"]["samplingRate"] == "0.5"
+    wait_for_rollout(lab, namespace, before, set(APP_IDS))
+
+    # A Subscription scoped to the audit log only: only its pods restart.
+    chart = tmp_path / "helm-chart"
+    shutil.copytree(CHART, chart)
+    subscriptions = chart / "templates" / "dapr" / "subscriptions-audit-log-service.yaml"
+    text = subscriptions.read_text()
+    assert "maxMessagesCount: 1000" in text
+    subscriptions.write_text(text.replace("maxMessagesCount: 1000", "maxMessagesCount: 500"))
+    before = pod_uids(lab, namespace)
+    upgrade(lab, namespace, chart)
+    stored = lab.get("subscription", "task-events-audit-log", namespace)
+    assert stored["spec"]["bulkSubscribe"]["maxMessagesCount"] == 500
+    wait_for_rollout(lab, namespace, before, {"audit-log-service"})
+
+    # A Secret every pod reads: every service restarts. With the chart's own Secrets the new
+    # value comes through values; in production an operator rotates the existing Secret and
+    # runs `helm upgrade` with the same values.
+    before = pod_uids(lab, namespace)
+    if values == "minikube":
+        upgrade(lab, namespace, CHART, "--set", "dapr.appToken=a-rotated-app-token")
+        rotated = ("taskevents-dapr-app-token", "a-rotated-app-token")
+    else:
+        rotated = ("taskevents-dapr-api-token", "a-rotated-api-token")
+        secret = secret_manifest(namespace, rotated[0], {"token": rotated[1]})
+        lab.kubectl("apply", "-f", "-", stdin=yaml.safe_dump(secret))
         upgrade(lab, namespace, CHART)
-        wait_for_rollout(lab, namespace, before, set(APP_IDS))
-        assert_uninstall_leaves_nothing(
-            lab, namespace, *(f"Secret/{n}" for n in PRODUCTION_SECRETS)
-        )
-    finally:
-        remove_namespace(lab, namespace)
+    assert secret_value(lab, namespace, rotated[0], "token") == rotated[1]
+    wait_for_rollout(lab, namespace, before, set(APP_IDS))
+
+    # An upgrade that changes nothing restarts nothing.
+    before = pod_uids(lab, namespace)
+    upgrade(lab, namespace, CHART)
+    wait_for_rollout(lab, namespace, before, set())
+
+    # Back to the first revision: its Configuration (and the chart's first Secrets) again, and
+    # every pod restarts.
+    before = pod_uids(lab, namespace)
+    lab.helm("rollback", RELEASE, "1", "-n", namespace, "--wait", "--timeout", "3m")
+    configuration = lab.get("configuration", "taskevents", namespace)
+    assert configuration["spec"]["tracing"]["samplingRate"] == configured_sampling_rate(values)
+    if values == "minikube":
+        first = secret_value(lab, namespace, rotated[0], "token")
+        assert first == "minikube-development-app-token"
+    wait_for_rollout(lab, namespace, before, set(APP_IDS))
+
+    # Nothing of the release is left; what the operator made outside it stays.
+    kept = [f"Secret/{name}" for name in PRODUCTION_SECRETS] if values == "production" else []
+    assert_uninstall_leaves_nothing(lab, namespace, *kept)
