@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import shutil
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -254,6 +255,37 @@ def test_every_service_pod_runs_an_injected_daprd_as_its_annotations_say(
             assert app_env["APP_API_TOKEN"]["valueFrom"] == env["APP_API_TOKEN"]["valueFrom"]
             # Sentry's identity token for the sidecar, as in a real cluster.
             assert "dapr-identity-token" in {v["name"] for v in pod["spec"]["volumes"]}
+
+
+def operator_service(lab: Lab, namespace: str, app_id: str) -> Doc | None:
+    if not lab.exists("service", f"{app_id}-dapr", namespace):
+        return None
+    return lab.get("service", f"{app_id}-dapr", namespace)
+
+
+def test_prometheus_finds_the_metrics_of_every_app_and_its_sidecar(
+    lab: Lab, release: tuple[str, str]
+) -> None:
+    """A pod carries one set of prometheus.io annotations: the chart's name the app's
+    /metrics; the sidecar's are on the `<app-id>-dapr` Service the Dapr operator makes, whose
+    endpoints Prometheus' service-endpoints discovery scrapes."""
+    namespace, _ = release
+    for app_id in APP_IDS:
+        deployment = lab.get("deployment", app_id, namespace)
+        annotations = deployment["spec"]["template"]["metadata"]["annotations"]
+        assert annotations["prometheus.io/scrape"] == "true"
+        assert annotations["prometheus.io/port"] == annotations["dapr.io/app-port"]
+        assert annotations["prometheus.io/path"] == "/metrics"
+        sidecar = wait_for(
+            partial(operator_service, lab, namespace, app_id),
+            f"the Dapr operator's Service {app_id}-dapr",
+        )
+        assert sidecar["metadata"]["ownerReferences"][0]["name"] == app_id
+        metrics_port = annotations["dapr.io/metrics-port"]
+        assert sidecar["metadata"]["annotations"]["prometheus.io/scrape"] == "true"
+        assert sidecar["metadata"]["annotations"]["prometheus.io/port"] == metrics_port
+        ports = {p["name"]: p["targetPort"] for p in sidecar["spec"]["ports"]}
+        assert ports["dapr-metrics"] == int(metrics_port)
 
 
 def contained(expected: Any, actual: Any, path: str = "") -> list[str]:
