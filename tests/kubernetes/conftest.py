@@ -81,6 +81,8 @@ def lab() -> Iterator[Lab]:
         ["bash", str(ROOT / "scripts" / "helm.sh")], capture_output=True, text=True, check=False
     )
     assert helm.returncode == 0, helm.stderr
+    # A cluster left by an interrupted session would carry its releases: start afresh.
+    subprocess.run(["bash", str(CLUSTER), "down"], capture_output=True, check=False, timeout=300)
     try:
         up = subprocess.run(["bash", str(CLUSTER), "up"], capture_output=True, text=True,
                             check=False, timeout=1800)  # fmt: skip
