@@ -4,7 +4,7 @@
 #
 #   k8s/v<K8S>/bin      etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubectl, kwok
 #   k8s/v<K8S>/kwok-stages.yaml   kwok's stages for a fast fake node
-#   k8s/dapr-<DAPR>/    bin/{sentry,operator,injector} and crds/ (Dapr's chart CRDs from the same module)
+#   k8s/dapr-<DAPR>/    bin/{sentry,operator,injector} and chart/ (Dapr's Helm chart and CRDs, same module)
 #
 # etcd, Kubernetes and kwok are built from one generated module (k8s/v<K8S>/module: go.mod
 # with a `replace` line per staging module, tools.go), so they share one dependency graph and
@@ -36,7 +36,7 @@ k8s_built() {
 dapr_built() {
   local c
   for c in "${DAPR_COMMANDS[@]}"; do [ -x "$DAPR_BIN/$c" ] || return 1; done
-  [ -f "$DAPR_DIR/crds/.complete" ]
+  return 0
 }
 
 # go build -v names each package as it compiles it: print "compiled / total" every 15 s.
@@ -168,7 +168,6 @@ build_dapr_control_plane() {
   # directives). Same source, -trimpath and tags: the build cache is shared with daprd's.
   local work="$DAPR_DIR/src"
   rm -rf "$work" && cp -r "$src" "$work" && chmod -R u+w "$work"
-  rm -rf "$DAPR_DIR/crds" && cp -r "$work/charts/dapr/crds" "$DAPR_DIR/crds" && touch "$DAPR_DIR/crds/.complete"
 
   info "[2/3] downloading the modules the three commands import"
   (cd "$work" && run_logged "$log" sh -c \
@@ -204,6 +203,18 @@ write_kwok_stages() {
   mv "$KWOK_STAGES.tmp" "$KWOK_STAGES"
 }
 
+# Dapr's Helm chart (with its CRDs) from the same module: cluster.sh deploys the control
+# plane with it, so nothing at start needs Go or the module cache.
+DAPR_CHART="$DAPR_DIR/chart"
+copy_dapr_chart() {
+  local src
+  src=$(cd "$MODULE_DIR" && GOFLAGS=-mod=mod go mod download -json "github.com/dapr/dapr@v$DAPR_VERSION" \
+        | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')
+  [ -d "$src/charts/dapr/crds" ] || fail "Dapr's chart is not in the module cache ($src)"
+  rm -rf "$DAPR_CHART" && cp -r "$src/charts/dapr" "$DAPR_CHART" && chmod -R u+w "$DAPR_CHART"
+  touch "$DAPR_CHART/.complete"
+}
+
 mkdir -p "$TASKEVENTS_CACHE/k8s"
 # One Go build at a time, also against a second `make k8s` started beside this one.
 exec 9>"$TASKEVENTS_CACHE/k8s/build.lock"
@@ -215,5 +226,6 @@ fi
 if k8s_built; then info "etcd, Kubernetes $K8S_VERSION and kwok already built: $K8S_BIN"; else build_k8s; fi
 [ -s "$KWOK_STAGES" ] || write_kwok_stages
 if dapr_built; then info "Dapr $DAPR_VERSION control plane already built: $DAPR_BIN"; else build_dapr_control_plane; fi
+[ -f "$DAPR_CHART/.complete" ] || copy_dapr_chart
 echo "$K8S_BIN"
 echo "$DAPR_BIN"

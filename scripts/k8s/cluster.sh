@@ -234,14 +234,6 @@ DAPR_TEMPLATES=(
   charts/dapr_sidecar_injector/templates/dapr_sidecar_injector_webhook_config.yaml
 )
 
-dapr_chart_dir() {
-  local src
-  src=$(cd "$DAPR_DIR" && GOFLAGS=-mod=mod go mod download -json "github.com/dapr/dapr@v$DAPR_VERSION" \
-        | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')
-  [ -d "$src/charts/dapr" ] || fail "Dapr's chart is not in the module cache ($src)"
-  echo "$src/charts/dapr"
-}
-
 # Run the single container of a Dapr control-plane pod as a process: its command, args and
 # environment from the pod (as Dapr's chart made it), its volumes mounted at their paths in
 # a mount namespace of its own (podrun.py writes them like a kubelet would), and per-process
@@ -260,8 +252,8 @@ run_pod() {
 }
 
 start_dapr() {
-  local chart; chart=$(dapr_chart_dir)
-  kctl apply --server-side --force-conflicts -f "$DAPR_DIR/crds/" >/dev/null
+  local chart="$DAPR_DIR/chart"
+  kctl apply --server-side --force-conflicts -f "$chart/crds/" >/dev/null
   kctl wait --for=condition=Established crd --all --timeout=60s >/dev/null
   kctl create namespace dapr-system >/dev/null
   local show=() t
