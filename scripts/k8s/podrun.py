@@ -138,13 +138,24 @@ def script(args: argparse.Namespace) -> str:
     pod = kubectl.get("pod", args.pod)
     (container,) = pod["spec"]["containers"]
     volumes = {v["name"]: v for v in pod["spec"].get("volumes", [])}
-    lines = ["set -eu"]
+    # The binaries and the volumes first move to the namespace's own /run: a volume mounted
+    # at /tmp (the operator's emptyDir) must not hide a cache or state directory under /tmp.
+    staged = Path("/run/podrun")
+    (Path(args.dir) / "volumes").mkdir(parents=True, exist_ok=True)
+    lines = [
+        "set -eu",
+        f"mkdir -p {staged}/bin {staged}/volumes",
+        f"mount --bind {shlex.quote(args.bin_dir)} {staged}/bin",
+        f"mount --bind {shlex.quote(str(Path(args.dir) / 'volumes'))} {staged}/volumes",
+    ]
     for mount in container.get("volumeMounts", []):
-        directory = Path(args.dir) / "volumes" / mount["name"]
-        fill_volume(volumes[mount["name"]], directory, pod, kubectl)
+        fill_volume(
+            volumes[mount["name"]], Path(args.dir) / "volumes" / mount["name"], pod, kubectl
+        )
         target = shlex.quote(mount["mountPath"])
-        lines.append(f"mkdir -p {target} && mount --bind {shlex.quote(str(directory))} {target}")
-    command = [str(Path(args.bin_dir) / Path(container["command"][0]).name)]
+        source = shlex.quote(str(staged / "volumes" / mount["name"]))
+        lines.append(f"mkdir -p {target} && mount --bind {source} {target}")
+    command = [str(staged / "bin" / Path(container["command"][0]).name)]
     command += [*container["command"][1:], *container.get("args", []), *args.extra]
     env = environment(container, pod, kubectl, args.api_server)
     assignments = " ".join(shlex.quote(f"{k}={v}") for k, v in sorted(env.items()))
