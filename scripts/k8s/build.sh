@@ -186,6 +186,22 @@ build_dapr_control_plane() {
   info "built Dapr's control plane in $(( $(now) - start ))s"
 }
 
+# The node half (scripts/k8s/node.sh), only on `build.sh node`: kubelet from the same module.
+build_kubelet() {
+  local log="$K8S_DIR/build.log" start; start=$(now)
+  step "Building kubelet $K8S_VERSION (the same module; most packages are already compiled)"
+  info "log: $log"
+  (cd "$MODULE_DIR" && GOFLAGS=-mod=mod go list -deps k8s.io/kubernetes/cmd/kubelet >"$K8S_DIR/packages-kubelet.txt" 2>>"$log") \
+    || fail "go list failed; see $log"
+  local minor=${K8S_VERSION#*.}; minor=${minor%%.*}
+  (cd "$MODULE_DIR" && compile_with_progress kubelet "$(wc -l <"$K8S_DIR/packages-kubelet.txt")" "$K8S_DIR/compile-kubelet.log" "$start" \
+     env CGO_ENABLED=0 GOFLAGS=-mod=mod go build -v -trimpath -ldflags "-s -w -X k8s.io/component-base/version.gitVersion=v$K8S_VERSION \
+-X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=$minor \
+-X k8s.io/component-base/version.gitTreeState=clean" -o "$K8S_BIN/kubelet.tmp" k8s.io/kubernetes/cmd/kubelet)
+  mv "$K8S_BIN/kubelet.tmp" "$K8S_BIN/kubelet"
+  info "built kubelet in $(( $(now) - start ))s"
+}
+
 # kwok's stages for a fast fake node (kwok's own kustomize/stage files): nodes become
 # Ready and keep a lease, pods Running at once, Job pods Succeeded, deleted pods go.
 KWOK_STAGES="$K8S_DIR/kwok-stages.yaml"
@@ -227,5 +243,8 @@ if k8s_built; then info "etcd, Kubernetes $K8S_VERSION and kwok already built: $
 [ -s "$KWOK_STAGES" ] || write_kwok_stages
 if dapr_built; then info "Dapr $DAPR_VERSION control plane already built: $DAPR_BIN"; else build_dapr_control_plane; fi
 [ -f "$DAPR_CHART/.complete" ] || copy_dapr_chart
+if [ "${1:-}" = node ] && ! "$K8S_BIN/kubelet" --version 2>/dev/null | grep -qx "Kubernetes v$K8S_VERSION"; then
+  build_kubelet
+fi
 echo "$K8S_BIN"
 echo "$DAPR_BIN"

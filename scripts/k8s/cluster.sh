@@ -5,6 +5,7 @@
 # Dapr's sentry, operator and sidecar injector, deployed from Dapr's own Helm chart.
 #
 #   scripts/k8s/cluster.sh up             build when missing (scripts/k8s/build.sh), start
+#   scripts/k8s/cluster.sh node-up        add a real node: kubelet, containerd, runc (node.sh)
 #   scripts/k8s/cluster.sh down           stop every process, drop the namespace and state
 #   scripts/k8s/cluster.sh status         what runs
 #   scripts/k8s/cluster.sh kubectl ARGS   kubectl as cluster admin, inside the namespace
@@ -40,7 +41,7 @@ API_PORT=6443
 NODE_NAME=kwok-node-0
 ADMIN_KUBECONFIG="$PKI/admin.kubeconfig"
 # What `status` reports, in start order.
-COMPONENTS=(etcd kube-apiserver kube-controller-manager kube-scheduler kwok sentry operator injector)
+COMPONENTS=(etcd kube-apiserver kube-controller-manager kube-scheduler kwok sentry operator injector containerd kubelet)
 
 holder_pid() { live_pid "$PIDS/namespace.pid" "sleep"; }
 in_ns() {
@@ -180,7 +181,8 @@ start_kubernetes() {
     --service-account-issuer https://kubernetes.default.svc.cluster.local \
     --service-account-key-file "$PKI/sa.pub" --service-account-signing-key-file "$PKI/sa.key" \
     --service-cluster-ip-range "$SERVICE_CIDR" --authorization-mode Node,RBAC \
-    --enable-aggregator-routing=true --allow-privileged=true --profiling=false
+    --enable-aggregator-routing=true --allow-privileged=true --profiling=false \
+    --kubelet-preferred-address-types InternalIP,Hostname
   wait_component kube-apiserver 90 "the API server's /readyz" kctl get --raw /readyz
 
   local component
@@ -280,6 +282,9 @@ start_dapr() {
     nonempty kctl get crd subscriptions.dapr.io -o 'jsonpath={.spec.conversion.webhook.clientConfig.caBundle}'
 }
 
+# The node half (kubelet, containerd): node_up, node_cleanup.
+source "$here/node.sh"
+
 # --- commands ------------------------------------------------------------------------------
 
 cmd_up() {
@@ -360,6 +365,7 @@ cmd_down() {
   local left=()
   for pid in $(netns_processes); do running "$pid" && left+=("$pid"); done
   [ "${#left[@]}" -eq 0 ] || fail "processes are still in the lab namespace: ${left[*]}"
+  node_cleanup
   rm -rf "$STATE"
   [ -n "$quiet" ] || info "stopped; nothing of the lab is left"
 }
@@ -374,9 +380,10 @@ cmd_status() {
 
 case "${1:-}" in
   up) cmd_up ;;
+  node-up) node_up ;;
   down) cmd_down ;;
   status) cmd_status ;;
   kubectl) shift; kctl "$@" ;;
   exec) shift; in_ns "$@" ;;
-  *) echo "usage: $0 up|down|status|kubectl ARGS|exec CMD ARGS" >&2; exit 2 ;;
+  *) echo "usage: $0 up|node-up|down|status|kubectl ARGS|exec CMD ARGS" >&2; exit 2 ;;
 esac
