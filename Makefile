@@ -45,8 +45,9 @@ helm: ## Helm, built once from its Go module (cached; for the chart tests and ma
 	@bash scripts/helm.sh >/dev/null
 
 .PHONY: kubernetes
-kubernetes: helm ## the Kubernetes test tier: etcd, Kubernetes, kwok, Dapr's control plane, built once
-	@bash scripts/k8s/build.sh >/dev/null
+kubernetes: deps helm ## the Kubernetes test tier: control plane, a node, the images (built once, cached)
+	@bash scripts/k8s/build.sh node >/dev/null
+	@bash scripts/k8s/images.sh >/dev/null
 
 .PHONY: manifests
 manifests: deps helm ## regenerate the chart's Dapr templates and the plain manifests in k8s/

@@ -60,6 +60,13 @@ node_images() {
   tar -C "$NODE/oci-busybox" -cf "$NODE/busybox.tar" .
   in_ns ctr --address "$CONTAINERD_SOCKET" -n k8s.io images import --base-name registry.k8s.io/pause "$NODE/pause.tar" >/dev/null
   in_ns ctr --address "$CONTAINERD_SOCKET" -n k8s.io images import --base-name docker.io/library/busybox "$NODE/busybox.tar" >/dev/null
+  # The services' images, when scripts/k8s/images.sh has built them.
+  local archive
+  for archive in "$TASKEVENTS_CACHE/k8s/images/"*-service.tar; do
+    [ -f "$archive" ] || continue
+    in_ns ctr --address "$CONTAINERD_SOCKET" -n k8s.io images import "$archive" >/dev/null \
+      || fail "could not import $archive into the node's containerd"
+  done
 }
 
 node_config() {
