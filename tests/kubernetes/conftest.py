@@ -17,6 +17,7 @@ import pytest
 from tests.support.stack import ROOT
 
 CLUSTER = ROOT / "scripts" / "k8s" / "cluster.sh"
+IMAGES = ROOT / "scripts" / "k8s" / "images.sh"
 Doc = dict[str, Any]
 T = TypeVar("T")
 
@@ -28,6 +29,8 @@ class CommandError(AssertionError):
 @dataclass
 class Lab:
     helm_binary: str
+    # The real node (images, then `cluster.sh node-up`), started beside the first tests.
+    node_up: subprocess.Popen[str] | None = None
 
     def run(self, *argv: str, stdin: str | None = None, timeout: float = 300) -> str:
         result = subprocess.run(
@@ -81,14 +84,23 @@ def lab() -> Iterator[Lab]:
         ["bash", str(ROOT / "scripts" / "helm.sh")], capture_output=True, text=True, check=False
     )
     assert helm.returncode == 0, helm.stderr
+    node_up: subprocess.Popen[str] | None = None
     # A cluster left by an interrupted session would carry its releases: start afresh.
     subprocess.run(["bash", str(CLUSTER), "down"], capture_output=True, check=False, timeout=300)
     try:
         up = subprocess.run(["bash", str(CLUSTER), "up"], capture_output=True, text=True,
                             check=False, timeout=1800)  # fmt: skip
         assert up.returncode == 0, f"cluster.sh up failed:\n{up.stderr}"
-        yield Lab(helm.stdout.strip().splitlines()[-1])
+        # The real node takes ~20 s to start (image imports) and is tainted, so the chart's
+        # pods never land there: start it now, test_images_on_a_real_node waits for it.
+        node_up = subprocess.Popen(
+            ["bash", "-c", f"bash {IMAGES} && bash {CLUSTER} node-up"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        yield Lab(helm.stdout.strip().splitlines()[-1], node_up)
     finally:
+        if node_up is not None and node_up.poll() is None:
+            node_up.communicate(timeout=1800)
         down = subprocess.run(["bash", str(CLUSTER), "down"], capture_output=True, text=True,
                               check=False, timeout=300)  # fmt: skip
         assert down.returncode == 0, f"cluster.sh down failed:\n{down.stderr}"

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.kubernetes.conftest import CLUSTER, Doc, Lab, wait_for
+from tests.kubernetes.conftest import Doc, Lab, wait_for
 from tests.support.stack import ROOT
 
 CHART = ROOT / "helm-chart"
@@ -37,12 +37,10 @@ SERVES_HEALTH_WITHOUT_DATABASE = {"websocket-service", "notification-service", "
 
 @pytest.fixture(scope="module")
 def node(lab: Lab) -> Iterator[Lab]:
-    for argv in (
-        ["bash", str(ROOT / "scripts" / "k8s" / "images.sh")],
-        ["bash", str(CLUSTER), "node-up"],
-    ):
-        result = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=1800)
-        assert result.returncode == 0, f"{' '.join(argv)} failed:\n{result.stderr}"
+    """The node the session started (conftest.lab): wait until `node-up` is done."""
+    assert lab.node_up is not None
+    _, errors = lab.node_up.communicate(timeout=1800)
+    assert lab.node_up.returncode == 0, f"images.sh or cluster.sh node-up failed:\n{errors}"
     lab.kubectl("create", "namespace", NAMESPACE)
     yield lab
     lab.kubectl("delete", "namespace", NAMESPACE, "--wait=false")
