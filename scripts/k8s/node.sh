@@ -137,6 +137,10 @@ YAML
 # kubelet wants its cgroup root in every (v1) hierarchy before it starts.
 node_cgroups() {
   local hierarchy
+  # Written for cgroup v1 (hybrid) hosts like the CI machines, where /sys/fs/cgroup holds one
+  # hierarchy per controller; on a cgroup v2 host those entries are cgroups themselves.
+  [ "$(stat -fc %T /sys/fs/cgroup)" != cgroup2fs ] \
+    || fail "the lab node supports cgroup v1 (hybrid) hosts only; this one has cgroup v2"
   for hierarchy in /sys/fs/cgroup/*/; do
     [ "$hierarchy" = /sys/fs/cgroup/unified/ ] && continue
     mkdir -p "$hierarchy$CGROUP_ROOT"
