@@ -44,6 +44,11 @@ dapr: ## the Dapr runtime: an existing `dapr init` install, or built from the Go
 helm: ## Helm, built once from its Go module (cached; for the chart tests and manifests)
 	@bash scripts/helm.sh >/dev/null
 
+.PHONY: kubernetes
+kubernetes: deps helm ## the Kubernetes test tier: control plane, a node, the images (built once, cached)
+	@bash scripts/k8s/build.sh node >/dev/null
+	@bash scripts/k8s/images.sh >/dev/null
+
 .PHONY: manifests
 manifests: deps helm ## regenerate the chart's Dapr templates and the plain manifests in k8s/
 	@$(UV) run --frozen python scripts/render_manifests.py --helm "$$(bash scripts/helm.sh)"
@@ -101,9 +106,9 @@ migrate: deps ## apply the audit database migrations by hand
 	@DATABASE_URL="$(DB_URL)" $(UV) run --frozen audit-log-service migrate
 
 .PHONY: test
-test: setup helm ## set up whatever is missing, then run every test tier
+test: setup helm kubernetes ## set up whatever is missing, then run every test tier
 	@$(UV) run --frozen python -m taskevents.schema --check docs/event-schema.json
-	@$(UV) run --frozen pytest tests/unit tests/integration tests/e2e
+	@$(UV) run --frozen pytest tests/unit tests/integration tests/e2e tests/kubernetes
 
 .PHONY: lint
 lint: deps ## ruff check, ruff format --check, mypy --strict

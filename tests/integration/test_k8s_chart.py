@@ -10,6 +10,7 @@ import copy
 import json
 import os
 import re
+import shutil
 import subprocess
 from collections.abc import Iterator
 from functools import cache
@@ -501,17 +502,118 @@ def test_migration_job_is_a_helm_hook_running_audit_migrate(rendered: tuple[Doc,
     assert "dapr.io/enabled" not in job["spec"]["template"]["metadata"].get("annotations", {})
 
 
+def ingress_backend(ingress: Doc, path: str) -> str | None:
+    """The Service an Ingress sends `path` to (Exact, then the longest Prefix match)."""
+    paths = [p for rule in ingress["spec"]["rules"] for p in rule["http"]["paths"]]
+    for item in paths:
+        if item["pathType"] == "Exact" and item["path"] == path:
+            return str(item["backend"]["service"]["name"])
+    prefixes = [
+        p for p in paths
+        if p["pathType"] == "Prefix"
+        and (p["path"] == "/" or path == p["path"] or path.startswith(p["path"].rstrip("/") + "/"))
+    ]  # fmt: skip
+    if not prefixes:
+        return None
+    return str(max(prefixes, key=lambda p: len(p["path"]))["backend"]["service"]["name"])
+
+
 def test_ingress_routes_the_live_page_and_websocket(rendered: tuple[Doc, ...]) -> None:
     (ingress,) = of_kind(rendered, "Ingress").values()
-    paths = {
-        p["path"]: p["backend"]["service"]["name"]
-        for rule in ingress["spec"]["rules"]
-        for p in rule["http"]["paths"]
+    assert ingress_backend(ingress, "/") == ingress_backend(ingress, "/ws") == "websocket-service"
+    if ingress_backend(ingress, "/audit/events"):
+        assert ingress_backend(ingress, "/audit/events") == "audit-log-service"
+        assert ingress_backend(ingress, "/schedules") == "recurring-task-service"
+    # Nothing else of websocket-service: /dev/token mints a token for any user in development.
+    for path in ("/dev/token", "/metrics", "/docs", "/openapi.json", "/ready"):
+        assert ingress_backend(ingress, path) is None, path
+
+
+# --- restarts and probes -----------------------------------------------------------------
+
+
+def pod_checksums(documents: tuple[Doc, ...]) -> dict[str, dict[str, str]]:
+    return {
+        name: {
+            key: value
+            for key, value in deployment["spec"]["template"]["metadata"]["annotations"].items()
+            if key.startswith("checksum/")
+        }
+        for name, deployment in of_kind(documents, "Deployment").items()
+        if name in design_ports()
     }
-    assert paths["/"] == paths["/ws"] == "websocket-service"
-    if "/audit" in paths:
-        assert paths["/audit"] == "audit-log-service"
-        assert paths["/schedules"] == "recurring-task-service"
+
+
+def render_with(helm: str, chart: Path, *settings: str) -> tuple[Doc, ...]:
+    result = subprocess.run(
+        [helm, "template", RELEASE, str(chart), "--namespace", "taskevents",
+         "-f", str(VALUES["minikube"]), *[a for s in settings for a in ("--set", s)]],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    return tuple(d for d in yaml.safe_load_all(result.stdout) if d)
+
+
+def changed(
+    before: dict[str, dict[str, str]], after: dict[str, dict[str, str]], key: str
+) -> set[str]:
+    return {app_id for app_id in before if before[app_id][key] != after[app_id][key]}
+
+
+def test_pods_restart_when_a_dapr_resource_or_secret_they_read_changes(
+    helm: str, tmp_path: Path
+) -> None:
+    """The pod template carries digests of what daprd and the app read only at start; the
+    Kubernetes tier (tests/kubernetes) proves the restarts on a cluster."""
+    base = pod_checksums(render_with(helm, CHART))
+    assert set(base) == set(design_ports())
+    assert base == pod_checksums(render_with(helm, CHART)), "the digests must be deterministic"
+    # The Configuration: every sidecar loads it.
+    tracing = pod_checksums(render_with(helm, CHART, "dapr.tracing.samplingRate=0.5"))
+    assert changed(base, tracing, "checksum/dapr-resources") == set(design_ports())
+    assert not changed(base, tracing, "checksum/secrets")
+    # A Secret every pod reads.
+    token = pod_checksums(render_with(helm, CHART, "dapr.appToken=rotated"))
+    assert changed(base, token, "checksum/secrets") == set(design_ports())
+    assert not changed(base, token, "checksum/dapr-resources")
+    # A resource scoped to one app restarts that app only.
+    chart = tmp_path / "helm-chart"
+    shutil.copytree(CHART, chart)
+    resiliency = chart / "templates" / "dapr" / "resiliency-audit-log-service.yaml"
+    resiliency.write_text(
+        resiliency.read_text().replace("auditDelivery: 15s", "auditDelivery: 20s")
+    )
+    scoped = pod_checksums(render_with(helm, chart))
+    assert changed(base, scoped, "checksum/dapr-resources") == {"audit-log-service"}
+
+
+def test_the_dapr_digest_covers_every_dapr_template() -> None:
+    helpers = (CHART / "templates" / "_helpers.tpl").read_text()
+    listed = re.search(r'define "taskevents.daprTemplates" -}}(.*?){{- end', helpers, re.S)
+    assert listed
+    files = {p.name for p in (CHART / "templates" / "dapr").glob("*.yaml")}
+    assert set(listed[1].split()) == files
+
+
+# What GET /ready may take at most, by service: its checks run one after the other, each
+# within the budget the service's source gives it (taskevents.web.sidecar_check 2 s, the
+# database checks' acquire + query, notification's SMTP NOOP 2 x 2 s and ledger 5 + 5 s).
+READY_BUDGET_SECONDS = {
+    "audit-log-service": 2 + 2 + 2,
+    "recurring-task-service": 2 + 2 + 2,
+    "notification-service": 2 + 4 + 5 + 5,
+    "websocket-service": 2,
+}
+
+
+def test_readiness_probes_wait_longer_than_the_checks_behind_them(
+    rendered: tuple[Doc, ...],
+) -> None:
+    for app_id, budget in READY_BUDGET_SECONDS.items():
+        pod = of_kind(rendered, "Deployment")[app_id]["spec"]["template"]["spec"]
+        probe = pod["containers"][0]["readinessProbe"]
+        assert probe["timeoutSeconds"] > budget, app_id
+        assert probe["periodSeconds"] >= probe["timeoutSeconds"], app_id
 
 
 # --- generated files ---------------------------------------------------------------------
