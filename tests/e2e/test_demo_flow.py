@@ -16,6 +16,7 @@ import websockets
 
 from tests.conftest import Cluster
 from tests.integration.test_delivery import dev_token
+from tests.support.authorization import bearer
 from tests.support.mailbox import mails_to
 from tests.support.stack import Stack
 from tests.support.waiting import eventually
@@ -30,6 +31,7 @@ async def audit_events_of(http: httpx.AsyncClient, cluster: Cluster, user_id: st
     response = await http.get(
         f"{cluster['audit-log-service'].url}/audit/events",
         params={"user_id": user_id, "limit": 500},
+        headers=bearer(user_id),
     )
     response.raise_for_status()
     items: list[Any] = response.json()["items"]
@@ -141,7 +143,9 @@ async def test_cli_publishes_one_event_and_refuses_bad_input(
 
     async def stored() -> list[Any]:
         response = await http.get(
-            f"{cluster['audit-log-service'].url}/audit/events", params={"task_id": task_id}
+            f"{cluster['audit-log-service'].url}/audit/events",
+            params={"task_id": task_id},
+            headers=bearer(f"u-{unique}"),
         )
         items: list[Any] = response.json()["items"]
         return items

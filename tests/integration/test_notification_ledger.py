@@ -29,6 +29,7 @@ from taskevents.postgres import (
     migrate,
     packaged_migrations,
 )
+from tests.support.authorization import bearer
 from tests.support.stack import Stack, free_port, scratch_database
 from tests.support.waiting import eventually
 
@@ -131,7 +132,8 @@ def running(database_url: str) -> Iterator[TestClient]:
         smtp_port=free_port(),
         secret_store="",
     )
-    with TestClient(create_app(settings)) as client:
+    # As user-7, whose history the tests read.
+    with TestClient(create_app(settings), headers=bearer("user-7")) as client:
         yield client
 
 

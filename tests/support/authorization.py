@@ -29,7 +29,7 @@ OPERATOR_ROLE = "operator"
 # The route-table tests run their apps with this key: the development key is then "another
 # key", and a token signed with it must be refused.
 TEST_JWT_SECRET = "route-table-tests-only-key-of-at-least-32-bytes"
-TOKEN_TTL_SECONDS = 600
+TOKEN_TTL_SECONDS = 3600
 PROBES = frozenset({"/health", "/ready", "/metrics"})
 
 
