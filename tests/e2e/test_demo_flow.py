@@ -15,8 +15,7 @@ import pytest
 import websockets
 
 from tests.conftest import Cluster
-from tests.integration.test_delivery import dev_token
-from tests.support.authorization import bearer
+from tests.support.authorization import bearer, token
 from tests.support.mailbox import mails_to
 from tests.support.stack import Stack
 from tests.support.waiting import eventually
@@ -44,7 +43,7 @@ async def test_demo_stream_flows_through_every_service(
     prefix = f"e2e-{unique}".lower()
     watched = f"{prefix}-0"
     websocket = cluster["websocket-service"]
-    url = f"ws://127.0.0.1:{websocket.app.spec.app_port}/ws?token={dev_token(watched)}"
+    url = f"ws://127.0.0.1:{websocket.app.spec.app_port}/ws?token={token(watched)}"
     frames: list[dict[str, Any]] = []
 
     async with websockets.connect(url) as client:
