@@ -106,6 +106,23 @@ def protected_routes(app: FastAPI) -> set[RouteKey]:
     return found
 
 
+async def check_route_table(
+    app: FastAPI,
+    clients: ClientFactory,
+    table: Mapping[RouteKey, Rule],
+    *,
+    owner: str,
+    stranger: str,
+) -> None:
+    """The whole check of a service: every route has a rule, the OpenAPI declares the
+    bearer scheme on each route that needs a token, and each route answers as its rule
+    says (`check_rule`)."""
+    assert_table_covers(app, table)
+    assert_bearer_in_openapi(app, {k for k, r in table.items() if r.access is not Access.PUBLIC})
+    for key, rule in table.items():
+        await check_rule(clients, key, rule, owner=owner, stranger=stranger)
+
+
 def assert_table_covers(app: FastAPI, table: Mapping[RouteKey, Rule]) -> None:
     routes = protected_routes(app)
     missing = sorted(routes - set(table))
@@ -116,7 +133,8 @@ def assert_table_covers(app: FastAPI, table: Mapping[RouteKey, Rule]) -> None:
 
 def assert_bearer_in_openapi(app: FastAPI, routes: set[RouteKey]) -> None:
     schema = app.openapi()
-    assert schema["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
+    if routes:
+        assert schema["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
     for method, path in routes:
         operation = schema["paths"][path][method.lower()]
         assert {"HTTPBearer": []} in operation.get("security", []), (method, path)

@@ -7,7 +7,6 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import httpx
-import pytest
 from fastapi import FastAPI
 from pydantic import SecretStr
 
@@ -18,10 +17,8 @@ from tests.support.authorization import (
     Access,
     RouteKey,
     Rule,
-    assert_bearer_in_openapi,
-    assert_table_covers,
     bearer,
-    check_rule,
+    check_route_table,
     serving,
 )
 from tests.unit.test_audit_log_service_api import (
@@ -68,16 +65,10 @@ async def fresh_client() -> AsyncIterator[httpx.AsyncClient]:
         yield http
 
 
-def test_every_route_for_people_has_a_rule_and_declares_the_bearer_scheme() -> None:
-    app = app_of(FakeAudit())
-
-    assert_table_covers(app, RULES)
-    assert_bearer_in_openapi(app, set(RULES))
-
-
-@pytest.mark.parametrize("key", list(RULES), ids=" ".join)
-async def test_each_route_answers_only_whom_its_rule_names(key: RouteKey) -> None:
-    await check_rule(fresh_client, key, RULES[key], owner=OWNER, stranger=STRANGER)
+async def test_every_route_has_a_rule_and_answers_only_whom_it_names() -> None:
+    await check_route_table(
+        app_of(FakeAudit()), fresh_client, RULES, owner=OWNER, stranger=STRANGER
+    )
 
 
 async def test_a_user_without_a_filter_gets_only_their_own_events_and_counts() -> None:

@@ -8,15 +8,13 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import httpx
-import pytest
 from fastapi import FastAPI
 
 from tests.support.authorization import (
     Access,
     RouteKey,
     Rule,
-    assert_table_covers,
-    check_rule,
+    check_route_table,
     protected_routes,
     serving,
 )
@@ -39,14 +37,9 @@ async def fresh_client() -> AsyncIterator[httpx.AsyncClient]:
         yield http
 
 
-def test_every_route_has_a_rule() -> None:
-    assert_table_covers(app_of(), RULES)
+async def test_every_route_has_a_rule_and_answers_only_whom_it_names() -> None:
+    await check_route_table(app_of(), fresh_client, RULES, owner="ada", stranger="bob")
 
 
 def test_outside_development_no_route_mints_tokens() -> None:
     assert protected_routes(app_of("production")) == {("GET", "/")}
-
-
-@pytest.mark.parametrize("key", list(RULES), ids=" ".join)
-async def test_each_route_answers_only_whom_its_rule_names(key: RouteKey) -> None:
-    await check_rule(fresh_client, key, RULES[key], owner="ada", stranger="bob")
