@@ -85,8 +85,7 @@ class EventQuery(TimeRange):
     limit: Limit = DEFAULT_LIMIT
 
     def to_filter(self, *, extra: int = 0) -> EventFilter:
-        """`extra` rows beyond the limit tell whether another page follows. Call it on the
-        query `for_caller` made."""
+        """`extra` rows beyond the limit tell whether another page follows."""
         try:
             after = decode_cursor(self.cursor) if self.cursor is not None else None
         except InvalidCursorError as error:
