@@ -51,6 +51,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.procfs import CpuMeter, kafka_pids, one_process, postgres_pids  # noqa: E402
+from bench.tokens import operator_headers  # noqa: E402
 
 COMPONENTS = ROOT / "dapr-components"
 RESULTS = ROOT / "bench" / "results"
@@ -432,7 +433,7 @@ async def query_latency(rows: int, work: Path) -> dict[str, Any]:
     )
     base = f"http://127.0.0.1:{port}"
     try:
-        async with httpx.AsyncClient(base_url=base, timeout=30) as http:
+        async with httpx.AsyncClient(base_url=base, timeout=30, headers=operator_headers()) as http:
 
             async def up() -> bool:
                 try:

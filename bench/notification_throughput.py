@@ -42,6 +42,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.procfs import cpu_seconds, rss_kib  # noqa: E402
+from bench.tokens import operator_headers  # noqa: E402
 
 COMPONENTS = ROOT / "dapr-components"
 RESULTS = ROOT / "bench" / "results"
@@ -276,7 +277,7 @@ async def main() -> int:
         base = f"http://127.0.0.1:{spec.app_port}"
 
         say(f"==> preferences for {args.users} users")
-        async with httpx.AsyncClient(timeout=30) as http:
+        async with httpx.AsyncClient(timeout=30, headers=operator_headers()) as http:
             limit = asyncio.Semaphore(16)
 
             async def put(user: int) -> None:

@@ -15,7 +15,7 @@ import pytest
 import websockets
 
 from tests.conftest import Cluster
-from tests.integration.test_delivery import dev_token
+from tests.support.authorization import bearer, token
 from tests.support.mailbox import mails_to
 from tests.support.stack import Stack
 from tests.support.waiting import eventually
@@ -30,6 +30,7 @@ async def audit_events_of(http: httpx.AsyncClient, cluster: Cluster, user_id: st
     response = await http.get(
         f"{cluster['audit-log-service'].url}/audit/events",
         params={"user_id": user_id, "limit": 500},
+        headers=bearer(user_id),
     )
     response.raise_for_status()
     items: list[Any] = response.json()["items"]
@@ -42,7 +43,7 @@ async def test_demo_stream_flows_through_every_service(
     prefix = f"e2e-{unique}".lower()
     watched = f"{prefix}-0"
     websocket = cluster["websocket-service"]
-    url = f"ws://127.0.0.1:{websocket.app.spec.app_port}/ws?token={dev_token(watched)}"
+    url = f"ws://127.0.0.1:{websocket.app.spec.app_port}/ws?token={token(watched)}"
     frames: list[dict[str, Any]] = []
 
     async with websockets.connect(url) as client:
@@ -141,7 +142,9 @@ async def test_cli_publishes_one_event_and_refuses_bad_input(
 
     async def stored() -> list[Any]:
         response = await http.get(
-            f"{cluster['audit-log-service'].url}/audit/events", params={"task_id": task_id}
+            f"{cluster['audit-log-service'].url}/audit/events",
+            params={"task_id": task_id},
+            headers=bearer(f"u-{unique}"),
         )
         items: list[Any] = response.json()["items"]
         return items

@@ -15,6 +15,7 @@ import pytest_asyncio
 from playwright.async_api import Browser, Page, async_playwright, expect
 
 from taskevents.events import EventType, TaskEvent
+from tests.support.authorization import bearer
 from tests.support.live_stream import LiveStack, live_stack
 from tests.support.stack import ROOT, Stack
 from tests.support.waiting import eventually
@@ -98,7 +99,9 @@ async def test_the_live_page_streams_and_resumes_across_a_restart(
     async def stored() -> bool:
         async with httpx.AsyncClient() as http:
             response = await http.get(
-                f"{live.audit.service.url}/audit/events", params={"user_id": user}
+                f"{live.audit.service.url}/audit/events",
+                params={"user_id": user},
+                headers=bearer(user),
             )
         ids = {r["event_id"] for r in response.json()["items"]}
         return {e.event_id for e in during} <= ids

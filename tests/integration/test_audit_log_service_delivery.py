@@ -34,6 +34,7 @@ from taskevents.events import TaskEvent
 from taskevents.postgres import PoolSettings, SchemaStatus, close_pool, create_pool
 from taskevents.publisher import EventPublisher
 from tests.conftest import Cluster
+from tests.support.authorization import bearer, token
 from tests.support.cluster import Service, service_spec, start_service
 from tests.support.kafka import (
     DLQ_TOPIC,
@@ -335,10 +336,13 @@ async def test_a_dead_letter_is_listed_replayed_and_discarded_through_api_and_cl
     for event in (first, second):
         await publisher.publish(event, topic=DLQ_TOPIC)
 
+    ada = bearer("ada", operator=True)  # an operator: who acts is the token's subject
+
     async def listed() -> list[dict[str, Any]] | None:
         response = await http.get(
             f"{audit.url}/audit/dead-letters",
             params={"type": LOAD_TYPE, "status": "new", "limit": 500},
+            headers=ada,
         )
         response.raise_for_status()
         items = [d for d in response.json()["items"] if d["user_id"] == user_id]
@@ -348,12 +352,13 @@ async def test_a_dead_letter_is_listed_replayed_and_discarded_through_api_and_cl
     letter = letters[first.event_id]
     assert letter["original_topic"] == DLQ_TOPIC  # published there directly
 
-    # The API: show, replay (then the event is in the audit log), discard.
-    response = await http.get(f"{audit.url}/audit/dead-letters/{letter['id']}")
+    # The API: operators only; show, replay (then the event is in the audit log), discard.
+    one = f"{audit.url}/audit/dead-letters/{letter['id']}"
+    assert (await http.get(one)).status_code == 401
+    assert (await http.post(f"{one}/replay", headers=bearer(user_id))).status_code == 403
+    response = await http.get(one, headers=ada)
     assert response.json()["raw"] == letter["raw"]
-    response = await http.post(
-        f"{audit.url}/audit/dead-letters/{letter['id']}/replay", headers={"X-Operator": "ada"}
-    )
+    response = await http.post(f"{one}/replay", headers=ada)
     assert response.status_code == 200, response.text
     assert response.json()["status"] == "replayed"
     assert response.json()["replayed_by"] == "ada"
@@ -364,14 +369,13 @@ async def test_a_dead_letter_is_listed_replayed_and_discarded_through_api_and_cl
         return ids if first.event_id in ids else None
 
     await eventually(in_the_audit_log, what="the replayed event", check=audit.service.check_alive)
-    response = await http.delete(
-        f"{audit.url}/audit/dead-letters/{letter['id']}", headers={"X-Operator": "ada"}
-    )
+    response = await http.delete(one, headers=ada)
     assert response.json()["status"] == "discarded"
     assert response.json()["discarded_by"] == "ada"
-    response = await http.post(f"{audit.url}/audit/dead-letters/{letter['id']}/replay")
+    response = await http.post(f"{one}/replay", headers=ada)
     assert response.status_code == 409
-    assert (await http.get(f"{audit.url}/audit/dead-letters/999999999")).status_code == 404
+    missing = await http.get(f"{audit.url}/audit/dead-letters/999999999", headers=ada)
+    assert missing.status_code == 404
 
     # The CLI, through its sidecar and Dapr service invocation.
     target = ["--audit-app-id", audit_by_name.app_id]
@@ -381,6 +385,7 @@ async def test_a_dead_letter_is_listed_replayed_and_discarded_through_api_and_cl
     assert other["id"] in [d["id"] for d in page["items"]]
     shown = taskevents_cli("dlq", *target, "show", str(other["id"]), port=port)
     assert shown["event_id"] == second.event_id
+    # --operator: the subject of the development token the CLI mints.
     replayed = taskevents_cli(
         "dlq", *target, "replay", str(other["id"]), "--operator", "grace", port=port
     )
@@ -391,11 +396,14 @@ async def test_a_dead_letter_is_listed_replayed_and_discarded_through_api_and_cl
         return ids if second.event_id in ids else None
 
     await eventually(second_in_the_audit_log, what="the event replayed by the CLI")
+    # With --token, the token's subject acts, whatever --operator says.
+    hopper = token("hopper", operator=True)
     discarded = taskevents_cli(
-        "dlq", *target, "discard", str(other["id"]), "--operator", "grace", port=port
-    )
+        "--token", hopper, "dlq", *target, "discard", str(other["id"]), "--operator", "grace",
+        port=port,
+    )  # fmt: skip
     assert discarded["status"] == "discarded"
-    assert discarded["discarded_by"] == "grace"
+    assert discarded["discarded_by"] == "hopper"
 
 
 async def test_pagination_returns_every_row_once_while_rows_keep_arriving(
@@ -423,6 +431,7 @@ async def test_pagination_returns_every_row_once_while_rows_keep_arriving(
             for n in range(start, start + count)
         ]
 
+    as_user = bearer(user_id)
     try:
         await writer.record_events(batch(0, 1_000))
         before = {f"{user_id}-{n}" for n in range(1_000)}
@@ -433,7 +442,7 @@ async def test_pagination_returns_every_row_once_while_rows_keep_arriving(
             params: dict[str, Any] = {"user_id": user_id, "limit": 37}
             if cursor:
                 params["cursor"] = cursor
-            response = await http.get(f"{audit.url}/audit/events", params=params)
+            response = await http.get(f"{audit.url}/audit/events", params=params, headers=as_user)
             assert response.status_code == 200, response.text
             page = response.json()
             seen += [item["event_id"] for item in page["items"]]
@@ -446,12 +455,15 @@ async def test_pagination_returns_every_row_once_while_rows_keep_arriving(
         assert before <= set(seen)  # everything that was there, once
 
         # The same rows through the other read paths.
-        history = (await http.get(f"{audit.url}/audit/tasks/task-{unique}/history")).json()
+        history = (
+            await http.get(f"{audit.url}/audit/tasks/task-{unique}/history", headers=as_user)
+        ).json()
         stamps = [item["timestamp"] for item in history["items"]]
         assert stamps == sorted(stamps)
         stats = await http.get(
             f"{audit.url}/audit/stats",
             params={"since": base.isoformat(), "until": (base + timedelta(days=2)).isoformat()},
+            headers=as_user,
         )
         assert stats.status_code == 200, stats.text
         assert stats.json()["by_type"][LOAD_TYPE] == next_new
@@ -459,9 +471,9 @@ async def test_pagination_returns_every_row_once_while_rows_keep_arriving(
     finally:
         await close_pool(pool)
 
-    bad = await http.get(f"{audit.url}/audit/events", params={"limit": 501})
+    bad = await http.get(f"{audit.url}/audit/events", params={"limit": 501}, headers=as_user)
     assert bad.status_code == 422
-    bad = await http.get(f"{audit.url}/audit/events", params={"cursor": "garbage"})
+    bad = await http.get(f"{audit.url}/audit/events", params={"cursor": "garbage"}, headers=as_user)
     assert bad.status_code == 422
     assert "cursor" in bad.text
 

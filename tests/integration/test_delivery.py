@@ -6,12 +6,10 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
-import jwt
 import pytest
 import pytest_asyncio
 import websockets
@@ -19,8 +17,8 @@ import yaml
 
 from taskevents.events import EventType, TaskEvent
 from taskevents.publisher import EventPublisher
-from taskevents.settings import DEVELOPMENT_JWT_SECRET
 from tests.conftest import Cluster
+from tests.support.authorization import bearer, token
 from tests.support.cluster import COMPONENTS, Service, service_spec, start_service
 from tests.support.kafka import (
     DLQ_TOPIC,
@@ -38,16 +36,13 @@ from tests.support.waiting import eventually
 pytestmark = pytest.mark.integration
 
 
-def dev_token(user_id: str) -> str:
-    claims = {"sub": user_id, "exp": int(time.time()) + 600}
-    return jwt.encode(claims, DEVELOPMENT_JWT_SECRET, algorithm="HS256")
-
-
 async def audit_rows(
-    http: httpx.AsyncClient, cluster: Cluster, task_id: str
+    http: httpx.AsyncClient, cluster: Cluster, user_id: str, task_id: str
 ) -> list[dict[str, Any]]:
     response = await http.get(
-        f"{cluster['audit-log-service'].url}/audit/events", params={"task_id": task_id}
+        f"{cluster['audit-log-service'].url}/audit/events",
+        params={"task_id": task_id},
+        headers=bearer(user_id),
     )
     response.raise_for_status()
     items: list[dict[str, Any]] = response.json()["items"]
@@ -60,7 +55,7 @@ async def test_one_event_reaches_all_four_services(
     user_id, task_id = f"user-{unique}", f"task-{unique}"
     address = f"{unique}@example.com".lower()
     websocket = cluster["websocket-service"]
-    url = f"ws://127.0.0.1:{websocket.app.spec.app_port}/ws?token={dev_token(user_id)}"
+    url = f"ws://127.0.0.1:{websocket.app.spec.app_port}/ws?token={token(user_id)}"
     async with websockets.connect(url) as client:
         welcome = json.loads(await client.recv())
         assert welcome["kind"] == "welcome"
@@ -87,7 +82,9 @@ async def test_one_event_reaches_all_four_services(
 
     # audit-log-service: one row with the event's fields.
     rows = await eventually(
-        lambda: audit_rows(http, cluster, task_id), what="audit row", check=cluster.check_alive
+        lambda: audit_rows(http, cluster, user_id, task_id),
+        what="audit row",
+        check=cluster.check_alive,
     )
     assert [r["event_id"] for r in rows] == [event.event_id]
     assert rows[0]["type"] == "task.created"
@@ -111,7 +108,9 @@ async def test_one_event_reaches_all_four_services(
     # recurring-task-service: the task's recurrence became a schedule.
     async def schedules() -> list[Any]:
         response = await http.get(
-            f"{cluster['recurring-task-service'].url}/schedules", params={"user_id": user_id}
+            f"{cluster['recurring-task-service'].url}/schedules",
+            params={"user_id": user_id},
+            headers=bearer(user_id),
         )
         response.raise_for_status()
         return [s for s in response.json()["schedules"] if s["task_id"] == task_id]
@@ -142,7 +141,7 @@ async def test_redelivered_event_leaves_one_audit_row(
     # Events of one task keep their order, so once the marker is stored the copies are
     # all handled.
     async def marker_stored() -> list[dict[str, Any]] | None:
-        rows = await audit_rows(http, cluster, event.task_id)
+        rows = await audit_rows(http, cluster, event.user_id, event.task_id)
         return rows if any(r["event_id"] == marker.event_id for r in rows) else None
 
     rows = await eventually(marker_stored, what="marker row", check=cluster.check_alive)
@@ -166,7 +165,10 @@ async def test_invalid_event_is_dead_lettered_and_kept_with_its_reason(
     assert dead[0]["body"]["topic"] == "task-events"
 
     async def kept() -> list[dict[str, Any]]:
-        response = await http.get(f"{cluster['audit-log-service'].url}/audit/dead-letters")
+        response = await http.get(
+            f"{cluster['audit-log-service'].url}/audit/dead-letters",
+            headers=bearer("operator", operator=True),
+        )
         response.raise_for_status()
         return [d for d in response.json()["items"] if d.get("event_id") == bad["event_id"]]
 

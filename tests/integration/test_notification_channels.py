@@ -34,6 +34,7 @@ from taskevents.events import EventType, TaskEvent
 from taskevents.publisher import EventPublisher
 from taskevents.secrets import SecretsWithFallback
 from tests.conftest import Cluster
+from tests.support.authorization import bearer
 from tests.support.cluster import VENV_BIN, Service, service_spec, start_service
 from tests.support.kafka import DLQ_TOPIC
 from tests.support.mailbox import ReceivedMail, mails_to
@@ -299,13 +300,17 @@ async def wait_until_notifying(notifier: Notifier, sink: Sink) -> None:
 
 async def put_preferences(notifier: Notifier, user_id: str, **preferences: Any) -> None:
     async with httpx.AsyncClient(timeout=10) as http:
-        response = await http.put(f"{notifier.url}/preferences/{user_id}", json=preferences)
+        response = await http.put(
+            f"{notifier.url}/preferences/{user_id}", json=preferences, headers=bearer(user_id)
+        )
     assert response.status_code == 200, response.text
 
 
 async def history(notifier: Notifier, user_id: str) -> list[dict[str, Any]]:
     async with httpx.AsyncClient(timeout=10) as http:
-        response = await http.get(f"{notifier.url}/notifications", params={"user_id": user_id})
+        response = await http.get(
+            f"{notifier.url}/notifications", params={"user_id": user_id}, headers=bearer(user_id)
+        )
     response.raise_for_status()
     items: list[dict[str, Any]] = response.json()["items"]
     return items

@@ -37,6 +37,7 @@ from taskevents.postgres import (
     migrate,
     packaged_migrations,
 )
+from tests.support.authorization import bearer
 from tests.support.stack import Stack, free_port, scratch_database
 from tests.support.waiting import eventually
 
@@ -139,7 +140,8 @@ def running(database_url: str) -> Iterator[TestClient]:
         smtp_port=free_port(),
         secret_store="",
     )
-    with TestClient(create_app(settings)) as client:
+    # As user-7, whose history the tests read.
+    with TestClient(create_app(settings), headers=bearer("user-7")) as client:
         yield client
 
 

@@ -14,6 +14,7 @@ import pytest
 from taskevents.events import EventType, TaskEvent
 from taskevents.publisher import EventPublisher
 from tests.conftest import Cluster
+from tests.support.authorization import bearer
 from tests.support.kafka import DLQ_TOPIC, cloud_event, end_offsets, produce_raw, read_from
 from tests.support.mailbox import ReceivedMail, mails_to
 from tests.support.stack import Stack
@@ -31,12 +32,16 @@ def url(cluster: Cluster, path: str) -> str:
 async def put_preferences(
     http: httpx.AsyncClient, cluster: Cluster, user_id: str, **preferences: Any
 ) -> None:
-    response = await http.put(url(cluster, f"/preferences/{user_id}"), json=preferences)
+    response = await http.put(
+        url(cluster, f"/preferences/{user_id}"), json=preferences, headers=bearer(user_id)
+    )
     assert response.status_code == 200, response.text
 
 
 async def history(http: httpx.AsyncClient, cluster: Cluster, user_id: str) -> list[dict[str, Any]]:
-    response = await http.get(url(cluster, "/notifications"), params={"user_id": user_id})
+    response = await http.get(
+        url(cluster, "/notifications"), params={"user_id": user_id}, headers=bearer(user_id)
+    )
     response.raise_for_status()
     items: list[dict[str, Any]] = response.json()["items"]
     return items
@@ -175,7 +180,10 @@ async def test_a_permanently_rejected_recipient_is_dead_lettered_with_the_reason
     assert "550" in reason_header
 
     async def kept() -> list[dict[str, Any]]:
-        response = await http.get(f"{cluster['audit-log-service'].url}/audit/dead-letters")
+        response = await http.get(
+            f"{cluster['audit-log-service'].url}/audit/dead-letters",
+            headers=bearer("operator", operator=True),
+        )
         response.raise_for_status()
         return [d for d in response.json()["items"] if d.get("event_id") == event.event_id]
 
@@ -193,6 +201,9 @@ async def test_preferences_round_trip_and_validation(
 ) -> None:
     user_id = f"user-{unique}"
     path = url(cluster, f"/preferences/{user_id}")
+    assert (await http.get(path)).status_code == 401
+    assert (await http.get(path, headers=bearer(f"other-{unique}"))).status_code == 403
+    http.headers.update(bearer(user_id))  # from here on: as the user
     assert (await http.get(path)).status_code == 404
 
     stored = {

@@ -10,6 +10,7 @@ import pytest
 
 from tests.conftest import Cluster
 from tests.integration.test_delivery import audit_rows
+from tests.support.authorization import bearer
 from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.integration
@@ -19,12 +20,13 @@ async def test_schedule_publishes_triggered_events_when_due(
     cluster: Cluster, http: httpx.AsyncClient, unique: str
 ) -> None:
     service = cluster["recurring-task-service"]
-    task_id = f"task-{unique}"
+    user_id, task_id = f"user-{unique}", f"task-{unique}"
+    http.headers.update(bearer(user_id))  # the user works their own schedule
     response = await http.post(
         f"{service.url}/schedules",
         json={
             "task_id": task_id,
-            "user_id": f"user-{unique}",
+            "user_id": user_id,
             "interval_seconds": 1,
             "payload": {"title": "Stretch"},
         },
@@ -33,7 +35,7 @@ async def test_schedule_publishes_triggered_events_when_due(
     schedule = response.json()
 
     async def triggered() -> list[dict[str, Any]] | None:
-        rows = await audit_rows(http, cluster, task_id)
+        rows = await audit_rows(http, cluster, user_id, task_id)
         fired = [r for r in rows if r["type"] == "task.recurring.triggered"]
         return fired if len(fired) >= 3 else None
 
@@ -54,6 +56,7 @@ async def test_invalid_schedule_is_a_422_with_a_clear_message(
     cluster: Cluster, http: httpx.AsyncClient, unique: str
 ) -> None:
     service = cluster["recurring-task-service"]
+    http.headers.update(bearer("u"))
     response = await http.post(
         f"{service.url}/schedules",
         json={"task_id": f"t-{unique}", "user_id": "u", "cron": "61 * * * *"},

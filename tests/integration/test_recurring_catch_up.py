@@ -19,6 +19,7 @@ import pytest_asyncio
 from recurring_task_service.schedules import occurrence_event_id
 from tests.conftest import Cluster
 from tests.integration.test_recurring_replicas import triggered, whole_second_from_now
+from tests.support.authorization import bearer
 from tests.support.cluster import Service, service_spec, start_service
 from tests.support.kafka import TOPIC, end_offsets, read_from
 from tests.support.stack import Stack, scratch_database
@@ -72,6 +73,7 @@ async def test_catch_up_after_every_replica_was_down_follows_the_policy(
     cluster: Cluster, stack: Stack, own_database: str, http: httpx.AsyncClient, unique: str
 ) -> None:
     before = await end_offsets(stack.kafka_brokers, TOPIC)
+    http.headers.update(bearer(f"user-{unique}"))  # the schedules' user
     first_replica = start_replica(stack, own_database, 11)
     second_replica: Service | None = None
     try:

@@ -19,6 +19,7 @@ from taskevents.events import EventType, TaskEvent
 from taskevents.publisher import EventPublisher
 from tests.conftest import Cluster
 from tests.integration.test_recurring_replicas import triggered
+from tests.support.authorization import bearer
 from tests.support.kafka import TOPIC, end_offsets, read_from
 from tests.support.stack import Stack
 from tests.support.waiting import eventually
@@ -30,7 +31,9 @@ async def task_schedule(
     http: httpx.AsyncClient, cluster: Cluster, user_id: str, task_id: str
 ) -> dict[str, Any] | None:
     response = await http.get(
-        f"{cluster['recurring-task-service'].url}/schedules", params={"user_id": user_id}
+        f"{cluster['recurring-task-service'].url}/schedules",
+        params={"user_id": user_id},
+        headers=bearer(user_id),
     )
     response.raise_for_status()
     found = [s for s in response.json()["schedules"] if s["task_id"] == task_id]

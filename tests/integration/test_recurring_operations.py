@@ -19,6 +19,7 @@ from recurring_task_service.schedules import (
 )
 from tests.conftest import Cluster
 from tests.integration.test_recurring_replicas import triggered
+from tests.support.authorization import bearer
 from tests.support.kafka import TOPIC, end_offsets, read_from
 from tests.support.stack import Stack
 from tests.support.waiting import eventually
@@ -31,6 +32,7 @@ async def test_preview_patch_pause_trigger_and_resume(
 ) -> None:
     url = f"{cluster['recurring-task-service'].url}/schedules"
     task_id = f"ops-{unique}"
+    http.headers.update(bearer(f"user-{unique}"))  # the user works their own schedule
     before = await end_offsets(stack.kafka_brokers, TOPIC)
     response = await http.post(
         url,

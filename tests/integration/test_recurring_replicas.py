@@ -21,6 +21,7 @@ import pytest_asyncio
 
 from recurring_task_service.schedules import occurrence_event_id
 from tests.conftest import Cluster
+from tests.support.authorization import bearer
 from tests.support.cluster import Service, service_spec, start_service
 from tests.support.kafka import TOPIC, end_offsets, read_from
 from tests.support.stack import Stack
@@ -82,6 +83,7 @@ async def test_every_occurrence_is_published_exactly_once_across_replicas_and_a_
     cluster: Cluster, replicas: list[Service], stack: Stack, http: httpx.AsyncClient, unique: str
 ) -> None:
     first, second = replicas
+    http.headers.update(bearer(f"user-{unique}"))  # the schedules' user
     before = await end_offsets(stack.kafka_brokers, TOPIC)
     starts_at = whole_second_from_now(8)  # time to create them all first
     ends_at = starts_at + timedelta(seconds=RUN_SECONDS)

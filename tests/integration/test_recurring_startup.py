@@ -17,6 +17,7 @@ import httpx
 import pytest
 
 from taskevents_cli.devrun import ManagedProcess
+from tests.support.authorization import bearer
 from tests.support.cluster import VENV_BIN
 from tests.support.stack import Stack, free_port, scratch_database
 from tests.support.waiting import eventually
@@ -97,7 +98,7 @@ async def test_starts_without_its_database_and_becomes_ready_when_it_answers(
             )
             assert unready["status_code"] == 503
             assert f"127.0.0.1:{relay_port}/" in unready["failing"]["database"]
-            response = await http.get(f"{url}/schedules")
+            response = await http.get(f"{url}/schedules", headers=bearer("start-user"))
             assert response.status_code == 503
             assert "unavailable" in response.json()["detail"]
 
@@ -119,6 +120,7 @@ async def test_starts_without_its_database_and_becomes_ready_when_it_answers(
                 created = await http.post(
                     f"{url}/schedules",
                     json={"task_id": "start-1", "user_id": "start-user", "interval_seconds": 60},
+                    headers=bearer("start-user"),
                 )
                 assert created.status_code == 201, created.text
                 assert service.alive

@@ -36,6 +36,8 @@ from tests.support.cluster import Service
 from tests.support.live_stream import LiveStack, connect, hs_token, live_stack, until, ws_url
 from tests.support.stack import Stack
 from tests.support.waiting import eventually
+from websocket_service.adapters.audit_log import DaprAuditLog
+from websocket_service.ports import AuditUnavailableError
 
 pytestmark = pytest.mark.integration
 
@@ -131,6 +133,14 @@ def key_set() -> Iterator[KeySet]:
 # --- the stack: websocket-service replicas 0, 1, 2 ------------------------------------
 
 
+def jwks_settings(key_set: KeySet) -> dict[str, str]:
+    return {
+        "TASKEVENTS_JWKS_URL": key_set.url,
+        "TASKEVENTS_JWT_AUDIENCE": JWKS_AUDIENCE,
+        "TASKEVENTS_JWT_ISSUER": JWKS_ISSUER,
+    }
+
+
 @pytest_asyncio.fixture(scope="module")
 async def live(stack: Stack, key_set: KeySet) -> AsyncIterator[LiveStack]:
     replicas = [
@@ -139,9 +149,7 @@ async def live(stack: Stack, key_set: KeySet) -> AsyncIterator[LiveStack]:
         # 1: RS256 through the JWKS too, a short queue, a heartbeat every second.
         (
             {
-                "TASKEVENTS_JWKS_URL": key_set.url,
-                "TASKEVENTS_JWT_AUDIENCE": JWKS_AUDIENCE,
-                "TASKEVENTS_JWT_ISSUER": JWKS_ISSUER,
+                **jwks_settings(key_set),
                 "WEBSOCKET_MAX_QUEUE_FRAMES": "20",
                 "WEBSOCKET_SHUTDOWN_GRACE_SECONDS": "2",
                 "WEBSOCKET_HEARTBEAT_SECONDS": "1",
@@ -163,7 +171,9 @@ async def live(stack: Stack, key_set: KeySet) -> AsyncIterator[LiveStack]:
             {"TASKEVENTS_JWT_SECRET": STORE_SECRET},
         ),
     ]
-    async with live_stack(stack, replicas) as running:
+    # The audit log checks tokens as replica 1 does: a resume there asks it with the
+    # client's own token (replica 0's tokens, without audience and issuer, it refuses).
+    async with live_stack(stack, replicas, audit_env=jwks_settings(key_set)) as running:
         yield running
 
 
@@ -439,7 +449,9 @@ async def test_resume_after_a_restart_replays_the_gap_once_then_goes_live(
     # The audit log has the gap (the restarted replica knows nothing of it).
     async def gap_stored() -> bool:
         response = await http.get(
-            f"{live.audit.service.url}/audit/events", params={"user_id": user}
+            f"{live.audit.service.url}/audit/events",
+            params={"user_id": user},
+            headers={"Authorization": f"Bearer {hs_token(user, **JWKS_CLAIMS)}"},
         )
         return {e.event_id for e in events[3:6]} <= {
             r["event_id"] for r in response.json()["items"]
@@ -487,6 +499,66 @@ async def test_resume_after_a_restart_replays_the_gap_once_then_goes_live(
     # Control frames keep a browser informed that the stream is alive (every 1 s here).
     await until(lambda: resumed.of_kind("heartbeat"), timeout=10, what="a heartbeat")
     await resumed.close()
+
+
+async def test_a_resume_asks_the_audit_log_with_the_clients_own_token(
+    live: LiveStack, http: httpx.AsyncClient, unique: str
+) -> None:
+    user, task = f"user-{unique}", f"task-{unique}"
+    operator = hs_token(f"operator-{unique}", roles=["operator"], **JWKS_CLAIMS)
+    events = [event_for(user, task, f"r{n}") for n in range(3)]
+    for event in events:
+        await live.publisher.publish(event)
+    user_token = hs_token(user, **JWKS_CLAIMS)
+
+    async def stored() -> bool:
+        response = await http.get(
+            f"{live.audit.service.url}/audit/events",
+            params={"user_id": user},
+            headers={"Authorization": f"Bearer {user_token}"},
+        )
+        return {e.event_id for e in events} <= {r["event_id"] for r in response.json()["items"]}
+
+    await eventually(stored, timeout=60, what="the events in the audit log")
+    # The request a resume makes, through the replica's own sidecar (Dapr service
+    # invocation): with the user's token it reads the user's events; with another user's,
+    # the audit log refuses.
+    audit = DaprAuditLog(
+        dapr_http_port=live[1].dapr_http_port,
+        app_id=live.audit.spec.app_id,
+        dapr_api_token=live.stack.dapr_api_token,
+    )
+    try:
+        history = await audit.history_until(
+            user, events[0].event_id, max_events=10, bearer_token=user_token
+        )
+        with pytest.raises(AuditUnavailableError, match="answered 403"):
+            await audit.history_until(
+                user,
+                events[0].event_id,
+                max_events=10,
+                bearer_token=hs_token(f"other-{unique}", **JWKS_CLAIMS),
+            )
+    finally:
+        await audit.close()
+    assert history.found_anchor
+    assert [e.event_id for e in reversed(history.newest_first)] == [e.event_id for e in events]
+
+    # The socket: a user's resume and an operator's watch-all resume both complete.
+    resumed = await connect(ws_url(live[1], user_token, last_event_id=events[0].event_id))
+    watching = await connect(
+        ws_url(live[1], operator, watch="all", last_event_id=events[0].event_id)
+    )
+    await until(lambda: resumed.of_kind("resume") and watching.of_kind("resume"), timeout=30)
+    for client in (resumed, watching):
+        status = client.of_kind("resume")[0]
+        assert (status["status"], status.get("reason")) == ("complete", None), status
+    assert resumed.event_ids == [e.event_id for e in events[1:]]
+    assert [e for e in watching.event_ids if e in {x.event_id for x in events}] == [
+        e.event_id for e in events[1:]
+    ]
+    await resumed.close()
+    await watching.close()
 
 
 async def test_when_the_audit_log_cannot_answer_the_client_is_told_and_live_flows(

@@ -1,7 +1,9 @@
 """websocket-service tests' own small cluster (a publishing sidecar, audit-log-service and
 websocket-service replicas, each app beside its own daprd) and a WebSocket client that
 collects frames. The replicas are numbered from 50 so that their resources and consumer
-groups never meet the session cluster's."""
+groups never meet the session cluster's; the audit log has an app-id of its own, so that the
+replicas' resumes (Dapr service invocation by app-id) reach this audit log, configured for
+their tokens, and never another audit-log-service on this machine."""
 
 from __future__ import annotations
 
@@ -18,18 +20,30 @@ from typing import Any
 import httpx
 import jwt
 import websockets
+import yaml
 from websockets.exceptions import ConnectionClosed
 
 from taskevents.publisher import EventPublisher
 from taskevents.settings import DEVELOPMENT_JWT_SECRET
 from taskevents_cli.devrun import AppSpec, ProcessDiedError, start_app
-from tests.support.cluster import Service, daprd_env, service_spec
+from tests.support.cluster import COMPONENTS, VENV_BIN, Service, daprd_env, service_spec
 from tests.support.kafka import wait_until_consuming
-from tests.support.stack import Stack
+from tests.support.stack import RUN_ID, Stack
 from tests.support.waiting import eventually
 
 FIRST_REPLICA = 50
 START_ATTEMPTS = 3
+AUDIT_APP_ID = f"audit-live-{RUN_ID}"
+
+
+def audit_subscriptions(app_id: str) -> list[dict[str, Any]]:
+    """audit-log-service's own subscriptions, for the same service under another app-id."""
+    source = COMPONENTS / "subscriptions" / "audit-log-service.yaml"
+    documents = [d for d in yaml.safe_load_all(source.read_text()) if d]
+    for document in documents:
+        document["metadata"]["name"] += "-live"
+        document["scopes"] = [app_id]
+    return documents
 
 
 def hs_token(user_id: str, *, secret: str = DEVELOPMENT_JWT_SECRET, **claims: Any) -> str:
@@ -64,6 +78,8 @@ def start_replica(
     extra_daprd_env: Mapping[str, str] | None = None,
     spec: AppSpec | None = None,
     group: str | None = None,
+    command: list[str] | None = None,
+    extra_resources: list[dict[str, Any]] | None = None,
 ) -> Replica:
     """Start (or, given the spec and group of a stopped one, start again on the same ports
     and consumer group, like a restarted pod) one app beside its daprd."""
@@ -71,7 +87,14 @@ def start_replica(
     sidecar_env = {**daprd_env(stack), **(extra_daprd_env or {})}
     for attempt in range(1, START_ATTEMPTS + 1):
         if fresh_ports:
-            spec, group = service_spec(stack, app_id, env=dict(env or {}), replica=number)
+            spec, group = service_spec(
+                stack,
+                app_id,
+                env=dict(env or {}),
+                replica=number,
+                command=command,
+                extra_resources=extra_resources or (),
+            )
         assert spec is not None
         assert group is not None
         app = start_app(
@@ -152,15 +175,26 @@ def dapr_sidecar_for_sdk(spec: AppSpec) -> Iterator[None]:
 
 @asynccontextmanager
 async def live_stack(
-    stack: Stack, websocket_replicas: list[tuple[dict[str, str], dict[str, str]]]
+    stack: Stack,
+    websocket_replicas: list[tuple[dict[str, str], dict[str, str]]],
+    *,
+    audit_env: Mapping[str, str] | None = None,
 ) -> AsyncIterator[LiveStack]:
-    """Each websocket replica is (app env, extra daprd env)."""
+    """Each websocket replica is (app env, extra daprd env); `audit_env` configures the
+    audit log (its token settings must accept the tokens of the replicas that resume)."""
     started: list[Replica] = []
     try:
         spec, group = service_spec(stack, "taskevents-cli", with_app=False, replica=FIRST_REPLICA)
         cli = start_replica(stack, "taskevents-cli", FIRST_REPLICA, spec=spec, group=group)
         started.append(cli)
-        audit = start_replica(stack, "audit-log-service", FIRST_REPLICA)
+        audit = start_replica(
+            stack,
+            AUDIT_APP_ID,
+            FIRST_REPLICA,
+            env=audit_env,
+            command=[str(VENV_BIN / "audit-log-service")],
+            extra_resources=audit_subscriptions(AUDIT_APP_ID),
+        )
         started.append(audit)
         replicas = []
         for offset, (env, sidecar_env) in enumerate(websocket_replicas):
@@ -168,7 +202,7 @@ async def live_stack(
                 stack,
                 "websocket-service",
                 FIRST_REPLICA + 1 + offset,
-                env=env,
+                env={"WEBSOCKET_AUDIT_APP_ID": AUDIT_APP_ID, **env},
                 extra_daprd_env=sidecar_env,
             )
             started.append(replica)

@@ -13,8 +13,6 @@ from typing import Any
 import httpx
 import pytest
 import pytest_asyncio
-from fastapi import FastAPI
-from starlette.types import Receive, Scope, Send
 
 from audit_log_service.adapters.postgres import dead_letters_query, events_query
 from audit_log_service.api.events import (
@@ -36,8 +34,10 @@ from audit_log_service.ports import (
     StoredEvent,
 )
 from audit_log_service.settings import Settings
+from taskevents.auth import verifier_from
 from taskevents.events import TaskEvent
 from taskevents.web import ReadinessCheck
+from tests.support.authorization import bearer, serving
 
 NOW = datetime(2026, 11, 22, 10, 15, tzinfo=UTC)
 
@@ -50,6 +50,7 @@ class FakeAudit:
     batches: list[list[tuple[TaskEvent, Delivery]]] = field(default_factory=list)
     letters: dict[int, StoredDeadLetter] = field(default_factory=dict)
     republished: list[TaskEvent] = field(default_factory=list)
+    stats_of: list[str | None] = field(default_factory=list)
 
     async def record_event(self, event: TaskEvent, delivery: Delivery) -> bool:
         self.events.append((event, delivery))
@@ -71,8 +72,11 @@ class FakeAudit:
         self.queries.append((task_id, limit))
         return [stored_event("e-1", task_id=task_id)]
 
-    async def event_stats(self, since: datetime, until: datetime) -> EventStats:
+    async def event_stats(
+        self, since: datetime, until: datetime, user_id: str | None = None
+    ) -> EventStats:
         self.queries.append((since, until))
+        self.stats_of.append(user_id)
         return EventStats(since=since, until=until, total=0, by_type={}, by_hour=[])
 
     async def list_dead_letters(self, where: DeadLetterFilter) -> list[StoredDeadLetter]:
@@ -149,20 +153,6 @@ async def answers() -> str | None:
     return None
 
 
-@asynccontextmanager
-async def running(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
-    """A client of the app with its lifespan running (httpx's ASGITransport runs none): each
-    request gets a copy of the lifespan's state, as a server hands it out."""
-    async with app.router.lifespan_context(app) as state:
-
-        async def with_state(scope: Scope, receive: Receive, send: Send) -> None:
-            await app({**scope, "state": dict(state or {})}, receive, send)
-
-        transport = httpx.ASGITransport(app=with_state)
-        async with httpx.AsyncClient(transport=transport, base_url="http://audit") as client:
-            yield client
-
-
 def bootstrap_of(audit: FakeAudit, *, database_check: ReadinessCheck = answers) -> Bootstrap:
     """The service's bootstrap, with the fake in place of Postgres and the sidecar."""
 
@@ -175,14 +165,21 @@ def bootstrap_of(audit: FakeAudit, *, database_check: ReadinessCheck = answers) 
             republisher=audit,
             database_check=database_check,
             sidecar_check=answers,
+            tokens=verifier_from(settings),
         )
 
     return fakes
 
 
+OPERATOR = "ops"
+
+
 @pytest_asyncio.fixture
 async def client(audit: FakeAudit) -> AsyncIterator[httpx.AsyncClient]:
-    async with running(create_app(Settings(), bootstrap=bootstrap_of(audit))) as client:
+    """A client of the audit API as an operator (who may call every route and read every
+    user's events; the per-user rules: test_audit_log_service_authorization.py)."""
+    app = create_app(Settings(), bootstrap=bootstrap_of(audit))
+    async with serving(app, headers=bearer(OPERATOR, operator=True)) as client:
         yield client
 
 
@@ -206,7 +203,7 @@ async def test_a_database_that_does_not_answer_makes_the_service_unready(
         return "the schema is not migrated yet: database unavailable: ConnectionRefusedError"
 
     app = create_app(Settings(), bootstrap=bootstrap_of(audit, database_check=unmigrated))
-    async with running(app) as client:
+    async with serving(app) as client:
         response = await client.get("/ready")
 
     assert response.status_code == 503
@@ -343,7 +340,9 @@ async def test_a_replay_publishes_the_event_again_and_records_who(
 ) -> None:
     audit.letters[3] = stored_dead_letter(3, cloud_event(EVENT))
 
-    response = await client.post("/audit/dead-letters/3/replay", headers={"X-Operator": "ada"})
+    response = await client.post(
+        "/audit/dead-letters/3/replay", headers=bearer("ada", operator=True)
+    )
 
     assert response.status_code == 200
     assert (response.json()["status"], response.json()["replayed_by"]) == ("replayed", "ada")
@@ -366,7 +365,7 @@ async def test_what_cannot_be_replayed_gets_409_and_missing_letters_404(
         409, 409, 404,
     )  # fmt: skip
     assert "no valid task event" in not_an_event.json()["detail"]
-    assert audit.letters[5].discarded_by == "unknown"
+    assert audit.letters[5].discarded_by == OPERATOR
     assert audit.republished == []
 
 

@@ -19,9 +19,11 @@ from notification_service.bootstrap import Bootstrap, Services
 from notification_service.handlers import Policy
 from notification_service.ports import HistoryEntry, LedgerUnavailableError
 from notification_service.settings import Settings
+from taskevents.auth import verifier_from
 from taskevents.events import TaskEvent
 from taskevents.postgres import PoolSettings, SchemaStatus, create_pool
 from taskevents.web import ReadinessCheck
+from tests.support.authorization import bearer
 from tests.unit.test_notification_handlers import (
     NOTIFYING,
     FakeLedger,
@@ -48,6 +50,7 @@ def bootstrap_of(world: World, checks: Mapping[str, ReadinessCheck] | None = Non
             ports=world.ports(),
             policy=Policy(event_types=NOTIFYING, claim_wait_seconds=0),
             checks=checks or {},
+            tokens=verifier_from(settings),
         )
 
     return fakes
@@ -59,8 +62,11 @@ def world() -> World:
 
 
 def client_of(world: World, checks: Mapping[str, ReadinessCheck] | None = None) -> TestClient:
+    """A client of the service as user-7, the user of the events and preferences here."""
     settings = Settings(app_api_token=SecretStr(TOKEN))
-    return TestClient(create_app(settings, bootstrap=bootstrap_of(world, checks)))
+    return TestClient(
+        create_app(settings, bootstrap=bootstrap_of(world, checks)), headers=bearer("user-7")
+    )
 
 
 @pytest.fixture

@@ -4,7 +4,7 @@ the subscription route (the app starts with a bootstrap of fakes instead of Post
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -13,7 +13,6 @@ from typing import Any
 import httpx
 import pytest
 from fastapi import FastAPI
-from starlette.types import ASGIApp, Receive, Scope, Send
 
 from recurring_task_service.app import create_app
 from recurring_task_service.bootstrap import Services
@@ -27,7 +26,9 @@ from recurring_task_service.ports import (
 )
 from recurring_task_service.schedules import MissedReason, MissedRun, NewSchedule, Schedule
 from recurring_task_service.settings import Settings
+from taskevents.auth import verifier_from
 from taskevents.events import TaskEvent
+from tests.support.authorization import bearer, serving
 
 
 class FakeSchedules:
@@ -162,33 +163,25 @@ def waker() -> RecordingWaker:
 @pytest.fixture
 def app(schedules: FakeSchedules, waker: RecordingWaker) -> FastAPI:
     @asynccontextmanager
-    async def fakes(_settings: Settings) -> AsyncIterator[Services]:
+    async def fakes(settings: Settings) -> AsyncIterator[Services]:
         yield Services(
             schedules=schedules,
             task_schedules=schedules,
             waker=waker,
             database_ready=database_fine,
             sidecar_ready=database_fine,
+            tokens=verifier_from(settings),
         )
 
     return create_app(Settings(app_api_token=None), bootstrap=fakes)
 
 
-def with_lifespan_state(app: ASGIApp, state: Mapping[str, Any]) -> ASGIApp:
-    """What a server does with the state a lifespan yields (httpx's transport does not)."""
-
-    async def with_state(scope: Scope, receive: Receive, send: Send) -> None:
-        await app({**scope, "state": dict(state)}, receive, send)
-
-    return with_state
-
-
 @pytest.fixture
 async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
-    async with app.router.lifespan_context(app) as state:
-        transport = httpx.ASGITransport(app=with_lifespan_state(app, state or {}))
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
-            yield client
+    """A client as an operator, who may work every user's schedules (the per-user rules:
+    test_recurring_authorization.py)."""
+    async with serving(app, headers=bearer("ops", operator=True)) as client:
+        yield client
 
 
 def detail_text(response: httpx.Response) -> str:

@@ -271,9 +271,11 @@ def test_a_resume_replays_from_the_audit_log_then_goes_live() -> None:
     from tests.unit.test_websocket_resume import FakeAuditLog
 
     history = [TaskEvent.create("task.updated", task_id="t", user_id="ada") for _ in range(4)]
-    app = create_app(settings(heartbeat_seconds=0), bootstrap=with_audit_log(FakeAuditLog(history)))
+    audit = FakeAuditLog(history)
+    app = create_app(settings(heartbeat_seconds=0), bootstrap=with_audit_log(audit))
+    token = token_for("ada")
     with TestClient(app) as client:
-        url = f"/ws?token={token_for('ada')}&last_event_id={history[1].event_id}"
+        url = f"/ws?token={token}&last_event_id={history[1].event_id}"
         with client.websocket_connect(url) as ws:
             frames = [ws.receive_json() for _ in range(4)]
             deliver(client, history[3])  # a redelivery of a replayed event: not sent again
@@ -289,6 +291,7 @@ def test_a_resume_replays_from_the_audit_log_then_goes_live() -> None:
         "v": 1, "kind": "resume", "status": "complete",
         "after_event_id": history[1].event_id, "replayed": 2,
     }  # fmt: skip
+    assert audit.tokens == [token]  # the audit log is asked as the client, with its token
 
 
 def test_one_connection_too_many_for_a_user_or_the_process_is_closed_with_a_reason() -> None:

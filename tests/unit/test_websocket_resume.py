@@ -39,11 +39,13 @@ class FakeAuditLog:
     events: list[TaskEvent] = field(default_factory=list)
     down: bool = False
     asked: list[tuple[str | None, str]] = field(default_factory=list)
+    tokens: list[str] = field(default_factory=list)  # the bearer token of each request
 
     async def history_until(
-        self, user_id: str | None, anchor_event_id: str, *, max_events: int
+        self, user_id: str | None, anchor_event_id: str, *, max_events: int, bearer_token: str
     ) -> AuditHistory:
         self.asked.append((user_id, anchor_event_id))
+        self.tokens.append(bearer_token)
         if self.down:
             raise AuditUnavailableError("connection refused")
         newest_first = [e for e in reversed(self.events) if user_id in (None, e.user_id)]
@@ -61,6 +63,9 @@ class FakeAuditLog:
         return AuditHistory(taken, ids=frozenset(e.event_id for e in taken))
 
 
+TOKEN = "the-clients-own-jwt"
+
+
 def ids(events: Sequence[TaskEvent]) -> list[str]:
     return [e.event_id for e in events]
 
@@ -68,17 +73,22 @@ def ids(events: Sequence[TaskEvent]) -> list[str]:
 async def test_the_catch_up_is_what_follows_the_last_seen_event_oldest_first() -> None:
     audit = FakeAuditLog([event(f"e{n}") for n in range(6)] + [event("x", user_id="bob")])
 
-    plan = await plan_catch_up("ada", "e2", audit=audit, latest=[], max_events=100)
+    plan = await plan_catch_up(
+        "ada", "e2", audit=audit, latest=[], max_events=100, bearer_token=TOKEN
+    )
 
     assert (plan.status, ids(plan.events)) == ("complete", ["e3", "e4", "e5"])
     assert audit.asked == [("ada", "e2")]
+    assert audit.tokens == [TOKEN]
 
 
 async def test_events_the_audit_log_has_not_stored_yet_come_from_memory() -> None:
     audit = FakeAuditLog([event("e1"), event("e2"), event("e3")])
     latest = [event("e2"), event("e3"), event("e4"), event("e4")]  # e4: not stored yet, twice
 
-    plan = await plan_catch_up("ada", "e1", audit=audit, latest=latest, max_events=100)
+    plan = await plan_catch_up(
+        "ada", "e1", audit=audit, latest=latest, max_events=100, bearer_token=TOKEN
+    )
 
     assert (plan.status, ids(plan.events)) == ("complete", ["e2", "e3", "e4"])
 
@@ -87,7 +97,9 @@ async def test_a_last_event_only_memory_knows_resumes_from_memory() -> None:
     audit = FakeAuditLog([event("e1")])
     latest = [event("e1"), event("e2"), event("e3")]
 
-    plan = await plan_catch_up("ada", "e2", audit=audit, latest=latest, max_events=100)
+    plan = await plan_catch_up(
+        "ada", "e2", audit=audit, latest=latest, max_events=100, bearer_token=TOKEN
+    )
 
     assert (plan.status, ids(plan.events)) == ("complete", ["e3"])
 
@@ -95,8 +107,12 @@ async def test_a_last_event_only_memory_knows_resumes_from_memory() -> None:
 async def test_too_much_missed_is_partial_and_an_unknown_event_replays_nothing() -> None:
     audit = FakeAuditLog([event(f"e{n}") for n in range(10)])
 
-    too_much = await plan_catch_up("ada", "e0", audit=audit, latest=[], max_events=3)
-    unknown = await plan_catch_up("ada", "nope", audit=audit, latest=[], max_events=100)
+    too_much = await plan_catch_up(
+        "ada", "e0", audit=audit, latest=[], max_events=3, bearer_token=TOKEN
+    )
+    unknown = await plan_catch_up(
+        "ada", "nope", audit=audit, latest=[], max_events=100, bearer_token=TOKEN
+    )
 
     assert (too_much.status, ids(too_much.events)) == ("partial", ["e7", "e8", "e9"])
     assert too_much.reason is not None
@@ -110,7 +126,12 @@ async def test_an_audit_log_that_does_not_answer_is_reported() -> None:
     audit = FakeAuditLog(down=True)
 
     plan = await plan_catch_up(
-        "ada", "e1", audit=audit, latest=[event("e1"), event("e2")], max_events=9
+        "ada",
+        "e1",
+        audit=audit,
+        latest=[event("e1"), event("e2")],
+        max_events=9,
+        bearer_token=TOKEN,
     )
 
     assert plan.status == "unavailable"

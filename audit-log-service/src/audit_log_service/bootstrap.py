@@ -24,6 +24,7 @@ from audit_log_service.ports import (
     StorageUnavailableError,
 )
 from audit_log_service.settings import Settings
+from taskevents.auth import TokenVerifier, start_verifier
 from taskevents.background import in_background
 from taskevents.logging import get_logger
 from taskevents.postgres import (
@@ -47,9 +48,13 @@ class Services(RunningServices):
     republisher: EventRepublisher
     database_check: ReadinessCheck
     sidecar_check: ReadinessCheck
+    tokens: TokenVerifier
 
     def readiness_checks(self) -> Mapping[str, ReadinessCheck]:
         return {"database": self.database_check, "sidecar": self.sidecar_check}
+
+    def token_verifier(self) -> TokenVerifier:
+        return self.tokens
 
 
 Bootstrap = Callable[[Settings], AbstractAsyncContextManager[Services]]
@@ -69,6 +74,7 @@ async def bootstrap(settings: Settings) -> AsyncIterator[Services]:
             ),
         )
         stack.push_async_callback(close_pool, pool)
+        tokens = start_verifier(settings, stack)
         audit_log = PostgresAuditLog(
             pool,
             schema,
@@ -97,6 +103,7 @@ async def bootstrap(settings: Settings) -> AsyncIterator[Services]:
             republisher=republisher,
             database_check=database_check,
             sidecar_check=sidecar_check(settings.dapr_http_port),
+            tokens=tokens,
         )
 
 

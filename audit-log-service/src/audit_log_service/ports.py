@@ -156,8 +156,10 @@ class AuditReader(Protocol):
         """Oldest first."""
         ...
 
-    async def event_stats(self, since: datetime, until: datetime) -> EventStats:
-        """Counts of the events whose timestamp is in [since, until)."""
+    async def event_stats(
+        self, since: datetime, until: datetime, user_id: str | None = None
+    ) -> EventStats:
+        """Counts of the events whose timestamp is in [since, until) (of one user, or all)."""
         ...
 
 

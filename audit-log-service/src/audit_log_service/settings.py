@@ -58,8 +58,9 @@ class Settings(ServiceSettings):
         return f"{parts.hostname}:{parts.port or 5432}{parts.path}"
 
     def placeholder_secrets(self) -> list[str]:
+        weak = super().placeholder_secrets()
         # No password at all is fine: it may come from PGPASSFILE or the environment.
         password = urlsplit(self.database_dsn).password
-        return (
-            ["DATABASE_URL password"] if password is not None and is_placeholder(password) else []
-        )
+        if password is not None and is_placeholder(password):
+            weak.append("DATABASE_URL password")
+        return weak

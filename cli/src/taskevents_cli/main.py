@@ -144,8 +144,9 @@ def _add_dlq_commands(commands: Any) -> None:
         parser.add_argument(
             "--operator",
             default=os.environ.get("TASKEVENTS_OPERATOR") or os.environ.get("USER"),
-            help="who acts, recorded with the replay or discard (default: "
-            "$TASKEVENTS_OPERATOR, else $USER, else the service records 'unknown')",
+            help="development: the subject of the operator token minted when no --token is "
+            "given (default: $TASKEVENTS_OPERATOR, else $USER, else developer); the audit "
+            "log records the token's subject as who replayed or discarded",
         )
 
     def add_filters(parser: argparse.ArgumentParser) -> None:
@@ -223,13 +224,13 @@ async def _audit_call(
         url = (
             f"http://127.0.0.1:{args.dapr_http_port}/v1.0/invoke/{args.audit_app_id}/method/{path}"
         )
-    operator = getattr(args, "operator", None)
-    headers = {"X-Operator": operator} if operator else {}
+    headers: dict[str, str] = {}
     if token := os.environ.get("DAPR_API_TOKEN"):
         headers["dapr-api-token"] = token
     bearer = args.token
     if not bearer and os.environ.get("TASKEVENTS_ENV", "development") == "development":
-        bearer = _development_token(operator or "developer", operator=True, ttl_seconds=300)
+        operator = getattr(args, "operator", None) or "developer"
+        bearer = _development_token(operator, operator=True, ttl_seconds=300)
     if bearer:
         headers["Authorization"] = f"Bearer {bearer}"
     async with httpx.AsyncClient(timeout=DLQ_TIMEOUT_SECONDS) as http:

@@ -23,6 +23,7 @@ from notification_service.handlers import Policy, Ports
 from notification_service.ports import Channel, Ledger, PreferenceStore, RateLimit, SmsSender
 from notification_service.settings import APP_ID, Settings
 from notification_service.sms import SmsComposer
+from taskevents.auth import TokenVerifier, start_verifier
 from taskevents.logging import get_logger
 from taskevents.postgres import (
     Migrations,
@@ -46,9 +47,13 @@ class Services(RunningServices):
     policy: Policy
     # sidecar, smtp, database: each None when it answers, else what is wrong.
     checks: Mapping[str, ReadinessCheck]
+    tokens: TokenVerifier
 
     def readiness_checks(self) -> Mapping[str, ReadinessCheck]:
         return self.checks
+
+    def token_verifier(self) -> TokenVerifier:
+        return self.tokens
 
 
 Bootstrap = Callable[[Settings], AbstractAsyncContextManager[Services]]
@@ -60,6 +65,7 @@ async def bootstrap(settings: Settings) -> AsyncIterator[Services]:
     # database (down at start, it only delays the ledger; /ready says so meanwhile).
     async with AsyncExitStack() as stack:
         secrets = secrets_of(settings)
+        tokens = start_verifier(settings, stack)
         mailer = SmtpMailer(
             host=settings.smtp_host,
             port=settings.smtp_port,
@@ -164,6 +170,7 @@ async def bootstrap(settings: Settings) -> AsyncIterator[Services]:
                 "smtp": mailer.check,
                 "database": database,
             },
+            tokens=tokens,
         )
 
 

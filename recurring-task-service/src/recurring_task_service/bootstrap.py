@@ -17,6 +17,7 @@ from recurring_task_service.adapters.postgres import MIGRATION_LEDGER, PostgresS
 from recurring_task_service.adapters.timer import FiringTimer
 from recurring_task_service.ports import ScheduleStore, TaskSchedules, Waker
 from recurring_task_service.settings import PACKAGE, Settings
+from taskevents.auth import TokenVerifier, start_verifier
 from taskevents.logging import get_logger
 from taskevents.postgres import (
     Migrations,
@@ -44,9 +45,13 @@ class Services(RunningServices):
     waker: Waker
     database_ready: ReadinessCheck
     sidecar_ready: ReadinessCheck
+    tokens: TokenVerifier
 
     def readiness_checks(self) -> Mapping[str, ReadinessCheck]:
         return {"database": self.database_ready, "sidecar": self.sidecar_ready}
+
+    def token_verifier(self) -> TokenVerifier:
+        return self.tokens
 
 
 Bootstrap = Callable[[Settings], AbstractAsyncContextManager[Services]]
@@ -75,6 +80,7 @@ async def bootstrap(settings: Settings) -> AsyncIterator[Services]:
             ),
         )
         stack.push_async_callback(close_pool, pool)
+        tokens = start_verifier(settings, stack)
         schema = SchemaStatus()
         schedules = PostgresSchedules(pool, schema)
         publisher = EventPublisher(
@@ -116,6 +122,7 @@ async def bootstrap(settings: Settings) -> AsyncIterator[Services]:
             waker=timer,
             database_ready=database_ready,
             sidecar_ready=sidecar_ready,
+            tokens=tokens,
         )
 
 

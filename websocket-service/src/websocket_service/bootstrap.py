@@ -14,11 +14,8 @@ from typing import Annotated, Any
 from fastapi import Depends
 from starlette.requests import HTTPConnection
 
-from taskevents.auth import TokenVerifier, load_shared_key, verifier_from
-from taskevents.background import in_background
+from taskevents.auth import TokenVerifier, start_verifier
 from taskevents.logging import get_logger
-from taskevents.retry import SIDECAR_ANSWERS
-from taskevents.secrets import DaprSecrets
 from taskevents.web import ReadinessCheck, RunningServices, services_of, sidecar_check
 from websocket_service.adapters.audit_log import DaprAuditLog
 from websocket_service.hub import Close, CloseCode, Hub
@@ -76,19 +73,7 @@ async def bootstrap(settings: Settings) -> AsyncIterator[Services]:
             dapr_api_token=api_token,
         )
         stack.push_async_callback(audit_log.close)
-        tokens = verifier_from(settings)
-        if settings.jwt_secret_store is not None:
-            # The sidecar answers only once the app listens: the key comes in the background,
-            # and until then tokens are refused with 1013 (try again later).
-            store = DaprSecrets(
-                store=settings.jwt_secret_store,
-                http_port=settings.dapr_http_port,
-                api_token=api_token,
-            )
-            loading = load_shared_key(
-                tokens, store, settings.jwt_secret_name, policy=SIDECAR_ANSWERS
-            )
-            in_background(stack, loading, name="token-key")
+        tokens = start_verifier(settings, stack)
         services = Services(
             hub=Hub(
                 max_queue_frames=settings.max_queue_frames,

@@ -46,13 +46,16 @@ async def plan_catch_up(
     audit: AuditLog,
     latest: Sequence[TaskEvent],
     max_events: int,
+    bearer_token: str,
 ) -> CatchUp:
     """The events after `last_event_id` that a resuming client missed: from the audit log,
     plus the latest events this replica saw that the audit log has not stored yet (it
     writes in batches, so the newest can lag behind the live stream)."""
     from_memory = _after_anchor(latest, last_event_id)
     try:
-        history = await audit.history_until(user_id, last_event_id, max_events=max_events)
+        history = await audit.history_until(
+            user_id, last_event_id, max_events=max_events, bearer_token=bearer_token
+        )
     except AuditUnavailableError as error:
         reason = f"the audit log did not answer ({error}); live events follow"
         if from_memory is None:

@@ -40,8 +40,10 @@ class AuditUnavailableError(Exception):
 
 class AuditLog(Protocol):
     async def history_until(
-        self, user_id: str | None, anchor_event_id: str, *, max_events: int
+        self, user_id: str | None, anchor_event_id: str, *, max_events: int, bearer_token: str
     ) -> AuditHistory:
         """The user's (None: everyone's) events newest first, until the anchor or
-        `max_events`; AuditUnavailableError when the audit log does not answer."""
+        `max_events`, asked with the client's own token (the audit log applies its rules to
+        it: a user reads their own events, an operator everyone's); AuditUnavailableError
+        when the audit log does not answer or refuses."""
         ...

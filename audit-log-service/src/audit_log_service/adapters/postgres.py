@@ -98,6 +98,13 @@ SELECT type, date_trunc('hour', occurred_at, 'UTC') AS hour, count(*) AS count
  WHERE occurred_at >= $1 AND occurred_at < $2
  GROUP BY type, hour
 """
+# One user's counts (what a user who is not an operator sees): the (user_id, occurred_at) index.
+EVENT_STATS_OF_USER = """
+SELECT type, date_trunc('hour', occurred_at, 'UTC') AS hour, count(*) AS count
+  FROM audit_events
+ WHERE user_id = $3 AND occurred_at >= $1 AND occurred_at < $2
+ GROUP BY type, hour
+"""
 # Partitions: how many months ahead exist, and how long rows are kept.
 ENSURE_PARTITIONS = "SELECT audit_events_ensure_partitions(now(), $1)"
 DROP_PARTITIONS = "SELECT audit_events_drop_partitions_before($1) AS dropped"
@@ -271,9 +278,14 @@ class PostgresAuditLog:
             )
         return [_stored_event(row) for row in rows]
 
-    async def event_stats(self, since: datetime, until: datetime) -> EventStats:
+    async def event_stats(
+        self, since: datetime, until: datetime, user_id: str | None = None
+    ) -> EventStats:
         async with self._connection() as connection:
-            rows = await connection.fetch(EVENT_STATS, since, until)
+            if user_id is None:
+                rows = await connection.fetch(EVENT_STATS, since, until)
+            else:
+                rows = await connection.fetch(EVENT_STATS_OF_USER, since, until, user_id)
         by_type: dict[str, int] = {}
         by_hour: dict[datetime, int] = {}
         for row in rows:

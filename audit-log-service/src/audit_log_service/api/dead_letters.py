@@ -1,10 +1,11 @@
-"""The dead letters the audit log keeps, for operators: list, inspect, replay, discard."""
+"""The dead letters the audit log keeps, for operators only: list, inspect, replay, discard.
+Who replayed or discarded one is the subject of the operator's token."""
 
 from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Header, HTTPException, Path, Query
+from fastapi import APIRouter, Depends, HTTPException, Path, Query
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from audit_log_service.api.events import DEFAULT_LIMIT, MAX_LIMIT, Limit, TimeRange, TypeParam
@@ -15,23 +16,13 @@ from audit_log_service.handlers import (
     replay_dead_letter,
 )
 from audit_log_service.ports import DeadLetterFilter, DeadLetterStatus, StoredDeadLetter
-
-UNKNOWN_OPERATOR = "unknown"
-OPERATOR_HEADER = "X-Operator"
+from taskevents.auth import Operator, operator_only
 
 TopicParam = Annotated[str, StringConstraints(min_length=1, max_length=300)]
 # Ids are Postgres bigints: a larger number is no id at all (422), never a database error.
 MAX_ID = 2**63 - 1
 LetterId = Annotated[
     int, Path(ge=1, le=MAX_ID, description="The dead letter's id (from the list).")
-]
-Operator = Annotated[
-    str | None,
-    Header(
-        alias=OPERATOR_HEADER,
-        max_length=200,
-        description="Who does this; recorded with the action (default: unknown).",
-    ),
 ]
 
 
@@ -84,7 +75,10 @@ class BulkReplay(BaseModel):
 
 
 def dead_letters_router() -> APIRouter:
-    router = APIRouter(prefix="/audit", tags=["dead letters"])
+    # Every route: operators only (the dependency on the router answers 401/403 first).
+    router = APIRouter(
+        prefix="/audit", tags=["dead letters"], dependencies=[Depends(operator_only)]
+    )
 
     @router.get("/dead-letters", summary="Dead letters, newest first, a page at a time")
     async def list_dead_letters(
@@ -107,14 +101,14 @@ def dead_letters_router() -> APIRouter:
         body: ReplayFilter,
         desk: DeadLetterDeskDep,
         publisher: EventRepublisherDep,
-        operator: Operator = None,
+        operator: Operator,
     ) -> BulkReplay:
         letters = await desk.list_dead_letters(body.to_filter())
         result = BulkReplay(replayed=[], failed=[])
         for letter in letters:
             try:
                 await replay_dead_letter(
-                    letter.id, operator=operator or UNKNOWN_OPERATOR, desk=desk, publisher=publisher
+                    letter.id, operator=operator.user_id, desk=desk, publisher=publisher
                 )
             except ReplayRefusedError as error:
                 result.failed.append(ReplayFailure(id=letter.id, reason=str(error)))
@@ -131,11 +125,11 @@ def dead_letters_router() -> APIRouter:
         letter_id: LetterId,
         desk: DeadLetterDeskDep,
         publisher: EventRepublisherDep,
-        operator: Operator = None,
+        operator: Operator,
     ) -> StoredDeadLetter:
         try:
             letter = await replay_dead_letter(
-                letter_id, operator=operator or UNKNOWN_OPERATOR, desk=desk, publisher=publisher
+                letter_id, operator=operator.user_id, desk=desk, publisher=publisher
             )
         except ReplayRefusedError as error:
             raise HTTPException(status_code=409, detail=str(error)) from None
@@ -146,11 +140,9 @@ def dead_letters_router() -> APIRouter:
         summary="Discard a dead letter (it is kept, marked with who discarded it and when)",
     )
     async def discard(
-        letter_id: LetterId, desk: DeadLetterDeskDep, operator: Operator = None
+        letter_id: LetterId, desk: DeadLetterDeskDep, operator: Operator
     ) -> StoredDeadLetter:
-        letter = await discard_dead_letter(
-            letter_id, operator=operator or UNKNOWN_OPERATOR, desk=desk
-        )
+        letter = await discard_dead_letter(letter_id, operator=operator.user_id, desk=desk)
         return _found(letter, letter_id)
 
     return router

@@ -1,5 +1,5 @@
 """The audit log's read API: events by task, user, type and time, one task's history, and
-counts per type and per hour."""
+counts per type and per hour. A user reads their own events; an operator everyone's."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstrai
 
 from audit_log_service.bootstrap import AuditReaderDep
 from audit_log_service.ports import EventFilter, EventKey, EventStats, StoredEvent
+from taskevents.auth import Caller, forbidden, user_filter_for
 
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 500
@@ -107,6 +108,8 @@ class HistoryQuery(BaseModel):
 
 
 class StatsQuery(TimeRange):
+    user_id: IdParam | None = None
+
     def bounds(self) -> tuple[datetime, datetime]:
         until = self.until or datetime.now(UTC)
         since = self.since or until - DEFAULT_STATS_RANGE
@@ -151,8 +154,12 @@ def events_router() -> APIRouter:
         "/events", response_model=EventPage, summary="Events, newest first, a page at a time"
     )
     async def list_events(
-        query: Annotated[EventQuery, Query()], reader: AuditReaderDep
+        query: Annotated[EventQuery, Query()], reader: AuditReaderDep, caller: Caller
     ) -> Response:
+        """A user's own events (with no `user_id`, or their own); an operator's, anyone's."""
+        query = query.model_copy(
+            update={"user_id": user_filter_for(caller, query.user_id, "reading the events")}
+        )
         rows = await reader.list_events(query.to_filter(extra=1))
         items = rows[: query.limit]
         next_cursor = None
@@ -170,15 +177,23 @@ def events_router() -> APIRouter:
         task_id: Annotated[str, Path(min_length=1, max_length=200)],
         query: Annotated[HistoryQuery, Query()],
         reader: AuditReaderDep,
+        caller: Caller,
     ) -> Response:
+        """For an operator, or the user whose task it is (403 if any event is another's)."""
         items = await reader.task_history(task_id, query.limit)
+        if not caller.operator and any(item.user_id != caller.user_id for item in items):
+            raise forbidden("reading the history of another user's task")
         return _json(TaskHistory(task_id=task_id, items=items))
 
     @router.get("/stats", summary="Counts per type and per hour (default: the last 24 hours)")
     async def event_stats(
-        query: Annotated[StatsQuery, Query()], reader: AuditReaderDep
+        query: Annotated[StatsQuery, Query()], reader: AuditReaderDep, caller: Caller
     ) -> EventStats:
+        """A user's counts are of their own events; an operator's of everyone's (or of
+        `user_id`)."""
         since, until = query.bounds()
-        return await reader.event_stats(since, until)
+        return await reader.event_stats(
+            since, until, user_filter_for(caller, query.user_id, "counting the events")
+        )
 
     return router

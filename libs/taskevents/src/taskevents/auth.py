@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterable
+from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
@@ -22,8 +23,9 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import SecretStr
 from starlette.requests import HTTPConnection
 
+from taskevents.background import in_background
 from taskevents.logging import get_logger
-from taskevents.retry import RetryPolicy
+from taskevents.retry import SIDECAR_ANSWERS, RetryPolicy
 from taskevents.secrets import DaprSecrets, SecretUnavailableError
 from taskevents.settings import DEVELOPMENT_JWT_SECRET, ServiceSettings, is_placeholder
 
@@ -242,6 +244,21 @@ async def load_shared_key(
     log.info("token key loaded", store=secrets.store, name=name)
 
 
+def start_verifier(settings: ServiceSettings, stack: AsyncExitStack) -> TokenVerifier:
+    """A service's verifier, for its bootstrap: `verifier_from(settings)`, and when the key
+    comes from a Dapr secret store, its loading in the background (the sidecar answers only
+    once the app listens; until then tokens are answered "try again later")."""
+    verifier = verifier_from(settings)
+    if settings.jwt_secret_store is not None:
+        api_token = settings.dapr_api_token.get_secret_value() if settings.dapr_api_token else None
+        store = DaprSecrets(
+            store=settings.jwt_secret_store, http_port=settings.dapr_http_port, api_token=api_token
+        )
+        loading = load_shared_key(verifier, store, settings.jwt_secret_name, policy=SIDECAR_ANSWERS)
+        in_background(stack, loading, name="token-key")
+    return verifier
+
+
 # FastAPI ---------------------------------------------------------------------------------
 
 # Declares the scheme in OpenAPI, so /docs has "Authorize"; we answer the 401 ourselves.
@@ -298,3 +315,12 @@ def ensure_may_act_for(caller: Identity, user_id: str, what: str) -> None:
     """403 unless the caller is that user or an operator."""
     if not caller.may_act_for(user_id):
         raise forbidden(f"{what} of another user")
+
+
+def user_filter_for(caller: Identity, user_id: str | None, what: str) -> str | None:
+    """The user filter of a listing the caller asked for with `user_id`: an operator's as
+    asked (None: everyone), a user's always their own — naming another user is a 403."""
+    if user_id is not None:
+        ensure_may_act_for(caller, user_id, what)
+        return user_id
+    return None if caller.operator else caller.user_id

@@ -8,6 +8,7 @@ from pydantic import AwareDatetime, BaseModel
 
 from notification_service.bootstrap import LedgerDep
 from notification_service.ports import LedgerUnavailableError
+from taskevents.auth import Caller, ensure_may_act_for
 
 MAX_ITEMS = 1000
 
@@ -40,6 +41,7 @@ def notifications_router() -> APIRouter:
     @router.get("/notifications", responses={503: {}})
     async def list_notifications(
         ledger: LedgerDep,
+        caller: Caller,
         user_id: Annotated[str, Query(min_length=1, max_length=200)],
         since: Annotated[
             AwareDatetime | None,
@@ -48,7 +50,8 @@ def notifications_router() -> APIRouter:
         limit: Annotated[int, Query(ge=1, le=MAX_ITEMS)] = 200,
     ) -> NotificationList:
         """What was sent (or deferred, summarised in a digest, refused), oldest first:
-        when, on which channel, with what status."""
+        when, on which channel, with what status. The user themself or an operator."""
+        ensure_may_act_for(caller, user_id, "reading the notifications")
         try:
             entries = await ledger.history(user_id, since=since, limit=limit)
         except LedgerUnavailableError as error:

@@ -28,13 +28,19 @@ from recurring_task_service.schedules import (
     upcoming,
     zone,
 )
+from taskevents.auth import Caller, Identity, ensure_may_act_for, user_filter_for
 from taskevents.events import EventType, NonEmptyId, TaskEvent
 
 MAX_LIST_LIMIT = 1000
 MAX_PREVIEW = 1000
 MANUAL_TRIGGER = "manual"
 
-NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"description": "no such schedule"}}
+# A schedule belongs to its `user_id`: another user's is a 403 (schedule ids are random
+# UUIDs, so the 403 tells nothing a caller could not have learned otherwise).
+NOT_FOUND: dict[int | str, dict[str, Any]] = {
+    403: {"description": "another user's schedule"},
+    404: {"description": "no such schedule"},
+}
 
 
 class ScheduleFields(BaseModel):
@@ -274,11 +280,16 @@ def schedules_router() -> APIRouter:
     @router.post(
         "",
         status_code=status.HTTP_201_CREATED,
-        responses={409: {"description": "the task already has a schedule"}},
+        responses={
+            403: {"description": "a schedule for another user"},
+            409: {"description": "the task already has a schedule"},
+        },
     )
     async def create_schedule(
-        body: ScheduleCreate, schedules: ScheduleStoreDep, waker: WakerDep
+        body: ScheduleCreate, schedules: ScheduleStoreDep, waker: WakerDep, caller: Caller
     ) -> ScheduleView:
+        """A schedule of the caller's own (an operator's: for any user)."""
+        ensure_may_act_for(caller, body.user_id, "creating a schedule")
         rule, options = body.rule(), body.options()
         try:
             schedule = await schedules.create(
@@ -298,40 +309,55 @@ def schedules_router() -> APIRouter:
         return ScheduleView.of(schedule)
 
     @router.get("/{schedule_id}", responses=NOT_FOUND)
-    async def get_schedule(schedule_id: uuid.UUID, schedules: ScheduleStoreDep) -> ScheduleView:
-        return ScheduleView.of(await _found(schedules, schedule_id))
+    async def get_schedule(
+        schedule_id: uuid.UUID, schedules: ScheduleStoreDep, caller: Caller
+    ) -> ScheduleView:
+        return ScheduleView.of(await _owned(schedules, schedule_id, caller, "reading a schedule"))
 
     @router.get("")
     async def list_schedules(
         schedules: ScheduleStoreDep,
-        user_id: Annotated[str | None, Query(description="Only this user's schedules.")] = None,
+        caller: Caller,
+        user_id: Annotated[
+            str | None,
+            Query(description="Only this user's schedules (a user's own: the default)."),
+        ] = None,
         limit: Annotated[int, Query(ge=1, le=MAX_LIST_LIMIT)] = 100,
     ) -> ScheduleList:
-        found = await schedules.list_for_user(user_id, limit=limit)
+        """A user's own schedules; an operator's, everyone's (or `user_id`'s)."""
+        owner = user_filter_for(caller, user_id, "listing the schedules")
+        found = await schedules.list_for_user(owner, limit=limit)
         return ScheduleList(schedules=[ScheduleView.of(s) for s in found])
 
     @router.patch("/{schedule_id}", responses=NOT_FOUND)
     async def change_schedule(
-        schedule_id: uuid.UUID, body: ScheduleChange, schedules: ScheduleStoreDep, waker: WakerDep
+        schedule_id: uuid.UUID,
+        body: ScheduleChange,
+        schedules: ScheduleStoreDep,
+        waker: WakerDep,
+        caller: Caller,
     ) -> ScheduleView:
-        return await _edit(schedules, waker, schedule_id, body)
+        return await _edit(schedules, waker, schedule_id, body, caller)
 
     @router.post("/{schedule_id}/pause", responses=NOT_FOUND)
     async def pause_schedule(
-        schedule_id: uuid.UUID, schedules: ScheduleStoreDep, waker: WakerDep
+        schedule_id: uuid.UUID, schedules: ScheduleStoreDep, waker: WakerDep, caller: Caller
     ) -> ScheduleView:
         """Stop firing; what falls into the pause is not caught up later."""
-        return await _edit(schedules, waker, schedule_id, ScheduleChange(paused=True))
+        return await _edit(schedules, waker, schedule_id, ScheduleChange(paused=True), caller)
 
     @router.post("/{schedule_id}/resume", responses=NOT_FOUND)
     async def resume_schedule(
-        schedule_id: uuid.UUID, schedules: ScheduleStoreDep, waker: WakerDep
+        schedule_id: uuid.UUID, schedules: ScheduleStoreDep, waker: WakerDep, caller: Caller
     ) -> ScheduleView:
         """Fire again from the next occurrence after now."""
-        return await _edit(schedules, waker, schedule_id, ScheduleChange(paused=False))
+        return await _edit(schedules, waker, schedule_id, ScheduleChange(paused=False), caller)
 
     @router.delete("/{schedule_id}", status_code=status.HTTP_204_NO_CONTENT, responses=NOT_FOUND)
-    async def delete_schedule(schedule_id: uuid.UUID, schedules: ScheduleStoreDep) -> Response:
+    async def delete_schedule(
+        schedule_id: uuid.UUID, schedules: ScheduleStoreDep, caller: Caller
+    ) -> Response:
+        await _owned(schedules, schedule_id, caller, "deleting a schedule")
         if not await schedules.delete(schedule_id):
             raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no schedule {schedule_id}")
         return Response(status_code=status.HTTP_204_NO_CONTENT)
@@ -340,11 +366,12 @@ def schedules_router() -> APIRouter:
     async def preview_occurrences(
         schedule_id: uuid.UUID,
         schedules: ScheduleStoreDep,
+        caller: Caller,
         next: Annotated[int, Query(ge=1, le=MAX_PREVIEW, description="How many.")] = 10,
     ) -> OccurrencePreview:
         """The next occurrences as the schedule stands (none while it waits for a completion
         or is over; a paused schedule shows where it would go on)."""
-        schedule = await _found(schedules, schedule_id)
+        schedule = await _owned(schedules, schedule_id, caller, "previewing a schedule")
         next_fire_at = schedule.next_fire_at
         if schedule.paused:
             next_fire_at = resumed_next_fire_at(
@@ -362,6 +389,7 @@ def schedules_router() -> APIRouter:
         schedule_id: uuid.UUID,
         schedules: ScheduleStoreDep,
         waker: WakerDep,
+        caller: Caller,
         idempotency_key: Annotated[
             str | None,
             Header(max_length=200, description="The same key gives the same event id."),
@@ -369,6 +397,7 @@ def schedules_router() -> APIRouter:
     ) -> Triggered:
         """Fire now, outside the schedule: one task.recurring.triggered with
         `payload.trigger = "manual"`; the schedule's own occurrences are not affected."""
+        await _owned(schedules, schedule_id, caller, "firing a schedule")
         key = idempotency_key or uuid.uuid4().hex
         now = _now()
 
@@ -397,11 +426,12 @@ def schedules_router() -> APIRouter:
     async def missed_occurrences(
         schedule_id: uuid.UUID,
         schedules: ScheduleStoreDep,
+        caller: Caller,
         limit: Annotated[int, Query(ge=1, le=MAX_LIST_LIMIT)] = 100,
     ) -> MissedList:
         """Occurrences not published on their own: missed beyond the grace period while every
         replica was down, or folded into one coalesced event. Newest first."""
-        await _found(schedules, schedule_id)
+        await _owned(schedules, schedule_id, caller, "reading a schedule")
         records = await schedules.missed(schedule_id, limit=limit)
         return MissedList(
             schedule_id=schedule_id,
@@ -421,8 +451,14 @@ def schedules_router() -> APIRouter:
 
 
 async def _edit(
-    schedules: ScheduleStore, waker: Waker, schedule_id: uuid.UUID, change: ScheduleChange
+    schedules: ScheduleStore,
+    waker: Waker,
+    schedule_id: uuid.UUID,
+    change: ScheduleChange,
+    caller: Identity,
 ) -> ScheduleView:
+    # The owner never changes, so checking it before the update is enough.
+    await _owned(schedules, schedule_id, caller, "changing a schedule")
     now = _now()
     try:
         schedule = await schedules.update(schedule_id, lambda c: change.edit(c, now))
@@ -438,6 +474,15 @@ async def _found(schedules: ScheduleStore, schedule_id: uuid.UUID) -> Schedule:
     schedule = await schedules.get(schedule_id)
     if schedule is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no schedule {schedule_id}")
+    return schedule
+
+
+async def _owned(
+    schedules: ScheduleStore, schedule_id: uuid.UUID, caller: Identity, what: str
+) -> Schedule:
+    """The schedule, if the caller is its user or an operator (403 otherwise)."""
+    schedule = await _found(schedules, schedule_id)
+    ensure_may_act_for(caller, schedule.user_id, what)
     return schedule
 
 

@@ -1,5 +1,7 @@
 """The audit log's `GET /audit/events` through the sidecar (Dapr service invocation):
-a user's events, newest first, page by page until the anchor event."""
+a user's events, newest first, page by page until the anchor event. Each request carries
+the connecting client's own bearer token, so the audit log answers with what that client
+may read, never more."""
 
 from __future__ import annotations
 
@@ -31,14 +33,14 @@ class DaprAuditLog:
         await self._http.aclose()
 
     async def history_until(
-        self, user_id: str | None, anchor_event_id: str, *, max_events: int
+        self, user_id: str | None, anchor_event_id: str, *, max_events: int, bearer_token: str
     ) -> AuditHistory:
         events: list[TaskEvent] = []
         ids: set[str] = set()
         cursor: str | None = None
         while True:
             limit = min(MAX_PAGE_ITEMS, max_events + 1)
-            page = await self._page(user_id, limit, cursor)
+            page = await self._page(user_id, limit, cursor, bearer_token)
             for item in page.get("items", []):
                 event = _event(item)
                 if event is None or event.event_id in ids:
@@ -55,14 +57,18 @@ class DaprAuditLog:
                 full = len(page.get("items", [])) >= limit
                 return AuditHistory(events, truncated=full, ids=frozenset(ids))
 
-    async def _page(self, user_id: str | None, limit: int, cursor: str | None) -> dict[str, Any]:
+    async def _page(
+        self, user_id: str | None, limit: int, cursor: str | None, bearer_token: str
+    ) -> dict[str, Any]:
         params: dict[str, str | int] = {"limit": limit}
         if user_id is not None:
             params["user_id"] = user_id
         if cursor:
             params["cursor"] = cursor
         try:
-            response = await self._http.get(self._url, params=params)
+            response = await self._http.get(
+                self._url, params=params, headers={"Authorization": f"Bearer {bearer_token}"}
+            )
         except httpx.HTTPError as error:
             raise AuditUnavailableError(f"{type(error).__name__}: {error}") from None
         if not response.is_success:

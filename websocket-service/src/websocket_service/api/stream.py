@@ -95,12 +95,14 @@ def stream_router(settings: Settings) -> APIRouter:
                 raise TokenRejectedError(
                     f"a token in Sec-WebSocket-Protocol needs the subprotocol {SUBPROTOCOL} too"
                 )
-            if not (token or protocol_token):
+            # Kept for the resume: the audit log is asked with the client's own token.
+            bearer_token = token or protocol_token
+            if not bearer_token:
                 raise TokenRejectedError(
                     f"missing token: pass ?token=<JWT> or the subprotocols {SUBPROTOCOL}, "
                     "bearer.<JWT>"
                 )
-            identity = await tokens.verify(token or protocol_token)
+            identity = await tokens.verify(bearer_token)
             if watch == "all" and not identity.operator:
                 raise TokenRejectedError("watching every user needs the operator role")
         except TokenRejectedError as error:
@@ -137,7 +139,14 @@ def stream_router(settings: Settings) -> APIRouter:
                 with contextlib.suppress(*SocketGone):
                     if last_event_id:
                         await _catch_up(
-                            websocket, conn, identity, last_event_id, hub, audit, options
+                            websocket,
+                            conn,
+                            identity,
+                            bearer_token,
+                            last_event_id,
+                            hub,
+                            audit,
+                            options,
                         )
                     await _until_first_ends(
                         lambda: _send_frames(websocket, conn, options.coalesce_seconds),
@@ -164,6 +173,7 @@ async def _catch_up(
     websocket: WebSocket,
     connection: ClientConnection,
     identity: Identity,
+    bearer_token: str,
     last_event_id: str,
     hub: Hub,
     audit: AuditLog,
@@ -181,6 +191,7 @@ async def _catch_up(
                 audit=audit,
                 latest=latest,
                 max_events=options.resume_max_events,
+                bearer_token=bearer_token,
             )
     except TimeoutError:
         plan = CatchUp(
