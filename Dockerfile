@@ -29,6 +29,7 @@ COPY notification-service/pyproject.toml notification-service/
 COPY recurring-task-service/pyproject.toml recurring-task-service/
 COPY audit-log-service/pyproject.toml audit-log-service/
 COPY websocket-service/pyproject.toml websocket-service/
+COPY ops-console/pyproject.toml ops-console/
 RUN --mount=type=cache,target=/root/.cache/uv \
     uv sync --frozen --no-dev --no-install-workspace --package ${SERVICE}
 # Then the shared library and the service, installed as wheels (not editable): the
