@@ -1,6 +1,6 @@
 # syntax=docker/dockerfile:1
-# One image recipe for the four services: each image holds only its service and the
-# packages that service declares, installed from uv.lock. Build from the repository root
+# One image recipe for the four services and the ops console: each image holds only its
+# app and the packages that app declares, installed from uv.lock. Build from the repository root
 # (the uv workspace), naming the service and its port:
 #   docker build --build-arg SERVICE=audit-log-service --build-arg PORT=8003 \
 #     -t taskevents/audit-log-service:dev .

@@ -47,8 +47,8 @@ LOCAL_TARGETS = [
     _local("recurring-task-service", 3502, 9192, 8002),
     _local("audit-log-service", 3503, 9193, 8003),
     _local("websocket-service", 3504, 9194, 8004),
-    _local("taskevents-cli", 3500, 9195, None),
     _local("ops-console", 3505, 9196, 8005),
+    _local("taskevents-cli", 3500, 9195, None),
 ]
 
 

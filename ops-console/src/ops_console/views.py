@@ -118,11 +118,15 @@ async def app_detail(
     body = metadata.body if isinstance(metadata, Answer) and isinstance(metadata.body, dict) else {}
     files = await asyncio.to_thread(sidecar_files, process) if process else None
     logs = await asyncio.to_thread(recent_logs, log_dir, target.app_id)
+    subscriptions = [_subscription(s) for s in body.get("subscriptions", [])]
+    for subscription in subscriptions:
+        key = f"{subscription['pubsub']}/{subscription['topic']}"
+        subscription["bulk"] = files["bulk"].get(key) if files else None
     return {
         "status": status,
         "metadata_problem": None if body else _problem(metadata),
         "components": body.get("components", []),
-        "subscriptions": [_subscription(s) for s in body.get("subscriptions", [])],
+        "subscriptions": subscriptions,
         "http_endpoints": body.get("httpEndpoints", []),
         "enabled_features": body.get("enabledFeatures", []),
         "app_connection": body.get("appConnectionProperties"),
@@ -134,7 +138,9 @@ async def app_detail(
 
 
 def _subscription(raw: dict[str, Any]) -> dict[str, Any]:
-    rules = (raw.get("rules") or {}).get("rules") or raw.get("rules") or []
+    rules = raw.get("rules") or []
+    if isinstance(rules, dict):  # older daprd: {"rules": [...]}
+        rules = rules.get("rules") or []
     return {
         "pubsub": raw.get("pubsubname"),
         "topic": raw.get("topic"),

@@ -128,22 +128,29 @@ class ProcessTable:
 
 
 def sidecar_files(process: DaprProcess) -> dict[str, Any]:
-    """The Resiliency resources that apply to the sidecar's app and its Configuration, as
-    the files it was started with hold them."""
+    """The Resiliency resources that apply to the sidecar's app, the bulk settings of its
+    subscriptions (which the metadata API leaves out) and its Configuration, as the files
+    it was started with hold them."""
     app_id = process.app_id
     resiliency = []
+    bulk: dict[str, Any] = {}
     for directory in process.resources_paths:
         for path in sorted(Path(directory).glob("*.y*ml")):
             for document in _documents(path):
                 scopes = document.get("scopes") or []
-                if document.get("kind") == "Resiliency" and (not scopes or app_id in scopes):
+                if scopes and app_id not in scopes:
+                    continue
+                if document.get("kind") == "Resiliency":
                     resiliency.append({"file": str(path), **document})
+                spec = document.get("spec") or {}
+                if document.get("kind") == "Subscription" and spec.get("bulkSubscribe"):
+                    bulk[f"{spec.get('pubsubname')}/{spec.get('topic')}"] = spec["bulkSubscribe"]
     configuration = None
     config = process.flags.get("--config")
     if config:
         documents = [d for d in _documents(Path(config)) if d.get("kind") == "Configuration"]
         configuration = {"file": config, **documents[0]} if documents else None
-    return {"resiliency": resiliency, "configuration": configuration}
+    return {"resiliency": resiliency, "bulk": bulk, "configuration": configuration}
 
 
 def _documents(path: Path) -> list[dict[str, Any]]:

@@ -119,7 +119,9 @@ const pages = {
         (d.metadata_problem ? ` · metadata: ${d.metadata_problem}` : "");
       fill("#components", d.components, (c) => [c.name, c.type, c.version, (c.capabilities || []).join(", ")]);
       fill("#subscriptions", d.subscriptions, (x) => [
-        x.pubsub, x.topic, x.routes.join(", "), x.dead_letter_topic, x.type, JSON.stringify(x.metadata),
+        x.pubsub, x.topic, x.routes.join(", "), x.dead_letter_topic || "none", x.type,
+        x.bulk ? `bulk: ${x.bulk.maxMessagesCount} messages / ${x.bulk.maxAwaitDurationMs} ms` : "one at a time",
+        JSON.stringify(x.metadata),
       ], (x) => ({ "data-topic": x.topic }));
       $("#resiliency").textContent = d.files_exposed ? JSON.stringify(d.resiliency, null, 2) : "not exposed (the sidecar is not a local process)";
       $("#configuration").textContent = d.files_exposed ? JSON.stringify(d.configuration, null, 2) : "not exposed";

@@ -1,0 +1,57 @@
+"""The ops console beside a sidecar of its own, watching the session's cluster: its
+sidecars, its consumer groups (and any more a test names), the session's logs."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from datetime import UTC, datetime, timedelta
+
+import jwt
+
+from taskevents.settings import DEVELOPMENT_JWT_SECRET
+from tests.support.cluster import Service, service_spec, start_service
+from tests.support.stack import Stack
+
+SAMPLE_SECONDS = 1.0
+
+
+def target(service: Service) -> dict[str, str | None]:
+    spec = service.app.spec
+    return {
+        "app_id": service.app_id,
+        "dapr_http_url": f"http://127.0.0.1:{spec.dapr_http_port}",
+        "metrics_url": f"http://127.0.0.1:{spec.metrics_port}/",
+        "app_url": service.url if spec.app_port else None,
+        "consumer_group": service.consumer_groups[0] if service.consumer_groups else None,
+    }
+
+
+def start_console(stack: Stack, watched: Iterable[Service], extra_groups: Iterable[str]) -> Service:
+    watched = list(watched)
+    spec, consumer = service_spec(stack, "ops-console")
+    itself = {
+        "app_id": "ops-console",
+        "dapr_http_url": f"http://127.0.0.1:{spec.dapr_http_port}",
+        "metrics_url": f"http://127.0.0.1:{spec.metrics_port}/",
+        "app_url": f"http://127.0.0.1:{spec.app_port}",
+    }
+    groups = [g for s in watched for g in s.consumer_groups if s.app.spec.app_port]
+    spec.env |= {
+        "CONSOLE_TARGETS": json.dumps([*map(target, watched), itself]),
+        "CONSOLE_CONSUMER_GROUPS": json.dumps([*groups, *extra_groups]),
+        "CONSOLE_KAFKA_BROKERS": stack.kafka_brokers,
+        "CONSOLE_SAMPLE_SECONDS": str(SAMPLE_SECONDS),
+        "CONSOLE_LOG_DIR": str(stack.log_dir),
+    }
+    return start_service(stack, spec, consumer)
+
+
+def operator_token(user_id: str = "console-operator") -> str:
+    """What the development login hands out (websocket-service signs it with the same key)."""
+    claims = {
+        "sub": user_id,
+        "roles": ["operator"],
+        "exp": datetime.now(UTC) + timedelta(hours=1),
+    }
+    return jwt.encode(claims, DEVELOPMENT_JWT_SECRET, algorithm="HS256")
