@@ -12,14 +12,18 @@ from typing import Any
 import httpx
 import pytest
 import pytest_asyncio
-from aiokafka import AIOKafkaConsumer
 
 from taskevents.events import EventType, TaskEvent
 from taskevents.publisher import EventPublisher
 from tests.conftest import Cluster
 from tests.support.cluster import Service
-from tests.support.console import operator_token, start_console
-from tests.support.kafka import DLQ_TOPIC, TOPIC, cloud_event, produce_raw
+from tests.support.console import (
+    make_dead_letter,
+    operator_token,
+    start_console,
+    stop_a_consumer_group,
+)
+from tests.support.kafka import TOPIC
 from tests.support.stack import RUN_ID, Stack
 from tests.support.waiting import eventually
 
@@ -128,17 +132,7 @@ async def test_delivery_counts_grow_with_published_events(
 async def test_a_stopped_consumer_shows_growing_lag_and_a_stall(
     api: httpx.AsyncClient, console: Service, stack: Stack, publisher: EventPublisher, unique: str
 ) -> None:
-    consumer = AIOKafkaConsumer(
-        TOPIC, bootstrap_servers=stack.kafka_brokers, group_id=STOPPED_GROUP,
-        auto_offset_reset="latest", enable_auto_commit=False,
-    )  # fmt: skip
-    await consumer.start()
-    try:
-        await eventually(lambda: _assigned(consumer), what="partitions assigned")
-        await consumer.seek_to_end()
-        await consumer.commit({tp: await consumer.position(tp) for tp in consumer.assignment()})
-    finally:
-        await consumer.stop()
+    await stop_a_consumer_group(stack.kafka_brokers, STOPPED_GROUP)
 
     def lag_of(view: dict[str, Any]) -> int | None:
         rows = [g for g in view["groups"] if (g["group"], g["topic"]) == (STOPPED_GROUP, TOPIC)]
@@ -175,26 +169,10 @@ async def test_a_stopped_consumer_shows_growing_lag_and_a_stall(
     assert 'taskevents_console_dead_letter_depth_messages{topic="task-events-dlq"}' in exported
 
 
-async def _assigned(consumer: AIOKafkaConsumer) -> bool:
-    if not consumer.assignment():
-        await consumer.getmany(timeout_ms=500)
-    return bool(consumer.assignment())
-
-
-def dead_letter(task_id: str, user_id: str) -> tuple[TaskEvent, bytes]:
-    """A valid event as daprd moves it to the dead-letter topic after its retries (the
-    original CloudEvent, unchanged) — one the audit log has not stored as an event."""
-    event = TaskEvent.create(EventType.TASK_CREATED, task_id=task_id, user_id=user_id,
-                             payload={"title": "dead letter"})  # fmt: skip
-    data = event.model_dump(mode="json")
-    return event, cloud_event(data, event_id=event.event_id, topic=TOPIC)
-
-
 async def test_a_dead_letter_is_listed_replayed_and_lands_in_the_audit_log(
     api: httpx.AsyncClient, stack: Stack, cluster: Cluster, unique: str
 ) -> None:
-    event, message = dead_letter(f"dlq-{unique}", f"user-{unique}")
-    await produce_raw(stack.kafka_brokers, message, key=event.task_id, topic=DLQ_TOPIC)
+    event = await make_dead_letter(stack.kafka_brokers, f"dlq-{unique}", f"user-{unique}")
 
     async def listed() -> dict[str, Any] | None:
         view = await get(api, "/api/dead-letters?status=new")

@@ -8,10 +8,14 @@ from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 
 import jwt
+from aiokafka import AIOKafkaConsumer
 
+from taskevents.events import EventType, TaskEvent
 from taskevents.settings import DEVELOPMENT_JWT_SECRET
 from tests.support.cluster import Service, service_spec, start_service
+from tests.support.kafka import DLQ_TOPIC, TOPIC, cloud_event, produce_raw
 from tests.support.stack import Stack
+from tests.support.waiting import eventually
 
 SAMPLE_SECONDS = 1.0
 
@@ -55,3 +59,37 @@ def operator_token(user_id: str = "console-operator") -> str:
         "exp": datetime.now(UTC) + timedelta(hours=1),
     }
     return jwt.encode(claims, DEVELOPMENT_JWT_SECRET, algorithm="HS256")
+
+
+async def stop_a_consumer_group(brokers: str, group: str) -> None:
+    """A group that consumed task-events up to now, committed, and stopped: from here on
+    its lag grows with every event published."""
+    consumer = AIOKafkaConsumer(
+        TOPIC, bootstrap_servers=brokers, group_id=group,
+        auto_offset_reset="latest", enable_auto_commit=False,
+    )  # fmt: skip
+    await consumer.start()
+    try:
+
+        async def assigned() -> bool:
+            if not consumer.assignment():
+                await consumer.getmany(timeout_ms=500)
+            return bool(consumer.assignment())
+
+        await eventually(assigned, what=f"partitions assigned to {group}")
+        await consumer.seek_to_end()
+        await consumer.commit({tp: await consumer.position(tp) for tp in consumer.assignment()})
+    finally:
+        await consumer.stop()
+
+
+async def make_dead_letter(brokers: str, task_id: str, user_id: str) -> TaskEvent:
+    """A valid event put on the dead-letter topic the way daprd moves one there after its
+    retries (the original CloudEvent, unchanged) — an event the audit log has not stored,
+    so a replay is what brings it into the audit log."""
+    event = TaskEvent.create(
+        EventType.TASK_CREATED, task_id=task_id, user_id=user_id, payload={"title": "dead letter"}
+    )
+    message = cloud_event(event.model_dump(mode="json"), event_id=event.event_id, topic=TOPIC)
+    await produce_raw(brokers, message, key=task_id, topic=DLQ_TOPIC)
+    return event

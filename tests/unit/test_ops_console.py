@@ -190,6 +190,12 @@ def test_the_process_table_finds_dapr_programs_with_their_flags_and_start(
         "kind: Resiliency\nmetadata: {name: r}\nscopes: [a]\n---\n"
         "kind: Resiliency\nmetadata: {name: other}\nscopes: [b]\n"
     )
+    (resources / "subscriptions.yaml").write_text(
+        "kind: Subscription\nspec: {pubsubname: p, topic: t, bulkSubscribe: {enabled: true}}\n"
+        "scopes: [a]\n---\n"
+        "kind: Subscription\nspec: {pubsubname: p, topic: u, bulkSubscribe: {enabled: true}}\n"
+        "scopes: [b]\n"
+    )
     config = tmp_path / "configuration.yaml"
     config.write_text("kind: Configuration\nmetadata: {name: c}\n")
     fake_proc(tmp_path, 41, ["/x/daprd", "--app-id", "a", "--dapr-http-port", "3601",
@@ -210,6 +216,7 @@ def test_the_process_table_finds_dapr_programs_with_their_flags_and_start(
     files = sidecar_files(daprd)
     assert [r["metadata"]["name"] for r in files["resiliency"]] == ["r"]
     assert files["configuration"]["metadata"]["name"] == "c"
+    assert files["bulk"] == {"p/t": {"enabled": True}}
     assert found[1].flags == {"--port": "50005"}
 
 

@@ -167,10 +167,12 @@ const pages = {
       $("#dlq-topic").textContent = d.topic;
       fill("#letters", d.items, (l) => [
         l.id, new Date(l.last_seen).toLocaleString(), l.original_topic,
-        (l.metadata && (l.metadata.app_id || l.metadata["dapr-app-id"])) || l.metadata?.source || "–",
-        l.type, l.task_id, l.reason, l.status, actions(l),
+        publisher(l), l.type, l.task_id, l.reason || "none given (dropped by a subscriber)",
+        l.status, actions(l),
       ], (l) => ({ "data-letter-id": l.id, "data-event-id": l.event_id || "" }));
     };
+    // Dapr moves the original message unchanged: its CloudEvent names the app that published it.
+    const publisher = (l) => { try { return JSON.parse(l.raw).source || "–"; } catch { return "–"; } };
     const act = (method, path) => async () => {
       try { await api(path, { method }); await load(); problem(null); } catch (error) { problem(error.message); }
     };
@@ -196,8 +198,9 @@ const pages = {
       try {
         const d = await api(`/api/tasks/${encodeURIComponent(taskId)}`);
         $("#path").hidden = false;
-        fill("#history", d.history, (e) => [e.timestamp, e.type, e.event_id,
-          e.partition !== undefined ? `${e.partition}/${e.offset}` : "–"], (e) => ({ "data-event-id": e.event_id }));
+        fill("#history", d.history, (e) => [e.timestamp, e.type, e.event_id, e.source,
+          e.kafka_partition !== null ? `${e.kafka_partition}/${e.kafka_offset}` : "–",
+          e.received_at, e.trace_id], (e) => ({ "data-event-id": e.event_id }));
         fill("#notifications", d.notifications.items, (n) => [n.event_id, n.channel, n.recipient, n.status, n.sent_at]);
         fill("#schedules", d.schedules.items, (s) => [s.id, s.cron || `${s.interval_seconds} s`, s.timezone, s.paused ? "paused" : "active"]);
         const problems = [...d.notifications.problems, ...d.schedules.problems];
