@@ -7,9 +7,7 @@ copies for docs/console.md)."""
 
 from __future__ import annotations
 
-import os
-from collections.abc import AsyncIterator
-from pathlib import Path
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 import pytest_asyncio
@@ -18,33 +16,26 @@ from playwright.async_api import Browser, Page, async_playwright, expect
 from taskevents.events import EventType, TaskEvent
 from taskevents.publisher import EventPublisher
 from tests.conftest import Cluster
+from tests.e2e.test_websocket_live_page import (
+    ARTIFACTS,
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    SECONDS,
+    require_chromium,
+)
 from tests.support.cluster import Service
-from tests.support.console import make_dead_letter, start_console, stop_a_consumer_group
-from tests.support.stack import ROOT, RUN_ID, Stack
+from tests.support.console import make_dead_letter, running_console, stop_a_consumer_group
+from tests.support.stack import RUN_ID, Stack
 
 pytestmark = pytest.mark.e2e
 
-CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-]  # fmt: skip
-ARTIFACTS = ROOT / "tests" / "artifacts"
-SECONDS = 1000  # Playwright counts milliseconds
 STOPPED_GROUP = f"ops-console-page-stopped-{RUN_ID}"
 
 
-@pytest_asyncio.fixture(scope="module")
-async def console(stack: Stack, cluster: Cluster) -> AsyncIterator[Service]:
-    service = start_console(stack, [cluster.cli, *cluster.services.values()], [STOPPED_GROUP])
-    try:
+@pytest.fixture(scope="module")
+def console(stack: Stack, cluster: Cluster) -> Iterator[Service]:
+    with running_console(stack, cluster, [STOPPED_GROUP]) as service:
         yield service
-    finally:
-        service.app.stop()
-
-
-def require_chromium() -> None:
-    assert Path(CHROMIUM).exists(), f"{CHROMIUM} is missing: run `bash scripts/chromium.sh`"
 
 
 @pytest_asyncio.fixture

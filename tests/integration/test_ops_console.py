@@ -6,7 +6,7 @@ that stopped consuming, a dead letter replayed into the audit log, the path of a
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import httpx
@@ -20,7 +20,7 @@ from tests.support.cluster import Service
 from tests.support.console import (
     make_dead_letter,
     operator_token,
-    start_console,
+    running_console,
     stop_a_consumer_group,
 )
 from tests.support.kafka import TOPIC
@@ -32,13 +32,10 @@ pytestmark = pytest.mark.integration
 STOPPED_GROUP = f"ops-console-test-stopped-{RUN_ID}"
 
 
-@pytest_asyncio.fixture(scope="module")
-async def console(stack: Stack, cluster: Cluster) -> AsyncIterator[Service]:
-    service = start_console(stack, [cluster.cli, *cluster.services.values()], [STOPPED_GROUP])
-    try:
+@pytest.fixture(scope="module")
+def console(stack: Stack, cluster: Cluster) -> Iterator[Service]:
+    with running_console(stack, cluster, [STOPPED_GROUP]) as service:
         yield service
-    finally:
-        service.app.stop()
 
 
 @pytest_asyncio.fixture

@@ -4,7 +4,8 @@ sidecars, its consumer groups (and any more a test names), the session's logs.""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 
 import jwt
@@ -12,6 +13,7 @@ from aiokafka import AIOKafkaConsumer
 
 from taskevents.events import EventType, TaskEvent
 from taskevents.settings import DEVELOPMENT_JWT_SECRET
+from tests.conftest import Cluster
 from tests.support.cluster import Service, service_spec, start_service
 from tests.support.kafka import DLQ_TOPIC, TOPIC, cloud_event, produce_raw
 from tests.support.stack import Stack
@@ -29,6 +31,19 @@ def target(service: Service) -> dict[str, str | None]:
         "app_url": service.url if spec.app_port else None,
         "consumer_group": service.consumer_groups[0] if service.consumer_groups else None,
     }
+
+
+@contextmanager
+def running_console(
+    stack: Stack, cluster: Cluster, extra_groups: Iterable[str]
+) -> Iterator[Service]:
+    """The console watching the session's cluster (its sidecars and consumer groups) and
+    `extra_groups`, stopped at the end."""
+    service = start_console(stack, [cluster.cli, *cluster.services.values()], extra_groups)
+    try:
+        yield service
+    finally:
+        service.app.stop()
 
 
 def start_console(stack: Stack, watched: Iterable[Service], extra_groups: Iterable[str]) -> Service:

@@ -4,6 +4,7 @@ calls to the other services carry on (they decide what an operator may do there)
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Path, Query, Request
@@ -90,21 +91,17 @@ def data_router() -> APIRouter:
             "items": page.get("items", []),
         }
 
-    @router.post("/dead-letters/{letter_id}/replay", summary="Replay a dead letter")
-    async def replay(
-        letter_id: LetterId, request: Request, caller: Operator, services: ServicesDep
-    ) -> Any:
-        audit = services.settings.audit_app_id
-        path = f"audit/dead-letters/{letter_id}/replay"
-        return _passed_on(await _call(services, request, caller, audit, "POST", path), audit)
-
-    @router.delete("/dead-letters/{letter_id}", summary="Discard a dead letter")
-    async def discard(
-        letter_id: LetterId, request: Request, caller: Operator, services: ServicesDep
-    ) -> Any:
-        audit = services.settings.audit_app_id
-        path = f"audit/dead-letters/{letter_id}"
-        return _passed_on(await _call(services, request, caller, audit, "DELETE", path), audit)
+    # Replay and discard: the audit log's own routes, as the operator who clicked.
+    for method, suffix, summary in [
+        ("POST", "/replay", "Replay a dead letter"),
+        ("DELETE", "", "Discard a dead letter"),
+    ]:
+        router.add_api_route(
+            "/dead-letters/{letter_id}" + suffix,
+            _letter_action(method, suffix),
+            methods=[method],
+            summary=summary,
+        )
 
     @router.get("/events", summary="The newest events the audit log holds")
     async def events(
@@ -162,6 +159,17 @@ def data_router() -> APIRouter:
         return {"processes": [p.view() for p in found]}
 
     return router
+
+
+def _letter_action(method: str, suffix: str) -> Callable[..., Awaitable[Any]]:
+    async def act(
+        letter_id: LetterId, request: Request, caller: Operator, services: ServicesDep
+    ) -> Any:
+        audit = services.settings.audit_app_id
+        path = f"audit/dead-letters/{letter_id}{suffix}"
+        return _passed_on(await _call(services, request, caller, audit, method, path), audit)
+
+    return act
 
 
 async def _gathered(calls: list[Any], keep: Any) -> dict[str, Any]:
