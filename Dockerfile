@@ -1,6 +1,6 @@
 # syntax=docker/dockerfile:1
-# One image recipe for the four services: each image holds only its service and the
-# packages that service declares, installed from uv.lock. Build from the repository root
+# One image recipe for the four services and the ops console: each image holds only its
+# app and the packages that app declares, installed from uv.lock. Build from the repository root
 # (the uv workspace), naming the service and its port:
 #   docker build --build-arg SERVICE=audit-log-service --build-arg PORT=8003 \
 #     -t taskevents/audit-log-service:dev .
@@ -29,6 +29,7 @@ COPY notification-service/pyproject.toml notification-service/
 COPY recurring-task-service/pyproject.toml recurring-task-service/
 COPY audit-log-service/pyproject.toml audit-log-service/
 COPY websocket-service/pyproject.toml websocket-service/
+COPY ops-console/pyproject.toml ops-console/
 RUN --mount=type=cache,target=/root/.cache/uv \
     uv sync --frozen --no-dev --no-install-workspace --package ${SERVICE}
 # Then the shared library and the service, installed as wheels (not editable): the

@@ -76,11 +76,12 @@ tokens: ## make the local Dapr API and app API tokens (once; kept in $TASKEVENTS
 	done
 
 .PHONY: run
-run: setup tokens ## run the four services with their sidecars; Ctrl-C stops them
+run: setup tokens ## run the four services and the ops console with their sidecars; Ctrl-C stops them
 	@$(UV) run --frozen audit-log-service migrate
 	@echo "==> starting the services (logs: $(TASKEVENTS_STATE)/logs)"
 	@echo "    live page      http://127.0.0.1:8004/"
 	@echo "    API docs       http://127.0.0.1:8003/docs  (audit)  :8002/docs (recurring)  :8001/docs (notification)"
+	@echo "    ops console    http://127.0.0.1:8005/  (operator sign-in; development token on the login page)"
 	@echo "    mailbox        http://127.0.0.1:1080/"
 	@echo "    publish        uv run taskevents demo --users 5 --rate 5   (through the sidecar on 3500/50001)"
 	@export DAPR_API_TOKEN="$$(cat "$(TOKENS)/dapr-api-token")" APP_API_TOKEN="$$(cat "$(TOKENS)/app-api-token")"; \
@@ -114,7 +115,7 @@ test: setup helm kubernetes ## set up whatever is missing, then run every test t
 lint: deps ## ruff check, ruff format --check, mypy --strict
 	@$(UV) run --frozen ruff check .
 	@$(UV) run --frozen ruff format --check .
-	@$(UV) run --frozen mypy libs/taskevents/src cli/src audit-log-service/src notification-service/src recurring-task-service/src websocket-service/src tests scripts
+	@$(UV) run --frozen mypy libs/taskevents/src cli/src audit-log-service/src notification-service/src recurring-task-service/src websocket-service/src ops-console/src tests scripts
 
 .PHONY: format
 format: deps ## apply ruff's fixes and formatting

@@ -293,6 +293,12 @@ async def test_image_installs_starts_answers_health_and_stops_on_sigterm(
             assert set(ready.json()["failing"]) == {"sidecar"}, ready.text
             # Package data made it into the wheel: the OpenAPI page, the live page.
             assert (await http.get(f"{url}/docs")).status_code == 200
+            if app_id == "ops-console":
+                # Its templates and script: the login shell and the page script.
+                login = await http.get(f"{url}/login")
+                assert login.status_code == 200, login.text
+                assert "dev-token-button" in login.text
+                assert (await http.get(f"{url}/static/console.js")).status_code == 200
             if app_id == "websocket-service":
                 live_page = await http.get(f"{url}/")
                 assert live_page.status_code == 200

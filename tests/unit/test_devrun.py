@@ -7,15 +7,17 @@ from taskevents_cli.devrun import load_run_file
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_dapr_yaml_describes_the_four_services_and_the_cli_sidecar() -> None:
+def test_dapr_yaml_describes_the_four_services_the_console_and_the_cli_sidecar() -> None:
     specs = {s.app_id: s for s in load_run_file(ROOT / "dapr.yaml")}
     assert set(specs) == {
         "notification-service", "recurring-task-service", "audit-log-service",
-        "websocket-service", "taskevents-cli",
+        "websocket-service", "ops-console", "taskevents-cli",
     }  # fmt: skip
     # The ports of DESIGN.md, in its order.
     assert [specs[a].app_port for a in list(specs)[:4]] == [8001, 8002, 8003, 8004]
     assert specs["taskevents-cli"].app_port is None
+    console = specs["ops-console"]
+    assert (console.app_port, console.dapr_http_port, console.dapr_grpc_port) == (8005, 3505, 50015)
     assert (specs["taskevents-cli"].dapr_http_port, specs["taskevents-cli"].dapr_grpc_port) == (
         3500,
         50001,

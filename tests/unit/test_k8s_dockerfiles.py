@@ -19,6 +19,7 @@ SERVICES = {
     "recurring-task-service": 8002,
     "audit-log-service": 8003,
     "websocket-service": 8004,
+    "ops-console": 8005,
 }
 # The name the image starts its service by, whichever service it holds.
 ENTRYPOINT_NAME = "taskevents-service"
