@@ -31,6 +31,7 @@ from aiokafka import AIOKafkaProducer
 from audit_log_service.adapters.postgres import PostgresAuditLog
 from audit_log_service.ports import Delivery
 from taskevents.events import TaskEvent
+from taskevents.kafka import kafka_client_options
 from taskevents.postgres import PoolSettings, SchemaStatus, close_pool, create_pool
 from taskevents.publisher import EventPublisher
 from tests.conftest import Cluster
@@ -131,7 +132,7 @@ def load_event(user_id: str, task_id: str, n: int = 0) -> dict[str, Any]:
 
 async def produce(brokers: str, values: list[tuple[bytes, str]], *, topic: str = TOPIC) -> None:
     """Many messages fast, straight to Kafka (the subject is the consumer side)."""
-    producer = AIOKafkaProducer(bootstrap_servers=brokers, linger_ms=20, acks="all")
+    producer = AIOKafkaProducer(**kafka_client_options(brokers), linger_ms=20, acks="all")
     await producer.start()
     try:
         sent = [await producer.send(topic, value, key=key.encode()) for value, key in values]

@@ -26,6 +26,7 @@ from taskevents_cli.devrun import ProcessDiedError, start_app
 from tests.support.certificates import CertificateAuthority, issue_server_certificate, make_ca
 from tests.support.cluster import VENV_BIN, daprd_env, service_spec, start_service
 from tests.support.stack import SCRIPTS, Stack, free_port
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -176,6 +177,31 @@ async def test_the_service_and_daprds_state_store_work_over_verify_full(
     finally:
         await connection.close()
     assert stored == 1
+
+
+async def test_a_service_that_does_not_trust_the_database_stays_unready_and_says_why(
+    stack: Stack, tls_postgres: TlsPostgres, tmp_path: Path
+) -> None:
+    other = make_ca(tmp_path, "not-the-postgres-ca")
+    url = tls_postgres.url(ca_file=other.cert_file)
+    spec, consumer = service_spec(stack, "audit-log-service", replica=43, env={"DATABASE_URL": url})
+    service = start_service(stack, spec, consumer, replica=43)
+    try:
+        async with httpx.AsyncClient(timeout=10.0) as http:
+
+            async def unready_naming_the_certificate() -> httpx.Response | None:
+                ready = await http.get(f"{service.url}/ready")
+                assert ready.status_code == 503, ready.text
+                return ready if "CERTIFICATE_VERIFY_FAILED" in ready.text else None
+
+            await eventually(
+                unready_naming_the_certificate,
+                what="/ready naming the refused certificate",
+                timeout=20,
+                check=service.check_alive,
+            )
+    finally:
+        service.app.stop()
 
 
 def test_a_sidecar_whose_state_store_does_not_trust_the_server_refuses_to_start(
