@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -44,37 +43,12 @@ from tests.support.kafka import (
     read_from,
     wait_until_consuming,
 )
-from tests.support.stack import ROOT, SCRIPTS, Stack, free_port
+from tests.support.stack import ROOT, OwnPostgres, Stack, free_port
 from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.integration
 
 LOAD_TYPE = "audit.test.load"  # a type only the audit log keeps; the other services ignore it
-
-
-@dataclass
-class OwnPostgres:
-    """A Postgres cluster of this module's own, which the tests may stop and start."""
-
-    port: int
-    state: Path
-
-    @property
-    def url(self) -> str:
-        return f"postgresql://taskevents:taskevents@127.0.0.1:{self.port}/taskevents"
-
-    def run(self, command: str) -> None:
-        env = {**os.environ, "PGPORT": str(self.port), "TASKEVENTS_STATE": str(self.state)}
-        env.pop("DATABASE_URL", None)
-        result = subprocess.run(
-            ["bash", str(SCRIPTS / "postgres.sh"), command],
-            env=env,
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        if result.returncode != 0:
-            raise RuntimeError(f"postgres.sh {command} failed:\n{result.stderr[-3000:]}")
 
 
 @dataclass

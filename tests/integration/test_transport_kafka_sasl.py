@@ -19,9 +19,9 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaConnectionError
 
 from taskevents.events import TaskEvent
-from taskevents_cli.devrun import ProcessDiedError, RunningApp, start_app
+from taskevents_cli.devrun import RunningApp, start_app
 from tests.support.certificates import make_ca
-from tests.support.cluster import Service, daprd_env, service_spec
+from tests.support.cluster import Service, daprd_env, refusal_at_start, service_spec
 from tests.support.kafka import TOPIC, end_offsets, read_from, wait_until_consuming
 from tests.support.sasl_kafka import SaslKafkaBroker, use_sasl_ssl
 from tests.support.stack import Stack
@@ -169,12 +169,7 @@ async def test_a_sidecar_with_a_wrong_password_refuses_to_start(
     app, _ = start_over_sasl(
         stack, broker, "taskevents-cli", replica=33, with_app=False, password="not-the-password"
     )
-    try:
-        with pytest.raises(ProcessDiedError) as died:
-            app.wait_ready(timeout=60)
-    finally:
-        app.stop()
-    message = str(died.value)
+    message = refusal_at_start(app)
     assert "Fatal error from runtime: process component kafka-pubsub error" in message, message
     assert (
         "SASL Authentication failed: Authentication failed during authentication due to "
@@ -189,11 +184,6 @@ async def test_a_sidecar_that_does_not_trust_the_brokers_certificate_refuses_to_
     app, _ = start_over_sasl(
         stack, broker, "taskevents-cli", replica=34, with_app=False, ca_pem=other_ca.pem
     )
-    try:
-        with pytest.raises(ProcessDiedError) as died:
-            app.wait_ready(timeout=60)
-    finally:
-        app.stop()
-    message = str(died.value)
+    message = refusal_at_start(app)
     assert "Fatal error from runtime: process component kafka-pubsub error" in message, message
     assert "x509: certificate signed by unknown authority" in message, message

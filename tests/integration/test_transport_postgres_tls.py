@@ -22,10 +22,16 @@ import asyncpg
 import httpx
 import pytest
 
-from taskevents_cli.devrun import ProcessDiedError, start_app
+from taskevents_cli.devrun import start_app
 from tests.support.certificates import CertificateAuthority, issue_server_certificate, make_ca
-from tests.support.cluster import VENV_BIN, daprd_env, service_spec, start_service
-from tests.support.stack import SCRIPTS, Stack, free_port
+from tests.support.cluster import (
+    VENV_BIN,
+    daprd_env,
+    refusal_at_start,
+    service_spec,
+    start_service,
+)
+from tests.support.stack import OwnPostgres, Stack, free_port
 from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.integration
@@ -33,29 +39,12 @@ pytestmark = pytest.mark.integration
 
 @dataclass
 class TlsPostgres:
-    port: int
-    state: Path
+    db: OwnPostgres
     ca: CertificateAuthority
 
     def url(self, *, ca_file: Path | None = None, sslmode: str = "verify-full") -> str:
         root = quote(str(ca_file or self.ca.cert_file), safe="/")
-        return (
-            f"postgresql://taskevents:taskevents@127.0.0.1:{self.port}/taskevents"
-            f"?sslmode={sslmode}&sslrootcert={root}"
-        )
-
-    def run(self, command: str) -> None:
-        env = {**os.environ, "PGPORT": str(self.port), "TASKEVENTS_STATE": str(self.state)}
-        env.pop("DATABASE_URL", None)
-        result = subprocess.run(
-            ["bash", str(SCRIPTS / "postgres.sh"), command],
-            env=env,
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        if result.returncode != 0:
-            raise RuntimeError(f"postgres.sh {command} failed:\n{result.stderr[-3000:]}")
+        return f"{self.db.url}?sslmode={sslmode}&sslrootcert={root}"
 
 
 def _give_to_server(path: Path) -> None:
@@ -71,7 +60,7 @@ def _give_to_server(path: Path) -> None:
 def tls_postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsPostgres]:
     state = Path(tempfile.mkdtemp(prefix="taskevents-tls-pg-"))
     ca = make_ca(tmp_path_factory.mktemp("pg-ca"), "postgres-test")
-    db = TlsPostgres(port=free_port(), state=state, ca=ca)
+    db = OwnPostgres(port=free_port(), state=state)
     try:
         db.run("ensure")
         data = state / "postgres" / "data"
@@ -92,7 +81,7 @@ def tls_postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsPostgr
             )
         )
         db.run("start")
-        yield db
+        yield TlsPostgres(db=db, ca=ca)
     finally:
         try:
             db.run("stop")
@@ -218,11 +207,6 @@ def test_a_sidecar_whose_state_store_does_not_trust_the_server_refuses_to_start(
             "TASKEVENTS_DATABASE_URL": tls_postgres.url(ca_file=other.cert_file),
         },
     )
-    try:
-        with pytest.raises(ProcessDiedError) as died:
-            app.wait_ready(timeout=60)
-    finally:
-        app.stop()
-    message = str(died.value)
+    message = refusal_at_start(app)
     assert "statestore" in message, message
     assert "x509: certificate signed by unknown authority" in message, message
