@@ -37,6 +37,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from audit_log_service.adapters.postgres import AUDIT_MIGRATIONS, PostgresAuditLog
 from audit_log_service.ports import Delivery
 from taskevents.cloudevents import parse_cloud_event
+from taskevents.kafka import KafkaSettings
 from taskevents.postgres import (
     PoolSettings,
     SchemaStatus,
@@ -55,7 +56,9 @@ from bench.tokens import operator_headers  # noqa: E402
 
 COMPONENTS = ROOT / "dapr-components"
 RESULTS = ROOT / "bench" / "results"
-BROKERS = os.environ.get("KAFKA_BROKERS", "127.0.0.1:9092")
+# KAFKA_BROKERS and the other client settings (TLS, SASL) of taskevents.kafka.
+KAFKA = KafkaSettings()
+BROKERS = KAFKA.brokers
 SERVER_URL = os.environ.get(
     "BENCH_SERVER_URL", "postgresql://taskevents:taskevents@127.0.0.1:5432/taskevents"
 )
@@ -124,7 +127,7 @@ def event_message(run: str, n: int) -> tuple[bytes, bytes]:
 
 async def produce(topic: str, run: str, count: int) -> float:
     """Publish `count` CloudEvents as fast as the producer goes; returns when it started."""
-    producer = AIOKafkaProducer(bootstrap_servers=BROKERS, linger_ms=5, acks="all")
+    producer = AIOKafkaProducer(**KAFKA.client_options(), linger_ms=5, acks="all")
     await producer.start()
     started = time.monotonic()
     try:
@@ -282,7 +285,7 @@ async def dapr_consumer(
 async def warm_up(pool: Any, topic: str, check: Callable[[], None]) -> None:
     """One small batch end to end, so the measurement starts with a consumer in its group."""
     run = uuid.uuid4().hex[:10]
-    producer = AIOKafkaProducer(bootstrap_servers=BROKERS)
+    producer = AIOKafkaProducer(**KAFKA.client_options())
     await producer.start()
     try:
         for n in range(PARTITIONS):
@@ -307,7 +310,7 @@ async def direct_consumer(
     writer = PostgresAuditLog(pool, SchemaStatus(migrated=True), acquire_timeout_seconds=5)
     consumer = AIOKafkaConsumer(
         topic,
-        bootstrap_servers=BROKERS,
+        **KAFKA.client_options(),
         group_id=group,
         enable_auto_commit=False,
         auto_offset_reset="earliest",
@@ -547,7 +550,7 @@ async def main() -> int:
     }
     say(f"==> database {BENCH_DB}")
     await ensure_database()
-    admin = AIOKafkaAdminClient(bootstrap_servers=BROKERS)
+    admin = AIOKafkaAdminClient(**KAFKA.client_options())
     await admin.start()
     topics: list[str] = []
 

@@ -36,6 +36,7 @@ import yaml
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
+from taskevents.kafka import KafkaSettings
 from taskevents_cli.devrun import AppSpec, RunningApp, start_app
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,7 +48,9 @@ from bench.tokens import operator_headers  # noqa: E402
 COMPONENTS = ROOT / "dapr-components"
 RESULTS = ROOT / "bench" / "results"
 VENV_BIN = Path(sys.executable).parent
-BROKERS = os.environ.get("KAFKA_BROKERS", "127.0.0.1:9092")
+# KAFKA_BROKERS and the other client settings (TLS, SASL) of taskevents.kafka.
+KAFKA = KafkaSettings()
+BROKERS = KAFKA.brokers
 DATABASE_URL = os.environ.get(
     "BENCH_DATABASE_URL", "postgresql://taskevents:taskevents@127.0.0.1:5432/taskevents"
 )
@@ -235,7 +238,7 @@ async def main() -> int:
     }
 
     say(f"==> topic {topic}, SMTP sink and {app_id} beside its daprd (work dir {work})")
-    admin = AIOKafkaAdminClient(bootstrap_servers=BROKERS)
+    admin = AIOKafkaAdminClient(**KAFKA.client_options())
     await admin.start()
     await admin.create_topics([NewTopic(topic, PARTITIONS, 1)])
     smtp_port = free_port()
@@ -270,7 +273,7 @@ async def main() -> int:
             "TASKEVENTS_DATABASE_URL": DATABASE_URL,
         },
     )
-    producer = AIOKafkaProducer(bootstrap_servers=BROKERS, linger_ms=5)
+    producer = AIOKafkaProducer(**KAFKA.client_options(), linger_ms=5)
     await producer.start()
     try:
         app.wait_ready()

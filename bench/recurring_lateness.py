@@ -51,6 +51,7 @@ from recurring_task_service.schedules import (  # noqa: E402
     interval_rule,
 )
 from recurring_task_service.settings import PACKAGE  # noqa: E402
+from taskevents.kafka import kafka_client_options  # noqa: E402
 from taskevents.postgres import (  # noqa: E402
     PoolSettings,
     SchemaStatus,
@@ -194,7 +195,7 @@ async def read_lateness(
 ) -> list[float]:
     """Lateness in seconds of every triggered event of the bench's tasks due before
     `until`."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=brokers, enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(**kafka_client_options(brokers), enable_auto_commit=False)
     await consumer.start()
     lateness: list[float] = []
     slow: list[datetime] = []

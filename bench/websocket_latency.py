@@ -41,6 +41,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.procfs import CpuMeter, kafka_pids, one_process, rss_kib  # noqa: E402
+from taskevents.kafka import kafka_client_options  # noqa: E402
 from taskevents.settings import DEVELOPMENT_JWT_SECRET  # noqa: E402
 from tests.support.cluster import Service, daprd_env, service_spec  # noqa: E402
 from tests.support.stack import Stack, ensure_stack  # noqa: E402
@@ -124,7 +125,7 @@ async def produce(
     brokers: str, users: list[str], rate: int, seconds: float, warmup_seconds: float = 0.0
 ) -> tuple[int, float]:
     """Events at `rate` per second, round-robin over the users; (count, achieved rate)."""
-    producer = AIOKafkaProducer(bootstrap_servers=brokers, linger_ms=0, acks=1)
+    producer = AIOKafkaProducer(**kafka_client_options(brokers), linger_ms=0, acks=1)
     await producer.start()
     sent = 0
     warmup = int(rate * warmup_seconds)  # sent first, not measured (producer, fetch warm-up)
@@ -164,7 +165,7 @@ async def produce(
 
 
 async def ensure_topic(brokers: str) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=brokers)
+    admin = AIOKafkaAdminClient(**kafka_client_options(brokers))
     await admin.start()
     try:
         await admin.create_topics([NewTopic(BENCH_TOPIC, num_partitions=6, replication_factor=1)])

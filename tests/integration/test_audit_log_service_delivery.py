@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -31,6 +30,7 @@ from aiokafka import AIOKafkaProducer
 from audit_log_service.adapters.postgres import PostgresAuditLog
 from audit_log_service.ports import Delivery
 from taskevents.events import TaskEvent
+from taskevents.kafka import kafka_client_options
 from taskevents.postgres import PoolSettings, SchemaStatus, close_pool, create_pool
 from taskevents.publisher import EventPublisher
 from tests.conftest import Cluster
@@ -44,37 +44,12 @@ from tests.support.kafka import (
     read_from,
     wait_until_consuming,
 )
-from tests.support.stack import ROOT, SCRIPTS, Stack, free_port
+from tests.support.stack import ROOT, OwnPostgres, Stack, free_port
 from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.integration
 
 LOAD_TYPE = "audit.test.load"  # a type only the audit log keeps; the other services ignore it
-
-
-@dataclass
-class OwnPostgres:
-    """A Postgres cluster of this module's own, which the tests may stop and start."""
-
-    port: int
-    state: Path
-
-    @property
-    def url(self) -> str:
-        return f"postgresql://taskevents:taskevents@127.0.0.1:{self.port}/taskevents"
-
-    def run(self, command: str) -> None:
-        env = {**os.environ, "PGPORT": str(self.port), "TASKEVENTS_STATE": str(self.state)}
-        env.pop("DATABASE_URL", None)
-        result = subprocess.run(
-            ["bash", str(SCRIPTS / "postgres.sh"), command],
-            env=env,
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        if result.returncode != 0:
-            raise RuntimeError(f"postgres.sh {command} failed:\n{result.stderr[-3000:]}")
 
 
 @dataclass
@@ -132,7 +107,7 @@ def load_event(user_id: str, task_id: str, n: int = 0) -> dict[str, Any]:
 
 async def produce(brokers: str, values: list[tuple[bytes, str]], *, topic: str = TOPIC) -> None:
     """Many messages fast, straight to Kafka (the subject is the consumer side)."""
-    producer = AIOKafkaProducer(bootstrap_servers=brokers, linger_ms=20, acks="all")
+    producer = AIOKafkaProducer(**kafka_client_options(brokers), linger_ms=20, acks="all")
     await producer.start()
     try:
         sent = [await producer.send(topic, value, key=key.encode()) for value, key in values]

@@ -31,6 +31,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from notification_service.adapters.sms import TwilioSmsSender, WebhookSmsSender
 from notification_service.ports import DeliveryRejectedError, DeliveryTemporarilyFailedError, Sms
 from taskevents.events import EventType, TaskEvent
+from taskevents.kafka import kafka_client_options
 from taskevents.publisher import EventPublisher
 from taskevents.secrets import SecretsWithFallback
 from tests.conftest import Cluster
@@ -216,7 +217,7 @@ class Notifier:
 async def notifier(
     stack: Stack, cluster: Cluster, sink: Sink, receiver: Receiver
 ) -> AsyncIterator[Notifier]:
-    admin = AIOKafkaAdminClient(bootstrap_servers=stack.kafka_brokers)
+    admin = AIOKafkaAdminClient(**kafka_client_options(stack.kafka_brokers))
     await admin.start()
     await admin.create_topics([NewTopic(TOPIC, num_partitions=2, replication_factor=1)])
     subscription = {

@@ -16,6 +16,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 
 from recurring_task_service.schedules import occurrence_event_id, occurrence_iso
 from taskevents.events import EventType, TaskEvent
+from taskevents.kafka import kafka_client_options
 from taskevents.publisher import EventPublisher
 from tests.conftest import Cluster
 from tests.integration.test_recurring_replicas import triggered
@@ -48,7 +49,7 @@ async def wait_until_handled(
         lambda: _find(stack, before, event.event_id), what="the event on the topic"
     )
     tp = TopicPartition(TOPIC, messages["partition"])
-    admin = AIOKafkaAdminClient(bootstrap_servers=stack.kafka_brokers)
+    admin = AIOKafkaAdminClient(**kafka_client_options(stack.kafka_brokers))
     await admin.start()
     try:
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from taskevents_cli.devrun import AppSpec, RunningApp, start_app
+from taskevents_cli.devrun import AppSpec, ProcessDiedError, RunningApp, start_app
 from tests.support.stack import ROOT, RUN_ID, Stack, free_port
 
 COMPONENTS = ROOT / "dapr-components"
@@ -176,3 +176,15 @@ def start_service(stack: Stack, spec: AppSpec, consumer_id: str, *, replica: int
         app.stop()
         raise
     return Service(app=app, consumer_groups=[consumer_id])
+
+
+def refusal_at_start(app: RunningApp, *, timeout: float = 60.0) -> str:
+    """For a sidecar (or app) that must refuse to start: wait until it exits, and return
+    what it said (the error with the end of its log). Raises if it becomes ready instead."""
+    try:
+        app.wait_ready(timeout=timeout)
+    except ProcessDiedError as error:
+        return str(error)
+    finally:
+        app.stop()
+    raise AssertionError(f"{app.spec.app_id} started although it should have refused to")

@@ -1,5 +1,7 @@
 """Direct Kafka access for the harness: probe messages that tell when a consumer group is
-really consuming, and reading what landed on a topic (the dead-letter topic)."""
+really consuming, and reading what landed on a topic (the dead-letter topic). `brokers` is a
+broker list (the other client settings from the environment: taskevents.kafka) or the whole
+KafkaSettings, e.g. of a SASL_SSL broker."""
 
 from __future__ import annotations
 
@@ -13,6 +15,10 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
+
+from taskevents.kafka import KafkaSettings, kafka_client_options
+
+Brokers = str | KafkaSettings
 
 TOPIC = "task-events"
 DLQ_TOPIC = "task-events-dlq"
@@ -49,14 +55,14 @@ def probe_data() -> dict[str, Any]:
 
 
 async def wait_until_consuming(
-    brokers: str, groups: Iterable[str], *, timeout: float = 90.0
+    brokers: Brokers, groups: Iterable[str], *, timeout: float = 90.0
 ) -> None:
     """Wait until every consumer group has consumed and committed a probe published after
     the call started: only then are messages published from now on sure to reach it."""
     pending = set(groups)
     deadline = time.monotonic() + timeout
-    producer = AIOKafkaProducer(bootstrap_servers=brokers)
-    admin = AIOKafkaAdminClient(bootstrap_servers=brokers)
+    producer = AIOKafkaProducer(**kafka_client_options(brokers))
+    admin = AIOKafkaAdminClient(**kafka_client_options(brokers))
     await producer.start()
     await admin.start()
     try:
@@ -84,8 +90,8 @@ async def wait_until_consuming(
         await admin.close()
 
 
-async def end_offsets(brokers: str, topic: str) -> dict[TopicPartition, int]:
-    consumer = AIOKafkaConsumer(bootstrap_servers=brokers)
+async def end_offsets(brokers: Brokers, topic: str) -> dict[TopicPartition, int]:
+    consumer = AIOKafkaConsumer(**kafka_client_options(brokers))
     await consumer.start()
     try:
         partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
@@ -98,11 +104,11 @@ async def end_offsets(brokers: str, topic: str) -> dict[TopicPartition, int]:
 
 
 async def read_from(
-    brokers: str, start: dict[TopicPartition, int], *, until: float = 2.0
+    brokers: Brokers, start: dict[TopicPartition, int], *, until: float = 2.0
 ) -> list[dict[str, Any]]:
     """Every message after `start` (parsed JSON, with its Kafka coordinates), reading for
     `until` seconds after the last message arrived."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=brokers, enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(**kafka_client_options(brokers), enable_auto_commit=False)
     await consumer.start()
     try:
         consumer.assign(list(start))
@@ -132,8 +138,8 @@ async def read_from(
         await consumer.stop()
 
 
-async def produce_raw(brokers: str, value: bytes, *, key: str, topic: str = TOPIC) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=brokers)
+async def produce_raw(brokers: Brokers, value: bytes, *, key: str, topic: str = TOPIC) -> None:
+    producer = AIOKafkaProducer(**kafka_client_options(brokers))
     await producer.start()
     try:
         await producer.send_and_wait(topic, value, key=key.encode())

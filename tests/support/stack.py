@@ -96,3 +96,29 @@ async def scratch_database(stack: Stack, prefix: str) -> AsyncIterator[str]:
             await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         finally:
             await admin.close()
+
+
+@dataclass
+class OwnPostgres:
+    """A Postgres cluster of a test module's own (scripts/postgres.sh with a state directory
+    and port of its own), which its tests may stop, start and reconfigure."""
+
+    port: int
+    state: Path
+
+    @property
+    def url(self) -> str:
+        return f"postgresql://taskevents:taskevents@127.0.0.1:{self.port}/taskevents"
+
+    def run(self, command: str) -> None:
+        env = {**os.environ, "PGPORT": str(self.port), "TASKEVENTS_STATE": str(self.state)}
+        env.pop("DATABASE_URL", None)
+        result = subprocess.run(
+            ["bash", str(SCRIPTS / "postgres.sh"), command],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if result.returncode != 0:
+            raise RuntimeError(f"postgres.sh {command} failed:\n{result.stderr[-3000:]}")

@@ -9,6 +9,7 @@ import hashlib
 import importlib.util
 import json
 import re
+import ssl
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from contextlib import AsyncExitStack, contextmanager
 from dataclasses import dataclass, field
@@ -360,6 +361,14 @@ async def migrate_command(
             dsn, directory, ledger, connect_timeout_seconds=connect_timeout_seconds
         )
     except DatabaseUnavailableError as error:
+        if isinstance(error.__cause__, ssl.SSLCertVerificationError):
+            log.error(
+                "the database's TLS certificate was refused: is sslrootcert in DATABASE_URL "
+                "the CA that signed it, and does the host name match it (sslmode=verify-full)?",
+                database=database,
+                error=str(error),
+            )
+            return 1
         log.error(
             "cannot reach the database; is it running, and is DATABASE_URL right?",
             database=database,
