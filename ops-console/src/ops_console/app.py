@@ -15,7 +15,7 @@ SUMMARY = "The operator's console: apps, delivery, lag, dead letters, events."
 
 def create_app(settings: Settings, *, bootstrap: Bootstrap = bootstrap) -> FastAPI:
     development = settings.environment == "development"
-    app = service_app(APP_ID, SUMMARY, lambda: bootstrap(settings), Services)
+    app = service_app(APP_ID, SUMMARY, lambda: bootstrap(settings), Services, settings)
     app.include_router(data_router())
     if development:
         app.include_router(login_router())

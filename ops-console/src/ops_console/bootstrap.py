@@ -20,10 +20,8 @@ from ops_console.adapters.run_file import targets_from_run_file
 from ops_console.ports import Invoker, Sidecars
 from ops_console.sampler import Sampler
 from ops_console.settings import Settings, SidecarTarget
-from taskevents.auth import TokenVerifier, load_shared_key, verifier_from
+from taskevents.auth import TokenVerifier, start_verifier
 from taskevents.background import in_background
-from taskevents.retry import SIDECAR_ANSWERS
-from taskevents.secrets import DaprSecrets
 from taskevents.web import ReadinessCheck, RunningServices, services_of, sidecar_check
 
 
@@ -84,17 +82,7 @@ async def bootstrap(settings: Settings) -> AsyncIterator[Services]:
             interval_seconds=settings.sample_seconds,
         )
         in_background(stack, sampler.run(), name="sampler")
-        tokens = verifier_from(settings)
-        if settings.jwt_secret_store is not None:
-            store = DaprSecrets(
-                store=settings.jwt_secret_store,
-                http_port=settings.dapr_http_port,
-                api_token=api_token,
-            )
-            loading = load_shared_key(
-                tokens, store, settings.jwt_secret_name, policy=SIDECAR_ANSWERS
-            )
-            in_background(stack, loading, name="token-key")
+        tokens = start_verifier(settings, stack)
         yield Services(
             settings=settings,
             targets=targets,
