@@ -79,6 +79,7 @@ run: setup tokens ## run the four services with their sidecars; Ctrl-C stops the
 	@echo "    mailbox        http://127.0.0.1:1080/"
 	@echo "    publish        uv run taskevents demo --users 5 --rate 5   (through the sidecar on 3500/50001)"
 	@export DAPR_API_TOKEN="$$(cat "$(TOKENS)/dapr-api-token")" APP_API_TOKEN="$$(cat "$(TOKENS)/app-api-token")"; \
+	eval "$$(bash scripts/sentry.sh env)"; export SENTRY_ADDRESS DAPR_TRUST_ANCHORS; \
 	if command -v dapr >/dev/null && [ -z "$${TASKEVENTS_DEVRUN:-}" ]; then \
 	  DATABASE_URL="$(DB_URL)" dapr run -f dapr.yaml; \
 	else \
