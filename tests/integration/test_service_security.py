@@ -6,6 +6,7 @@ app publish and subscribe only to its own topics. Real daprd and Sentry througho
 from __future__ import annotations
 
 import contextlib
+import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
 
@@ -16,7 +17,7 @@ import pytest_asyncio
 from taskevents.events import TaskEvent
 from tests.conftest import Cluster
 from tests.support.cluster import VENV_BIN, Service, service_spec, start_service
-from tests.support.stack import Stack
+from tests.support.stack import ROOT, Stack
 
 pytestmark = pytest.mark.integration
 
@@ -59,6 +60,22 @@ def _sidecar(
 def callers(stack: Stack) -> Iterator[dict[str, Service]]:
     with contextlib.ExitStack() as started:
         yield {app_id: started.enter_context(_sidecar(stack, app_id)) for app_id in CALLERS}
+
+
+@pytest.fixture(scope="module")
+def plain(stack: Stack) -> Iterator[Service]:
+    """An app under the shared configuration (every app but the audit log), answering
+    everything it is asked, under an app-id of its own."""
+    spec, consumer = service_spec(
+        stack, f"plain-{uuid.uuid4().hex[:6]}", role="notification-service"
+    )
+    spec.command = [sys.executable, "-m", "tests.support.refusing_app", str(spec.app_port)]
+    spec.env["PYTHONPATH"] = str(ROOT)
+    service = start_service(stack, spec, consumer)
+    try:
+        yield service
+    finally:
+        service.app.stop()
 
 
 @pytest.fixture(scope="module")
@@ -128,11 +145,11 @@ async def test_everything_else_is_refused_by_the_callees_sidecar(
 
 
 async def test_other_apps_cannot_be_invoked_at_all(
-    client: httpx.AsyncClient, callers: dict[str, Service], cluster: Cluster
+    client: httpx.AsyncClient, callers: dict[str, Service], plain: Service
 ) -> None:
-    notification = cluster.services["notification-service"]
-    response = await invoke(client, callers["taskevents-cli"], notification, "GET", "health")
-    assert response.status_code == 403, response.text
+    for caller in CALLERS:
+        response = await invoke(client, callers[caller], plain, "GET", "attempts/x")
+        assert response.status_code == 403, (caller, response.text)
 
 
 async def test_a_sidecar_without_an_identity_from_sentry_cannot_invoke(
