@@ -75,6 +75,9 @@ tokens: ## make the local Dapr API and app API tokens (once; kept in $TASKEVENTS
 	  [ -s "$(TOKENS)/$$name" ] || (umask 077; python3 -c 'import secrets; print(secrets.token_urlsafe(32))' >"$(TOKENS)/$$name"); \
 	done
 
+# The bundled runner starts the sidecars with mTLS against the stack's Sentry. `dapr run -f`
+# (TASKEVENTS_DAPR_CLI=1) points them at Sentry on localhost:50001, a constant of the dapr
+# CLI and the CLI sidecar's gRPC port here: see README, Troubleshooting.
 .PHONY: run
 run: setup tokens ## run the four services and the ops console with their sidecars; Ctrl-C stops them
 	@$(UV) run --frozen audit-log-service migrate
@@ -85,7 +88,8 @@ run: setup tokens ## run the four services and the ops console with their sideca
 	@echo "    mailbox        http://127.0.0.1:1080/"
 	@echo "    publish        uv run taskevents demo --users 5 --rate 5   (through the sidecar on 3500/50001)"
 	@export DAPR_API_TOKEN="$$(cat "$(TOKENS)/dapr-api-token")" APP_API_TOKEN="$$(cat "$(TOKENS)/app-api-token")"; \
-	if command -v dapr >/dev/null && [ -z "$${TASKEVENTS_DEVRUN:-}" ]; then \
+	eval "$$(bash scripts/sentry.sh env)"; export SENTRY_ADDRESS DAPR_TRUST_ANCHORS; \
+	if [ -n "$${TASKEVENTS_DAPR_CLI:-}" ]; then \
 	  DATABASE_URL="$(DB_URL)" dapr run -f dapr.yaml; \
 	else \
 	  DATABASE_URL="$(DB_URL)" $(UV) run --frozen python -m taskevents_cli.devrun -f dapr.yaml \

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Provide the Dapr runtime: daprd, placement and scheduler.
+# Provide the Dapr runtime: daprd, placement, scheduler and sentry (the certificate
+# authority that gives every sidecar its mTLS identity; scripts/sentry.sh runs it).
 #
 # 1. An existing `dapr init` installation (~/.dapr/bin/daprd not made by us) is used as is.
 # 2. Otherwise the pinned release is built from its Go module into
@@ -21,7 +22,7 @@ DAPR_HOME_DIR="${DAPR_RUNTIME_PATH:-$HOME}/.dapr"
 MARKER="$DAPR_HOME_DIR/.installed-by-taskevents"
 BUILD_DIR="$TASKEVENTS_CACHE/dapr/$DAPR_VERSION"
 LOG="$BUILD_DIR/build.log"
-COMMANDS="./cmd/daprd ./cmd/placement ./cmd/scheduler"
+BINARIES="daprd placement scheduler sentry"
 
 version_of() { "$1" --version 2>/dev/null | head -n 1 | tr -d '[:space:]'; }
 
@@ -29,16 +30,33 @@ existing_install() {
   [ -x "$DAPR_HOME_DIR/bin/daprd" ] && [ ! -f "$MARKER" ]
 }
 
+# The binaries of $BINARIES not yet built for this version: a cache made before sentry
+# joined the list builds only sentry (compiled packages are shared through Go's build cache).
+missing_binaries() {
+  local bin missing=""
+  for bin in $BINARIES; do
+    if [ ! -x "$BUILD_DIR/bin/$bin" ] \
+       || { [ "$bin" = daprd ] && [ "$(version_of "$BUILD_DIR/bin/daprd")" != "$DAPR_VERSION" ]; }; then
+      missing="$missing $bin"
+    fi
+  done
+  echo "${missing# }"
+}
+
 build_runtime() {
   mkdir -p "$BUILD_DIR/bin"
-  if [ -x "$BUILD_DIR/bin/daprd" ] && [ -x "$BUILD_DIR/bin/placement" ] && [ -x "$BUILD_DIR/bin/scheduler" ] \
-     && [ "$(version_of "$BUILD_DIR/bin/daprd")" = "$DAPR_VERSION" ]; then
-    info "daprd $DAPR_VERSION already built in $BUILD_DIR/bin"
+  local missing
+  missing=$(missing_binaries)
+  if [ -z "$missing" ]; then
+    info "Dapr $DAPR_VERSION ($BINARIES) already built in $BUILD_DIR/bin"
     return
   fi
+  local COMMANDS="" bin
+  for bin in $missing; do COMMANDS="$COMMANDS ./cmd/$bin"; done
+  COMMANDS=${COMMANDS# }
   command -v go >/dev/null || fail "Go is needed to build the Dapr runtime (or run 'dapr init --slim' yourself)."
   : >"$LOG"
-  step "Building the Dapr runtime $DAPR_VERSION from the Go module (first time only; 10-25 min on 2 cores)"
+  step "Building the Dapr runtime $DAPR_VERSION ($missing) from the Go module (first time only; 10-25 min on 2 cores)"
   info "log: $LOG"
   local start; start=$(now)
 
@@ -51,9 +69,9 @@ build_runtime() {
   # build inside a writable copy of the module, as its own Makefile does.
   rm -rf "$BUILD_DIR/src" && cp -r "$src" "$BUILD_DIR/src" && chmod -R u+w "$BUILD_DIR/src"
 
-  # Only the modules these three commands import: `go mod download` would also fetch
+  # Only the modules these commands import: `go mod download` would also fetch
   # modules of components outside the stable set, some of which the proxy lacks.
-  info "[2/3] downloading the modules daprd, placement and scheduler import"
+  info "[2/3] downloading the modules $missing import"
   local total
   (cd "$BUILD_DIR/src" && run_logged "$LOG" sh -c \
       "go list -deps -tags stablecomponents $COMMANDS >'$BUILD_DIR/packages.txt'") \
@@ -82,12 +100,12 @@ build_runtime() {
   ) || fail "compiling the Dapr runtime failed; the last lines of $BUILD_DIR/compile.log:
 $(tail -n 20 "$BUILD_DIR/compile.log")"
   rm -rf "$BUILD_DIR/src"
-  info "built daprd, placement, scheduler $DAPR_VERSION in $(( $(now) - start ))s"
+  info "built $missing $DAPR_VERSION in $(( $(now) - start ))s"
 }
 
 install_runtime() {
   mkdir -p "$DAPR_HOME_DIR/bin" "$DAPR_HOME_DIR/components"
-  for bin in daprd placement scheduler; do
+  for bin in $BINARIES; do
     ln -sfn "$BUILD_DIR/bin/$bin" "$DAPR_HOME_DIR/bin/$bin"
   done
   echo "$DAPR_VERSION" >"$MARKER"

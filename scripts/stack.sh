@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The backing services of a local run or test session: Kafka, PostgreSQL and an SMTP sink.
+# The backing services of a local run or test session: Kafka, PostgreSQL, an SMTP sink and
+# Dapr's Sentry (the certificate authority of the sidecars' mTLS; scripts/sentry.sh).
 #
 #   stack.sh up      start whatever is not running (idempotent; fast when all runs already)
 #   stack.sh down    stop what we started (never the external ones named by environment)
@@ -8,7 +9,7 @@
 #
 # Environment: everything kafka.sh, postgres.sh and smtp.sh honour, notably KAFKA_BROKERS and
 # DATABASE_URL (use those instead of starting our own), KAFKA_PORT, PGPORT, SMTP_PORT,
-# MAILSINK_HTTP_PORT, MAILSINK_DIR, MAILSINK_REJECT, PYTHON, TASKEVENTS_STATE, TASKEVENTS_CACHE.
+# MAILSINK_HTTP_PORT, MAILSINK_DIR, MAILSINK_REJECT, SENTRY_PORT, PYTHON, TASKEVENTS_STATE, TASKEVENTS_CACHE.
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 
@@ -33,6 +34,7 @@ cmd_up() {
   bash "$HERE/postgres.sh" ensure
   bash "$HERE/postgres.sh" start
   bash "$HERE/smtp.sh" start
+  bash "$HERE/sentry.sh" start
   bash "$HERE/kafka.sh" wait
   bash "$HERE/kafka.sh" topics
   step "Stack up in $(since "$start")"
@@ -42,7 +44,8 @@ cmd_up() {
                   (tests: database taskevents_test, same role)
     SMTP sink     127.0.0.1:$SMTP_PORT   rejects: ${MAILSINK_REJECT:-nobody}
     inbox         http://127.0.0.1:$MAILSINK_HTTP_PORT/   (JSON: /messages; files: $MAILSINK_DIR)
-    logs          $TASKEVENTS_STATE/{kafka,postgres,smtp}/
+    Dapr Sentry   127.0.0.1:${SENTRY_PORT:-50100}   trust anchors $TASKEVENTS_STATE/sentry/credentials/ca.crt
+    logs          $TASKEVENTS_STATE/{kafka,postgres,smtp,sentry}/
 EOF
 }
 
@@ -50,6 +53,7 @@ cmd_down() {
   local start
   start=$(now)
   step "Stopping the local stack"
+  bash "$HERE/sentry.sh" stop
   bash "$HERE/smtp.sh" stop
   bash "$HERE/kafka.sh" stop
   bash "$HERE/postgres.sh" stop
@@ -61,6 +65,7 @@ cmd_status() {
   bash "$HERE/kafka.sh" status || rc=1
   bash "$HERE/postgres.sh" status || rc=1
   bash "$HERE/smtp.sh" status || rc=1
+  bash "$HERE/sentry.sh" status || rc=1
   return "$rc"
 }
 
@@ -69,7 +74,7 @@ cmd_clean() {
   case "$TASKEVENTS_STATE" in
     "" | / | "$HOME" | "$HOME/") fail "refusing to delete TASKEVENTS_STATE=$TASKEVENTS_STATE" ;;
   esac
-  step "Deleting $TASKEVENTS_STATE (broker data, database, mails, logs; the cache stays)"
+  step "Deleting $TASKEVENTS_STATE (broker data, database, mails, Sentry's root, logs; the cache stays)"
   rm -rf "$TASKEVENTS_STATE"
 }
 

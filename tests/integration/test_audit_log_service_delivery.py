@@ -277,6 +277,7 @@ async def audit_by_name(stack: Stack, audit: AuditPair) -> AsyncIterator[Service
         app_id,
         command=[str(Path(sys.executable).parent / "audit-log-service")],
         env={"DATABASE_URL": audit.db.url},
+        role="audit-log-service",  # its access control (the CLI may invoke it), its scopes
     )
     service = start_service(stack, spec, consumer)
     try:

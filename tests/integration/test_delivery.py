@@ -190,7 +190,10 @@ async def refusing_subscriber(stack: Stack, cluster: Cluster) -> AsyncIterator[S
         },
         "scopes": ["poison-probe"],
     }
-    spec, consumer = service_spec(stack, "poison-probe", extra_resources=[subscription])
+    # It subscribes and dead-letters as notification-service does (its topic scopes).
+    spec, consumer = service_spec(
+        stack, "poison-probe", extra_resources=[subscription], role="notification-service"
+    )
     spec.command = [sys.executable, "-m", "tests.support.refusing_app", str(spec.app_port)]
     spec.env["PYTHONPATH"] = str(ROOT)
     service = start_service(stack, spec, consumer)

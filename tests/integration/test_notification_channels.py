@@ -36,7 +36,13 @@ from taskevents.publisher import EventPublisher
 from taskevents.secrets import SecretsWithFallback
 from tests.conftest import Cluster
 from tests.support.authorization import bearer
-from tests.support.cluster import VENV_BIN, Service, service_spec, start_service
+from tests.support.cluster import (
+    NOTIFY_TEST_TOPIC,
+    VENV_BIN,
+    Service,
+    service_spec,
+    start_service,
+)
 from tests.support.kafka import DLQ_TOPIC
 from tests.support.mailbox import ReceivedMail, mails_to
 from tests.support.stack import ROOT, RUN_ID, Stack, free_port
@@ -45,7 +51,7 @@ from tests.support.waiting import eventually
 pytestmark = pytest.mark.integration
 
 APP_ID = f"notify-it-{RUN_ID}"
-TOPIC = f"notify-it-{RUN_ID}"
+TOPIC = NOTIFY_TEST_TOPIC  # the harness opens it to the session's apps
 TWILIO_SID = "AC0123456789abcdef0123456789abcdef"
 TWILIO_TOKEN = f"token-{RUN_ID}"
 TWILIO_FROM = "+15005550006"
@@ -237,6 +243,7 @@ async def notifier(
         APP_ID,
         command=[str(VENV_BIN / "notification-service")],
         extra_resources=[subscription],
+        role="notification-service",
         env={
             "NOTIFY_SMTP_PORT": str(sink.port),
             "NOTIFY_LEDGER_NAMESPACE": APP_ID,

@@ -1,7 +1,10 @@
 """The four services, each beside a real daprd, started from the same components as
 `make run`, with two test-only changes to the Kafka components: a consumer group per test
 session (so a running `make run` and earlier sessions don't share partitions with us) and
-the newest offset (so a session doesn't replay the topic's history)."""
+the newest offset (so a session doesn't replay the topic's history). Every sidecar talks
+mTLS with a certificate from the stack's Sentry, under the same configurations (access
+control) and topic scopes as `make run`, which the rendered copies extend to the
+suite's own app-ids and topics only."""
 
 from __future__ import annotations
 
@@ -15,6 +18,7 @@ from typing import Any
 import yaml
 
 from taskevents_cli.devrun import AppSpec, ProcessDiedError, RunningApp, start_app
+from tests.support.kafka import DLQ_TOPIC
 from tests.support.stack import ROOT, RUN_ID, Stack, free_port
 
 COMPONENTS = ROOT / "dapr-components"
@@ -26,6 +30,12 @@ SERVICES = {
     "websocket-service": "WEBSOCKET_",
 }
 KAFKA_COMPONENTS = ("kafka-pubsub", "websocket-pubsub")
+TOPIC_SCOPES = ("publishingScopes", "subscriptionScopes")
+# A topic of the suite's own (test_notification_channels), open to every app of the session.
+NOTIFY_TEST_TOPIC = f"notify-it-{RUN_ID}"
+# What the suite's publisher (the CLI's sidecar) may publish besides task-events: the
+# dead-letter topic, standing in for a subscriber that gave up (test_audit_log_service_delivery).
+SUITE_PUBLISHES = {"taskevents-cli": [DLQ_TOPIC]}
 
 
 @dataclass
@@ -58,14 +68,16 @@ def render_resources(
     app_id: str,
     *,
     consumer_id: str,
+    role: str | None = None,
     extra: Iterable[dict[str, Any]] = (),
 ) -> None:
-    """Copy the components and subscriptions for one sidecar, with the test consumer group."""
+    """Copy the components and subscriptions for one sidecar, with the test consumer group.
+    A test-only app-id gets the topic scopes of the app whose `role` it plays."""
     target.mkdir(parents=True, exist_ok=True)
     for source in [*COMPONENTS.glob("*.yaml"), *(COMPONENTS / "subscriptions").glob("*.yaml")]:
-        if source.name == "configuration.yaml":
-            continue
         documents = [d for d in yaml.safe_load_all(source.read_text()) if d]
+        if any(d.get("kind") == "Configuration" for d in documents):
+            continue  # passed by --config (configuration_path)
         for document in documents:
             if (
                 document.get("kind") == "Component"
@@ -78,6 +90,11 @@ def render_resources(
                 ]
                 metadata.append({"name": "consumerID", "value": consumer_id})
                 metadata.append({"name": "initialOffset", "value": "newest"})
+                for entry in metadata:
+                    if entry["name"] in TOPIC_SCOPES:
+                        entry["value"] = _test_scopes(
+                            entry["value"], app_id, role or app_id, entry["name"]
+                        )
                 document["spec"]["metadata"] = metadata
             if (
                 "scopes" in document
@@ -89,6 +106,31 @@ def render_resources(
         (target / source.name).write_text(yaml.safe_dump_all(documents, sort_keys=False))
     for i, document in enumerate(extra):
         (target / f"extra-{i}.yaml").write_text(yaml.safe_dump(document, sort_keys=False))
+
+
+def _test_scopes(value: str, app_id: str, role: str, scope: str) -> str:
+    """A `publishingScopes`/`subscriptionScopes` value ("app=t1,t2;app2=t3") with `app_id`
+    given the topics of `role` when the value does not name it, the suite's topic for every
+    app it names, and the suite publisher's extra topics."""
+    scopes: dict[str, list[str]] = {}
+    for part in filter(None, value.replace(" ", "").split(";")):
+        app, _, listed = part.partition("=")
+        scopes[app] = listed.split(",")
+    if app_id not in scopes and role in scopes:
+        scopes[app_id] = list(scopes[role])
+    for app, topics in scopes.items():
+        added = [NOTIFY_TEST_TOPIC]
+        if scope == "publishingScopes":
+            added += SUITE_PUBLISHES.get(app, [])
+        topics.extend(t for t in added if t not in topics)
+    return ";".join(f"{app}={','.join(topics)}" for app, topics in scopes.items())
+
+
+def configuration_path(role: str) -> Path:
+    """The Configuration (mTLS, access control) of the app `role`: its own when it has one
+    (the callee's sidecar applies the policies), the shared one otherwise."""
+    own = COMPONENTS / f"configuration-{role}.yaml"
+    return own if own.exists() else COMPONENTS / "configuration.yaml"
 
 
 # An app no Resiliency names (a test-only app) joins this one, the policy of the ordinary
@@ -119,13 +161,17 @@ def service_spec(
     replica: int = 0,
     extra_resources: Iterable[dict[str, Any]] = (),
     with_app: bool = True,
+    role: str | None = None,
 ) -> tuple[AppSpec, str]:
+    """`role`: the production app a test-only app-id stands in for (its configuration and
+    topic scopes); the app-id itself by default."""
+    role = role or app_id
     suffix = f"{RUN_ID}-{replica}" if replica else RUN_ID
     consumer_id = f"{app_id}-{suffix}"
     resources = stack.log_dir / "resources" / f"{app_id}-{replica}"
     if resources.exists():
         shutil.rmtree(resources)
-    render_resources(resources, app_id, consumer_id=consumer_id, extra=extra_resources)
+    render_resources(resources, app_id, consumer_id=consumer_id, role=role, extra=extra_resources)
     app_port = free_port() if with_app else None
     spec = AppSpec(
         app_id=app_id,
@@ -136,7 +182,8 @@ def service_spec(
         dapr_grpc_port=free_port(),
         metrics_port=free_port(),
         resources_paths=[resources],
-        config_path=COMPONENTS / "configuration.yaml",
+        config_path=configuration_path(role),
+        sentry_address=stack.sentry_address,
         env={
             "TASKEVENTS_ENV": "development",
             "LOG_LEVEL": "INFO",
@@ -162,6 +209,7 @@ def daprd_env(stack: Stack) -> dict[str, str]:
         "TASKEVENTS_DATABASE_URL": stack.database_url,
         "APP_API_TOKEN": stack.app_api_token,
         "DAPR_API_TOKEN": stack.dapr_api_token,
+        "DAPR_TRUST_ANCHORS": stack.trust_anchors,
     }
 
 

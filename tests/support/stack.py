@@ -35,6 +35,9 @@ class Stack:
     mail_dir: Path
     daprd: str
     log_dir: Path
+    # Sidecars talk mTLS with certificates from the stack's Sentry (scripts/sentry.sh).
+    sentry_address: str
+    trust_anchors: str
     # Both tokens are on in every test, as in `make run` and the chart: the app's API asks
     # daprd for APP_API_TOKEN, daprd's API asks callers for DAPR_API_TOKEN.
     dapr_api_token: str = field(default_factory=lambda: secrets.token_urlsafe(24))
@@ -58,6 +61,8 @@ def ensure_stack() -> Stack:
         mail_dir=Path(os.environ.get("MAILSINK_DIR", STATE / "mail")),
         daprd=daprd,
         log_dir=log_dir,
+        sentry_address=f"127.0.0.1:{os.environ.get('SENTRY_PORT', '50100')}",
+        trust_anchors=(STATE / "sentry" / "credentials" / "ca.crt").read_text(),
     )
 
 

@@ -120,6 +120,9 @@ class AppSpec:
     env: dict[str, str] = field(default_factory=dict)
     log_level: str = "info"
     health_path: str | None = "/health"
+    # Sentry's address when the sidecar talks mTLS to the others (its configuration's
+    # spec.mtls.enabled); daprd then also needs DAPR_TRUST_ANCHORS in its environment.
+    sentry_address: str | None = None
 
     def daprd_argv(self, daprd: str) -> list[str]:
         argv = [
@@ -139,6 +142,8 @@ class AppSpec:
             argv += ["--resources-path", str(path)]
         if self.config_path is not None:
             argv += ["--config", str(self.config_path)]
+        if self.sentry_address is not None:
+            argv += ["--enable-mtls", "--sentry-address", self.sentry_address]
         return argv
 
     def app_env(self) -> dict[str, str]:
@@ -215,8 +220,18 @@ def start_app(
     return RunningApp(spec=spec, sidecar=sidecar, app=app)
 
 
-def load_run_file(path: Path) -> list[AppSpec]:
-    """Read a Dapr multi-app run file (the fields dapr.yaml uses)."""
+def mtls_enabled(config_path: Path | None) -> bool:
+    """Whether a Dapr Configuration file turns mTLS on (spec.mtls.enabled), which is how
+    `dapr run` decides to start daprd with --enable-mtls."""
+    if config_path is None:
+        return False
+    document = yaml.safe_load(config_path.read_text()) or {}
+    return bool(((document.get("spec") or {}).get("mtls") or {}).get("enabled"))
+
+
+def load_run_file(path: Path, *, sentry_address: str | None = None) -> list[AppSpec]:
+    """Read a Dapr multi-app run file (the fields dapr.yaml uses). Apps whose configuration
+    turns mTLS on get `sentry_address`, which is then required."""
     document: dict[str, Any] = yaml.safe_load(path.read_text())
     if not document or not document.get("version"):
         raise ValueError(f"{path}: a run file needs a `version`")
@@ -235,6 +250,13 @@ def load_run_file(path: Path) -> list[AppSpec]:
             for p in merged.get("resourcesPaths", [])
         ]
         config = merged.get("configFilePath")
+        config_path = resolve(config, in_common="configFilePath" not in entry) if config else None
+        mtls = mtls_enabled(config_path)
+        if mtls and not sentry_address:
+            raise ValueError(
+                f"{config_path} turns mTLS on: give Sentry's address (--sentry-address or "
+                "SENTRY_ADDRESS; `scripts/stack.sh up` starts one)"
+            )
         specs.append(
             AppSpec(
                 app_id=merged.get("appID") or app_dir.name,
@@ -245,12 +267,11 @@ def load_run_file(path: Path) -> list[AppSpec]:
                 dapr_grpc_port=int(merged["daprGRPCPort"]),
                 metrics_port=int(merged["metricsPort"]),
                 resources_paths=resources,
-                config_path=resolve(config, in_common="configFilePath" not in entry)
-                if config
-                else None,
+                config_path=config_path,
                 env={k: str(v) for k, v in merged["env"].items()},
                 log_level=merged.get("logLevel", "info"),
                 health_path=merged.get("appHealthCheckPath", "/health"),
+                sentry_address=sentry_address if mtls else None,
             )
         )
     return specs
@@ -286,9 +307,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--daprd", default=str(Path.home() / ".dapr" / "bin" / "daprd"))
     parser.add_argument("--log-dir", type=Path, required=True)
     parser.add_argument("--pid-file", type=Path, help="written while running, for `make stop`")
+    parser.add_argument(
+        "--sentry-address",
+        default=os.environ.get("SENTRY_ADDRESS"),
+        help="Sentry (mTLS certificates) for sidecars whose configuration turns mTLS on "
+        '(default $SENTRY_ADDRESS; `eval "$(scripts/sentry.sh env)"` sets it and '
+        "DAPR_TRUST_ANCHORS)",
+    )
     args = parser.parse_args(argv)
     configure_logging("devrun")
-    specs = load_run_file(args.run_file)
+    specs = load_run_file(args.run_file, sentry_address=args.sentry_address)
+    if any(s.sentry_address for s in specs) and not os.environ.get("DAPR_TRUST_ANCHORS"):
+        parser.error("mTLS is on: DAPR_TRUST_ANCHORS must hold Sentry's root certificate")
     stop = False
 
     def request_stop(signum: int, _frame: object) -> None:
