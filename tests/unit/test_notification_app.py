@@ -162,3 +162,10 @@ async def test_the_ledger_is_unavailable_until_the_schema_is_migrated() -> None:
             await ledger.history("user-7", since=None, limit=10)
     finally:
         await pool.close()
+
+
+def test_a_user_id_with_a_control_character_is_a_422_not_a_query(world: World) -> None:
+    # Found by fuzzing: Postgres cannot hold a NUL, and the query once answered 500.
+    with client_of(world) as client:
+        response = client.get("/notifications", params={"user_id": "\x00"})
+    assert response.status_code == 422
