@@ -80,6 +80,7 @@ def start_replica(
     group: str | None = None,
     command: list[str] | None = None,
     extra_resources: list[dict[str, Any]] | None = None,
+    role: str | None = None,
 ) -> Replica:
     """Start (or, given the spec and group of a stopped one, start again on the same ports
     and consumer group, like a restarted pod) one app beside its daprd."""
@@ -94,6 +95,7 @@ def start_replica(
                 replica=number,
                 command=command,
                 extra_resources=extra_resources or (),
+                role=role,
             )
         assert spec is not None
         assert group is not None
@@ -194,6 +196,9 @@ async def live_stack(
             env=audit_env,
             command=[str(VENV_BIN / "audit-log-service")],
             extra_resources=audit_subscriptions(AUDIT_APP_ID),
+            # The audit log's configuration (websocket-service may read /audit/events) and
+            # topic scopes, under an app-id of its own.
+            role="audit-log-service",
         )
         started.append(audit)
         replicas = []
