@@ -88,6 +88,14 @@ def convert(document: dict[str, Any], source: str) -> dict[str, Any]:
         spec["mtls"] = "@@BLOCK taskevents.mtls@@"
         # The apps read no secrets through the Dapr API; components still get theirs.
         spec["secrets"] = {"scopes": [{"storeName": "kubernetes", "defaultAccess": "deny"}]}
+        # Callers are judged in the release's namespace, not the local `default`.
+        access = spec.get("accessControl")
+        if access is not None:
+            policies = [
+                {**policy, "namespace": "@@TPL .Release.Namespace@@"}
+                for policy in access.get("policies", [])
+            ]
+            spec["accessControl"] = {**access, "policies": policies} if policies else access
         document["spec"] = spec
     elif kind not in ("Resiliency", "Subscription"):
         raise SystemExit(f"{source}: no Kubernetes rule for the kind {kind!r}")

@@ -381,11 +381,24 @@ def test_dapr_components_have_the_names_of_design(rendered: tuple[Doc, ...]) -> 
 
 
 def test_configuration_turns_on_mtls_tracing_and_metrics(rendered: tuple[Doc, ...]) -> None:
-    (configuration,) = of_kind(rendered, "Configuration").values()
-    spec = configuration["spec"]
-    assert spec["mtls"]["enabled"] is True
-    assert float(spec["tracing"]["samplingRate"]) > 0
-    assert spec["metric"]["enabled"] is True
+    configurations = of_kind(rendered, "Configuration")
+    assert set(configurations) == {"taskevents", "taskevents-audit-log-service"}
+    for configuration in configurations.values():
+        spec = configuration["spec"]
+        assert spec["mtls"]["enabled"] is True
+        assert float(spec["tracing"]["samplingRate"]) > 0
+        assert spec["metric"]["enabled"] is True
+        # Default deny; callers judged in the release's namespace, not the local `default`.
+        assert spec["accessControl"]["defaultAction"] == "deny"
+        for policy in spec["accessControl"].get("policies", []):
+            assert policy["namespace"] == "taskevents"
+    pods = {
+        name: d["spec"]["template"]["metadata"]["annotations"]["dapr.io/config"]
+        for name, d in of_kind(rendered, "Deployment").items()
+        if "dapr.io/config" in d["spec"]["template"]["metadata"].get("annotations", {})
+    }
+    assert pods["audit-log-service"] == "taskevents-audit-log-service"
+    assert {pods[name] for name in pods if name != "audit-log-service"} == {"taskevents"}
 
 
 def test_kafka_credentials_and_tls_in_production(helm: str) -> None:
