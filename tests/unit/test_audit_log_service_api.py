@@ -535,3 +535,14 @@ async def test_every_dead_letter_is_stored_even_unparsable_ones(
     assert second.reason.startswith("body is not JSON")
     assert second.original_topic == "task-events"  # from the __topic metadata
     assert first.metadata == {"__partition": "4", "__offset": "99", "__topic": "task-events"}
+
+
+async def test_filters_with_control_characters_are_a_422_not_a_query(
+    client: httpx.AsyncClient, audit: FakeAudit
+) -> None:
+    # Found by fuzzing: Postgres cannot hold a NUL, and such a filter once answered 500.
+    for params in ({"type": "\x00task"}, {"task_id": "t\x00"}, {"user_id": "\x1f"}):
+        response = await client.get("/audit/events", params=params)
+        assert response.status_code == 422, (params, response.text)
+    assert (await client.get("/audit/tasks/t%00/history")).status_code == 422
+    assert audit.queries == []

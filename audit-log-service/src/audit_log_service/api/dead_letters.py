@@ -17,8 +17,11 @@ from audit_log_service.handlers import (
 )
 from audit_log_service.ports import DeadLetterFilter, DeadLetterStatus, StoredDeadLetter
 from taskevents.auth import Operator, operator_only
+from taskevents.web import WITHOUT_CONTROL_CHARACTERS
 
-TopicParam = Annotated[str, StringConstraints(min_length=1, max_length=300)]
+TopicParam = Annotated[
+    str, StringConstraints(min_length=1, max_length=300, pattern=WITHOUT_CONTROL_CHARACTERS)
+]
 # Ids are Postgres bigints: a larger number is no id at all (422), never a database error.
 MAX_ID = 2**63 - 1
 LetterId = Annotated[

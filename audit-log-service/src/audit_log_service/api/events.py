@@ -15,6 +15,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstrai
 from audit_log_service.bootstrap import AuditReaderDep
 from audit_log_service.ports import EventFilter, EventKey, EventStats, StoredEvent
 from taskevents.auth import Caller, forbidden, user_filter_for
+from taskevents.web import WITHOUT_CONTROL_CHARACTERS
 
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 500
@@ -22,8 +23,12 @@ DEFAULT_STATS_RANGE = timedelta(hours=24)
 # Per-hour counts: a month of hours is plenty for one answer.
 MAX_STATS_RANGE = timedelta(days=31)
 
-IdParam = Annotated[str, StringConstraints(min_length=1, max_length=200)]
-TypeParam = Annotated[str, StringConstraints(min_length=1, max_length=100)]
+IdParam = Annotated[
+    str, StringConstraints(min_length=1, max_length=200, pattern=WITHOUT_CONTROL_CHARACTERS)
+]
+TypeParam = Annotated[
+    str, StringConstraints(min_length=1, max_length=100, pattern=WITHOUT_CONTROL_CHARACTERS)
+]
 Limit = Annotated[
     int, Field(ge=1, le=MAX_LIMIT, description=f"At most this many items (1 to {MAX_LIMIT}).")
 ]
@@ -174,7 +179,9 @@ def events_router() -> APIRouter:
         summary="One task's events, oldest first",
     )
     async def task_history(
-        task_id: Annotated[str, Path(min_length=1, max_length=200)],
+        task_id: Annotated[
+            str, Path(min_length=1, max_length=200, pattern=WITHOUT_CONTROL_CHARACTERS)
+        ],
         query: Annotated[HistoryQuery, Query()],
         reader: AuditReaderDep,
         caller: Caller,

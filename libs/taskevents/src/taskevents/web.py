@@ -32,6 +32,11 @@ from taskevents.status import DaprStatus, Outcome
 
 log = get_logger(__name__)
 
+# For the text an API takes in a query or path: no control characters. Postgres cannot hold
+# a NUL, and no id, type or topic has a reason to carry one (the API fuzzer found them as
+# 500s).
+WITHOUT_CONTROL_CHARACTERS = r"^[^\x00-\x1f\x7f]+$"
+
 # Headers of every HTTP call rather than metadata of the message; the app token is secret.
 NOT_METADATA = frozenset(
     {

@@ -9,6 +9,7 @@ from pydantic import AwareDatetime, BaseModel
 from notification_service.bootstrap import LedgerDep
 from notification_service.ports import LedgerUnavailableError
 from taskevents.auth import Caller, ensure_may_act_for
+from taskevents.web import WITHOUT_CONTROL_CHARACTERS
 
 MAX_ITEMS = 1000
 
@@ -42,8 +43,9 @@ def notifications_router() -> APIRouter:
     async def list_notifications(
         ledger: LedgerDep,
         caller: Caller,
-        # No control characters: Postgres cannot hold a NUL (found by fuzzing, once a 500).
-        user_id: Annotated[str, Query(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f]+$")],
+        user_id: Annotated[
+            str, Query(min_length=1, max_length=200, pattern=WITHOUT_CONTROL_CHARACTERS)
+        ],
         since: Annotated[
             AwareDatetime | None,
             Query(description="Only what changed at or after this time (ISO 8601 with zone)."),
