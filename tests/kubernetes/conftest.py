@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -15,6 +14,7 @@ from typing import Any, TypeVar
 import pytest
 
 from tests.support.stack import ROOT
+from tests.support.waiting import eventually_sync
 
 CLUSTER = ROOT / "scripts" / "k8s" / "cluster.sh"
 IMAGES = ROOT / "scripts" / "k8s" / "images.sh"
@@ -68,14 +68,7 @@ class Lab:
 
 def wait_for(probe: Callable[[], T | None], what: str, timeout: float = 120) -> T:
     """Poll `probe` until it returns something truthy, with a deadline."""
-    deadline = time.monotonic() + timeout
-    last: T | None = None
-    while time.monotonic() < deadline:
-        last = probe()
-        if last:
-            return last
-        time.sleep(0.5)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what} (last: {last!r})")
+    return eventually_sync(probe, timeout=timeout, what=what)
 
 
 @pytest.fixture(scope="session")

@@ -5,7 +5,6 @@ all made by the fixture and removed with it. The shared broker is never touched.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import secrets
 import signal
@@ -24,6 +23,7 @@ from pydantic import SecretStr
 from taskevents.kafka import KafkaSettings
 from tests.support.certificates import CertificateAuthority, issue_server_certificate, make_ca
 from tests.support.stack import SCRIPTS, free_port
+from tests.support.waiting import eventually
 
 KAFKA_VERSION = os.environ.get("KAFKA_VERSION", "4.3.1")
 CACHE = Path(
@@ -193,13 +193,10 @@ logger.state.level = WARN
 
     async def wait_answering(self) -> None:
         """Until a SASL_SSL client is served, then the task topics exist."""
-        deadline = time.monotonic() + START_TIMEOUT_SECONDS
-        last: Exception | None = None
-        while time.monotonic() < deadline:
-            self.check_alive()
+
+        async def answering() -> bool:
             if not _port_open(self.port):
-                await asyncio.sleep(0.2)
-                continue
+                return False
             admin = AIOKafkaAdminClient(
                 **self.client_settings().client_options(), request_timeout_ms=5000
             )
@@ -212,15 +209,17 @@ logger.state.level = WARN
                     await admin.create_topics(
                         [NewTopic(t, TOPIC_PARTITIONS, replication_factor=1) for t in wanted]
                     )
-                return
-            except (KafkaError, OSError) as error:
-                last = error
+                return True
+            except (KafkaError, OSError):
+                return False
             finally:
                 await admin.close()
-            await asyncio.sleep(0.5)
-        raise TimeoutError(
-            f"the SASL_SSL broker did not answer within {START_TIMEOUT_SECONDS:.0f}s "
-            f"(last: {last!r}); its log:\n{self.tail()}"
+
+        await eventually(
+            answering,
+            timeout=START_TIMEOUT_SECONDS,
+            what=f"the SASL_SSL broker answering (its log: {self.log_file})",
+            check=self.check_alive,
         )
 
     def stop(self) -> None:

@@ -31,3 +31,22 @@ async def eventually(
         if time.monotonic() > deadline:
             raise TimeoutError(f"{what} not reached within {timeout:.0f}s (last: {last!r})")
         await asyncio.sleep(interval)
+
+
+def eventually_sync(
+    probe: Callable[[], T | None],
+    *,
+    timeout: float = 30.0,
+    interval: float = 0.5,
+    what: str = "condition",
+) -> T:
+    """`eventually` for a probe that blocks (kubectl, a subprocess): polling with a deadline."""
+    deadline = time.monotonic() + timeout
+    last: T | None = None
+    while True:
+        last = probe()
+        if last:
+            return last
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what} not reached within {timeout:.0f}s (last: {last!r})")
+        time.sleep(interval)
