@@ -196,6 +196,48 @@ async def test_a_permanently_rejected_recipient_is_dead_lettered_with_the_reason
     assert "550 5.1.1" in entry["reason"]
 
 
+async def test_with_no_sms_provider_an_sms_user_gets_the_mail_and_a_recorded_sms_off(
+    cluster: Cluster, publisher: EventPublisher, http: httpx.AsyncClient, stack: Stack, unique: str
+) -> None:
+    # The harness runs notification-service with NOTIFY_SMS_PROVIDER=none.
+    user_id, task_id = f"user-{unique}", f"task-{unique}"
+    address = f"sms-off-{unique}@example.com".lower()
+    await put_preferences(
+        http, cluster, user_id, email=address, phone="+4915112345678", channels=["sms", "email"]
+    )
+    before = await end_offsets(stack.kafka_brokers, DLQ_TOPIC)
+    event = TaskEvent.create(
+        EventType.TASK_CREATED, task_id=task_id, user_id=user_id, payload={"title": "By mail"}
+    )
+    # The same task, so the same partition: once its mail is out, the event before it has
+    # been answered (and would have been dead-lettered by then).
+    marker = TaskEvent.create(
+        EventType.TASK_COMPLETED, task_id=task_id, user_id=user_id, payload={"title": "Marker"}
+    )
+    await publisher.publish(event)
+    await publisher.publish(marker)
+
+    mails = await wait_for_mails(stack, cluster, address, 2)
+    assert [m.header("X-Taskevents-Event-Id") for m in mails] == [
+        event.event_id,
+        marker.event_id,
+    ]
+    by_channel = {(e["event_id"], e["channel"]): e for e in await history(http, cluster, user_id)}
+    sms = by_channel[(event.event_id, "sms")]
+    assert (sms["status"], sms["reason"]) == ("skipped", "SMS is off (NOTIFY_SMS_PROVIDER=none)")
+    assert sms["sent_at"] is None
+    assert by_channel[(event.event_id, "email")]["status"] == "sent"
+    assert by_channel[(marker.event_id, "sms")]["status"] == "skipped"
+    dead = [
+        m
+        for m in await read_from(stack.kafka_brokers, before, until=1.0)
+        if m["body"].get("data", {}).get("task_id") == task_id
+    ]
+    assert dead == []
+    failed = [e for e in by_channel.values() if e["status"] in ("failed", "rejected")]
+    assert failed == []
+
+
 async def test_preferences_round_trip_and_validation(
     cluster: Cluster, http: httpx.AsyncClient, unique: str
 ) -> None:

@@ -196,6 +196,8 @@ def service_spec(
             # The e2e demo is a synthetic burst (~30 mails per user in 6 s) that expects one
             # mail per event; the default (10 per 10 min) is for people.
             "NOTIFY_RATE_LIMIT_COUNT": "100",
+            # No SMS provider, as outside development by default (test_notification_service).
+            "NOTIFY_SMS_PROVIDER": "none",
             **(env or {}),
         },
         log_level="info",

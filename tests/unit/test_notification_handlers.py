@@ -15,6 +15,7 @@ from notification_service.handlers import (
     dead_letter_with_reason,
     deliver_due,
     notify_user,
+    notify_user_or_dead_letter,
 )
 from notification_service.ports import (
     Channel,
@@ -206,6 +207,11 @@ class FakeLedger:
         row = self.rows.get(_key(notification))
         if row is not None and not (row.status is Status.SENT and status is not Status.SENT):
             row.status, row.reason = status, reason
+
+    async def skip(self, entry: LedgerEntry, *, reason: str) -> None:
+        row = self.rows.get(_key(entry.notification))
+        if row is None or row.status not in (Status.SENT, Status.DIGESTED):
+            self.rows[_key(entry.notification)] = Row(entry, Status.SKIPPED, reason=reason)
 
     async def take_due(self, *, limit: int, lease_seconds: float) -> list[DueItem]:
         return [
@@ -543,6 +549,67 @@ async def test_preferences_choose_the_address_and_the_channels(world: World) -> 
     assert [e.recipient for e in world.mailer.sent] == ["pref@example.com"]
     assert [s.recipient for s in world.sms.sent] == ["+4915112345678"]
     assert world.sms.sent[0].body.startswith("New task: Pay rent")
+
+
+async def test_with_the_sms_channel_off_an_sms_is_recorded_as_not_sent_and_email_goes(
+    world: World,
+) -> None:
+    world.preferences.stored["user-7"] = Preferences(
+        email="pref@example.com", phone="+4915112345678", channels=frozenset({"email", "sms"})
+    )
+    event = created()
+    dead_letters: list[str] = []
+
+    class RecordingDeadLetters:
+        async def dead_letter(self, envelope: dict[str, Any], *, key: str, reason: str) -> None:
+            dead_letters.append(reason)
+
+    ports = replace(world.ports(), dead_letters=RecordingDeadLetters())
+    sms_off = replace(NO_WAIT, sms_on=False)
+
+    outcome = await notify_user_or_dead_letter(event, None, ports=ports, policy=sms_off)
+    again = await notify_user_or_dead_letter(event, None, ports=ports, policy=sms_off)
+
+    assert outcome.status is DaprStatus.SUCCESS  # not RETRY, not DROP
+    assert "SMS is off" in (outcome.reason or "")
+    assert again.status is DaprStatus.SUCCESS
+    assert [e.recipient for e in world.mailer.sent] == ["pref@example.com"]
+    assert world.sms.sent == []
+    assert dead_letters == []
+    row = world.ledger.rows[(event.event_id, Channel.SMS)]
+    assert (row.status, row.reason) == (Status.SKIPPED, "SMS is off (NOTIFY_SMS_PROVIDER=none)")
+    assert row.entry.notification.recipient == "+4915112345678"
+    assert world.ledger.status_of(event, Channel.EMAIL) is Status.SENT
+
+
+async def test_with_the_sms_channel_off_a_bad_number_is_not_dead_lettered(world: World) -> None:
+    world.preferences.stored["user-7"] = Preferences(channels=frozenset({"sms"}))
+    event = created(user_phone="555-1234")
+
+    outcome = await notify_user(event, ports=world.ports(), policy=replace(NO_WAIT, sms_on=False))
+
+    assert outcome.status is DaprStatus.SUCCESS
+    assert world.ledger.status_of(event, Channel.SMS) is Status.SKIPPED
+
+
+async def test_a_deferred_sms_due_after_the_channel_went_off_is_skipped(world: World) -> None:
+    world.preferences.stored["user-7"] = Preferences(
+        phone="+4915112345678", channels=frozenset({"sms"})
+    )
+    event = created()
+    notification = Notification(
+        event.event_id, Channel.SMS, event.type, "user-7", "task-42", "+4915112345678"
+    )
+    world.ledger.rows[(event.event_id, Channel.SMS)] = Row(
+        LedgerEntry(notification, "Pay rent", event.model_dump(mode="json")), Status.DEFERRED
+    )
+    [item] = await world.ledger.take_due(limit=10, lease_seconds=60)
+
+    outcome = await deliver_due(item, ports=world.ports(), policy=replace(NO_WAIT, sms_on=False))
+
+    assert outcome.status is DaprStatus.SUCCESS
+    assert world.sms.sent == []
+    assert world.ledger.status_of(event, Channel.SMS) is Status.SKIPPED
 
 
 async def test_payload_phone_is_the_fallback_and_must_be_e164(world: World) -> None:

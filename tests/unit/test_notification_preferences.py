@@ -1,11 +1,15 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
-from pydantic import ValidationError
+from pydantic import SecretStr, ValidationError
 
+from notification_service.adapters.sms import NoSmsSender
+from notification_service.bootstrap import policy_of, secrets_of, sms_sender
+from notification_service.ports import DeliveryRejectedError, Sms
 from notification_service.preferences import Preferences, QuietHours
 from notification_service.settings import Settings
 from notification_service.sms import SmsComposer, fits_one_segment, is_gsm7, sms_length
@@ -123,6 +127,45 @@ def test_settings_check_the_sms_provider() -> None:
         Settings(sms_provider="twilio", twilio_account_sid="AC1")
     twilio = Settings(sms_provider="twilio", twilio_account_sid="AC1", twilio_from="+1500")
     assert str(twilio.twilio_base_url) == "https://api.twilio.com/"
+
+
+PRODUCTION: dict[str, Any] = {
+    "environment": "production",
+    "jwt_secret": SecretStr("k" * 40),
+    "database_url": SecretStr("postgresql://u:a-real-password@db:5432/x"),
+}
+
+
+def test_the_sms_channel_is_off_by_default_outside_development() -> None:
+    assert Settings().sms_provider == "log"
+    production = Settings(**PRODUCTION)
+    assert production.sms_provider == "none"
+    assert not production.sms_channel_on
+    assert policy_of(production).sms_on is False
+    assert isinstance(sms_sender(production, secrets_of(production)), NoSmsSender)
+    assert policy_of(Settings()).sms_on is True
+
+
+def test_the_log_sms_provider_is_refused_outside_development() -> None:
+    with pytest.raises(ValidationError, match="NOTIFY_SMS_PROVIDER=log"):
+        Settings(**PRODUCTION, sms_provider="log")
+    assert Settings(sms_provider="log").sms_provider == "log"
+    assert Settings(**PRODUCTION, sms_provider="none").sms_provider == "none"
+
+
+def test_the_log_sms_provider_from_the_environment_is_refused_in_production(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("TASKEVENTS_ENV", "production")
+    monkeypatch.setenv("NOTIFY_SMS_PROVIDER", "log")
+
+    with pytest.raises(ValidationError, match="refusing to start in production"):
+        Settings(**{k: v for k, v in PRODUCTION.items() if k != "environment"})
+
+
+async def test_the_none_sms_sender_refuses_what_still_reaches_it() -> None:
+    with pytest.raises(DeliveryRejectedError, match="SMS is off"):
+        await NoSmsSender().send(Sms("+1555", "hi", "m-1", "e-1"))
 
 
 def test_settings_read_lists_and_the_rate_limit(monkeypatch: pytest.MonkeyPatch) -> None:

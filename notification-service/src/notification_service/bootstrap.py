@@ -15,7 +15,12 @@ from starlette.requests import HTTPConnection
 from notification_service.adapters.dapr_state import DaprNotificationLog, DaprPreferenceStore
 from notification_service.adapters.dead_letters import DaprDeadLetters
 from notification_service.adapters.postgres import MIGRATIONS, PACKAGE, PostgresLedger
-from notification_service.adapters.sms import LogSmsSender, TwilioSmsSender, WebhookSmsSender
+from notification_service.adapters.sms import (
+    LogSmsSender,
+    NoSmsSender,
+    TwilioSmsSender,
+    WebhookSmsSender,
+)
 from notification_service.adapters.smtp import SmtpMailer
 from notification_service.deferred import DeferredDelivery
 from notification_service.emails import EmailComposer
@@ -182,6 +187,7 @@ def policy_of(settings: Settings) -> Policy:
         rate_limit=RateLimit(
             count=settings.rate_limit_count, window_seconds=settings.rate_limit_window_seconds
         ),
+        sms_on=settings.sms_channel_on,
         claim_wait_seconds=settings.claim_wait_seconds,
         deferred_retry_seconds=settings.deferred_retry_seconds,
         deferred_max_attempts=settings.deferred_max_attempts,
@@ -226,7 +232,9 @@ def sms_sender(settings: Settings, secrets: SecretsWithFallback) -> SmsSender:
             secrets=secrets,
             timeout_seconds=settings.sms_timeout_seconds,
         )
-    return LogSmsSender()
+    if settings.sms_provider == "log":
+        return LogSmsSender()
+    return NoSmsSender()
 
 
 # The dependencies of the routes. Async: FastAPI runs a plain function dependency in its

@@ -13,6 +13,7 @@ from zoneinfo import ZoneInfo
 from notification_service.emails import EmailComposer
 from notification_service.metrics import NOTIFICATIONS
 from notification_service.ports import (
+    SMS_OFF_REASON,
     Channel,
     Claim,
     ClaimResult,
@@ -58,6 +59,8 @@ class Policy:
     default_channels: frozenset[Channel] = frozenset({Channel.EMAIL})
     # Tasks whose payload.priority is one of these are sent even in quiet hours.
     urgent_priorities: frozenset[str] = frozenset({"urgent"})
+    # False when the deployment has no SMS provider: an SMS is recorded as skipped, not sent.
+    sms_on: bool = True
     rate_limit: RateLimit = field(default_factory=lambda: RateLimit(0, 600.0))
     # A delivery that finds another one sending waits this long for it to finish (or for
     # its claim to expire) before asking Dapr to retry, looking again after a growing wait
@@ -212,6 +215,8 @@ async def notify_on_channel(
     policy: Policy,
     from_deferred: bool = False,
 ) -> Outcome:
+    if channel is Channel.SMS and not policy.sms_on:
+        return await skip_sms(event, preferences, ports=ports)
     recipient, problem = _recipient(event, channel, preferences)
     if problem is not None:
         return Outcome.drop(problem)
@@ -269,6 +274,29 @@ async def notify_on_channel(
         else ports.texts.compose(event, recipient, zone)
     )
     return await send_once(notification, message, ports=ports, policy=policy)
+
+
+async def skip_sms(event: TaskEvent, preferences: Preferences | None, *, ports: Ports) -> Outcome:
+    """The SMS channel is off: recorded as not sent, with the reason; never retried or
+    dead-lettered, so the other channels go as usual."""
+    notification = Notification(
+        event_id=event.event_id,
+        channel=Channel.SMS,
+        event_type=event.type,
+        user_id=event.user_id,
+        task_id=event.task_id,
+        recipient=(phone_recipient(event, preferences) or "")[:40],
+    )
+    entry = LedgerEntry(
+        notification=notification, title=str(event.payload.get("title") or "")[:200]
+    )
+    NOTIFICATIONS.labels(Channel.SMS.value, Status.SKIPPED.value).inc()
+    try:
+        await ports.ledger.skip(entry, reason=SMS_OFF_REASON)
+    except LedgerUnavailableError as error:
+        log.warning("ledger not updated", status=Status.SKIPPED.value, error=str(error))
+    log.info("SMS off: not sent", user_id=event.user_id)
+    return Outcome.success(f"sms not sent: {SMS_OFF_REASON}")
 
 
 async def send_once(

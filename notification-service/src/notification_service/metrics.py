@@ -7,6 +7,6 @@ from prometheus_client import Counter
 NOTIFICATIONS = Counter(
     "taskevents_notifications_total",
     "Notifications by channel and what became of them (sent, failed, rejected, deferred, "
-    "digest_pending, cancelled).",
+    "digest_pending, cancelled, skipped).",
     ["channel", "status"],
 )

@@ -17,6 +17,10 @@ class Channel(StrEnum):
     SMS = "sms"
 
 
+# Why an SMS is not sent when the deployment has no SMS provider.
+SMS_OFF_REASON = "SMS is off (NOTIFY_SMS_PROVIDER=none)"
+
+
 @dataclass(frozen=True, slots=True)
 class Email:
     recipient: str
@@ -154,6 +158,7 @@ class Status(StrEnum):
     FAILED = "failed"  # a temporary failure; Dapr retries the event
     REJECTED = "rejected"  # permanently refused; dead-lettered
     CANCELLED = "cancelled"  # deferred, then muted or switched off before it was due
+    SKIPPED = "skipped"  # not sent: the channel is off in this deployment (no SMS provider)
 
 
 class Kind(StrEnum):
@@ -233,6 +238,10 @@ class Ledger(Protocol):
     async def record(
         self, notification: Notification, status: Status, *, reason: str | None = None
     ) -> None: ...
+
+    async def skip(self, entry: LedgerEntry, *, reason: str) -> None:
+        """Record a notification that is not sent (its channel is off) unless it was sent."""
+        ...
 
     async def take_due(self, *, limit: int, lease_seconds: float) -> list[DueItem]: ...
 

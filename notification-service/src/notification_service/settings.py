@@ -11,6 +11,7 @@ from taskevents.settings import ServiceSettings, is_placeholder
 
 APP_ID = "notification-service"
 LOCAL_DATABASE_URL = "postgresql://taskevents:taskevents@127.0.0.1:5432/taskevents"
+SmsProvider = Literal["none", "log", "webhook", "twilio"]
 DEFAULT_EVENT_TYPES = frozenset(
     {EventType.TASK_CREATED, EventType.TASK_COMPLETED, EventType.TASK_RECURRING_TRIGGERED}
 )
@@ -120,7 +121,12 @@ class Settings(ServiceSettings):
     deferred_retry_seconds: float = Field(default=30.0, gt=0)
     deferred_max_attempts: int = Field(default=10, ge=1)
 
-    sms_provider: Literal["log", "webhook", "twilio"] = "log"
+    sms_provider: SmsProvider | None = Field(
+        default=None,
+        description="none (the SMS channel is off), log (development: SMS written to the "
+        "log), webhook or twilio; default: log in development, none elsewhere. log is "
+        "refused outside development.",
+    )
     sms_timeout_seconds: float = Field(default=10.0, gt=0)
     sms_include_link: bool = True
     sms_webhook_url: AnyHttpUrl | None = None
@@ -159,6 +165,24 @@ class Settings(ServiceSettings):
                 "NOTIFY_TWILIO_FROM (or NOTIFY_TWILIO_MESSAGING_SERVICE_SID)"
             )
         return self
+
+    @model_validator(mode="after")
+    def _sms_provider_for_the_environment(self) -> Settings:
+        if self.sms_provider is None:
+            self.sms_provider = "log" if self.environment == "development" else "none"
+        elif self.sms_provider == "log" and self.environment != "development":
+            # The log provider sends nothing and writes phone numbers and task titles to the
+            # log: a message a user chose to get by SMS would be lost without a trace.
+            raise ValueError(
+                f"refusing to start in {self.environment} with NOTIFY_SMS_PROVIDER=log: it "
+                "writes SMS to the log instead of sending them; choose webhook or twilio, or "
+                "none to switch the SMS channel off (or TASKEVENTS_ENV=development on a laptop)"
+            )
+        return self
+
+    @property
+    def sms_channel_on(self) -> bool:
+        return self.sms_provider != "none"
 
     @property
     def database_location(self) -> str:

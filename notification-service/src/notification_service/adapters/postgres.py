@@ -148,6 +148,24 @@ class PostgresLedger:
                 status.value, reason,
             )  # fmt: skip
 
+    async def skip(self, entry: LedgerEntry, *, reason: str) -> None:
+        n = entry.notification
+        async with self._connection() as conn:
+            await conn.execute(
+                """
+                INSERT INTO notification_ledger AS l
+                  (namespace, event_id, channel, kind, user_id, task_id, event_type, recipient,
+                   title, status, reason)
+                VALUES ($1, $2, $3, 'event', $4, $5, $6, $7, $8, 'skipped', $9)
+                ON CONFLICT (namespace, event_id, channel) DO UPDATE
+                  SET status = 'skipped', reason = EXCLUDED.reason, due_at = NULL,
+                      lease_until = NULL, updated_at = now()
+                  WHERE l.status NOT IN ('sent', 'digested')
+                """,
+                self._namespace, n.event_id, n.channel.value, n.user_id, n.task_id,
+                n.event_type, n.recipient, entry.title, reason,
+            )  # fmt: skip
+
     async def take_due(self, *, limit: int, lease_seconds: float) -> list[DueItem]:
         async with self._connection() as conn:
             rows = await conn.fetch(

@@ -1,6 +1,7 @@
-"""SMS providers behind the SmsSender port: `log` (development), `webhook` (POST JSON to a
-URL) and `twilio` (the Twilio Messages REST API). Each sorts failures into "try again
-later" (timeouts, 429, 5xx, credentials) and "never" (the number or message refused)."""
+"""SMS providers behind the SmsSender port: `none` (the channel is off), `log`
+(development), `webhook` (POST JSON to a URL) and `twilio` (the Twilio Messages REST API).
+Each sorts failures into "try again later" (timeouts, 429, 5xx, credentials) and "never"
+(the number or message refused)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,12 @@ from typing import Any
 
 import httpx
 
-from notification_service.ports import DeliveryRejectedError, DeliveryTemporarilyFailedError, Sms
+from notification_service.ports import (
+    SMS_OFF_REASON,
+    DeliveryRejectedError,
+    DeliveryTemporarilyFailedError,
+    Sms,
+)
 from taskevents.logging import get_logger
 from taskevents.secrets import SecretsWithFallback
 
@@ -16,6 +22,16 @@ log = get_logger(__name__)
 
 TEMPORARY_HTTP = frozenset({401, 403, 404, 408, 409, 425, 429})
 IDEMPOTENCY_HEADER = "Idempotency-Key"
+
+
+class NoSmsSender:
+    """The SMS channel is off: the handlers record an SMS as skipped before it gets here; a
+    digest summarised while a provider was on is refused."""
+
+    name = "none"
+
+    async def send(self, sms: Sms) -> None:
+        raise DeliveryRejectedError(SMS_OFF_REASON)
 
 
 class LogSmsSender:
