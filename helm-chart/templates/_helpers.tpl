@@ -92,26 +92,83 @@ app.kubernetes.io/instance: {{ .root.Release.Name }}
 
 {{/* Dapr component metadata that depends on the environment ------------------------------ */}}
 
-{{/* Kafka authentication and TLS, as pubsub.kafka metadata items. */}}
+{{/* Kafka authentication and TLS, as pubsub.kafka metadata items: the SASL credentials and
+     the broker's CA from an existing Secret (kafka.saslSecret, kafka.tls.caSecret) or from the
+     chart's Secret (kafka-sasl-password, kafka-ca-cert). */}}
 {{- define "taskevents.kafkaAuthMetadata" -}}
 {{- $kafka := .Values.kafka -}}
+{{- $sasl := $kafka.saslSecret -}}
 - name: authType
   value: {{ $kafka.authType | quote }}
 {{- if eq $kafka.authType "password" }}
+{{- if $sasl.name }}
 - name: saslUsername
-  value: {{ required "kafka.saslUsername is required with authType password" $kafka.saslUsername | quote }}
+  secretKeyRef: {name: {{ $sasl.name }}, key: {{ $sasl.usernameKey }}}
+- name: saslPassword
+  secretKeyRef: {name: {{ $sasl.name }}, key: {{ $sasl.passwordKey }}}
+{{- else }}
+- name: saslUsername
+  value: {{ required "kafka.saslUsername (or kafka.saslSecret.name) is required with authType password" $kafka.saslUsername | quote }}
 - name: saslPassword
   secretKeyRef: {name: {{ include "taskevents.secretName" . }}, key: kafka-sasl-password}
+{{- end }}
+{{- /* Dapr's names: SHA-512, SHA-256; anything else it takes for PLAIN. */}}
 - name: saslMechanism
-  value: {{ $kafka.saslMechanism | quote }}
+  value: {{ $kafka.saslMechanism | trimPrefix "SCRAM-" | quote }}
 {{- end }}
 {{- if ne $kafka.authType "none" }}
 - name: disableTls
   value: {{ (not $kafka.tls.enabled) | toString | quote }}
 {{- end }}
-{{- if or $kafka.tls.caCert (eq $kafka.authType "certificate") }}
+{{- if $kafka.tls.caSecret.name }}
+- name: caCert
+  secretKeyRef: {name: {{ $kafka.tls.caSecret.name }}, key: {{ $kafka.tls.caSecret.key }}}
+{{- else if or $kafka.tls.caCert (eq $kafka.authType "certificate") }}
 - name: caCert
   secretKeyRef: {name: {{ include "taskevents.secretName" . }}, key: kafka-ca-cert}
+{{- end }}
+{{- end -}}
+
+{{/* Postgres with sslmode=verify-full: the server's CA (postgres.tls.caSecret) is mounted at
+     this path in the apps that connect directly and in the sidecars of the state store. */}}
+{{- define "taskevents.postgresCaDir" -}}/etc/taskevents/postgres-ca{{- end -}}
+{{- define "taskevents.postgresCaFile" -}}{{ include "taskevents.postgresCaDir" . }}/ca.crt{{- end -}}
+
+{{/* The state store's CA file, as state.postgresql metadata (empty without postgres.tls). */}}
+{{- define "taskevents.postgresTlsMetadata" -}}
+{{- if .Values.postgres.tls.verifyFull }}
+- name: sslRootCert
+  value: {{ include "taskevents.postgresCaFile" . | quote }}
+{{- end }}
+{{- end -}}
+
+{{/* Environment of a container that connects to Postgres itself (asyncpg reads libpq's
+     PGSSLMODE and PGSSLROOTCERT; an sslmode in DATABASE_URL still wins). */}}
+{{- define "taskevents.postgresTlsEnv" -}}
+{{- if .Values.postgres.tls.verifyFull }}
+- name: PGSSLMODE
+  value: verify-full
+- name: PGSSLROOTCERT
+  value: {{ include "taskevents.postgresCaFile" . | quote }}
+{{- end }}
+{{- end -}}
+
+{{- define "taskevents.postgresCaVolumeMount" -}}
+{{- if .Values.postgres.tls.verifyFull }}
+- name: postgres-ca
+  mountPath: {{ include "taskevents.postgresCaDir" . }}
+  readOnly: true
+{{- end }}
+{{- end -}}
+
+{{- define "taskevents.postgresCaVolume" -}}
+{{- $tls := .Values.postgres.tls -}}
+{{- if $tls.verifyFull }}
+- name: postgres-ca
+  secret:
+    secretName: {{ required "postgres.tls.caSecret.name is required with postgres.tls.verifyFull" $tls.caSecret.name }}
+    items:
+      - {key: {{ $tls.caSecret.key }}, path: ca.crt}
 {{- end }}
 {{- end -}}
 

@@ -170,7 +170,11 @@ def test_helm_lint_passes_strictly(helm: str, values: str) -> None:
 @pytest.mark.parametrize(
     ("setting", "complaint"),
     [("services.audit.prot=1", "additional properties 'prot'"),
-     ("kafka.authType=sasl", "/kafka/authType")],
+     ("kafka.authType=sasl", "/kafka/authType"),
+     # Dapr's own spelling would reach Kafka as PLAIN from a chart that maps Kafka's names.
+     ("kafka.saslMechanism=SHA-512", "/kafka/saslMechanism"),
+     ("postgres.tls.verifyFull=true", "/postgres/tls/caSecret/name"),
+     ("environment=production,sms.provider=log", "/sms/provider")],
 )  # fmt: skip
 def test_values_schema_rejects_misspelled_or_invalid_values(
     helm: str, setting: str, complaint: str
@@ -277,8 +281,10 @@ def test_probes_resources_and_security_of_every_service_pod(rendered: tuple[Doc,
         assert security["readOnlyRootFilesystem"] is True
         assert security["allowPrivilegeEscalation"] is False
         assert security["capabilities"] == {"drop": ["ALL"]}
-        # The one writable place: /tmp, an emptyDir.
-        assert container["volumeMounts"] == [{"name": "tmp", "mountPath": "/tmp"}]
+        # The one writable place: /tmp, an emptyDir; anything else is mounted read-only.
+        mounts = container["volumeMounts"]
+        assert mounts[0] == {"name": "tmp", "mountPath": "/tmp"}
+        assert all(m.get("readOnly") is True for m in mounts[1:])
         assert pod["volumes"][0]["emptyDir"]
         assert pod["serviceAccountName"] in accounts
         assert pod["terminationGracePeriodSeconds"] >= 30
@@ -408,8 +414,23 @@ def test_kafka_credentials_and_tls_in_production(helm: str) -> None:
     }
     assert metadata["authType"]["value"] == "password"
     assert metadata["disableTls"]["value"] == "false"
-    assert metadata["saslPassword"]["secretKeyRef"]["key"] == "kafka-sasl-password"
-    assert metadata["caCert"]["secretKeyRef"]["key"] == "kafka-ca-cert"
+    assert metadata["saslMechanism"]["value"] == "SHA-512"  # Dapr's name of SCRAM-SHA-512
+    # The credentials and the CA from Secrets of their own (kafka.saslSecret, tls.caSecret).
+    assert metadata["saslUsername"]["secretKeyRef"] == {
+        "name": "taskevents-kafka-user",
+        "key": "username",
+    }
+    assert metadata["saslPassword"]["secretKeyRef"] == {
+        "name": "taskevents-kafka-user",
+        "key": "password",
+    }
+    assert metadata["caCert"]["secretKeyRef"] == {"name": "taskevents-kafka-ca", "key": "ca.crt"}
+    websocket = {
+        m["name"]: m
+        for m in of_kind(documents, "Component")["websocket-pubsub"]["spec"]["metadata"]
+    }
+    for name in ("saslUsername", "saslPassword", "caCert", "disableTls", "saslMechanism"):
+        assert websocket[name] == metadata[name]
     # Every secret comes from Secrets made outside Helm; no in-chart infrastructure.
     assert not of_kind(documents, "Secret")
     assert not of_kind(documents, "StatefulSet")
@@ -418,6 +439,93 @@ def test_kafka_credentials_and_tls_in_production(helm: str) -> None:
     for deployment in deployments.values():
         env = {e["name"]: e for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
         assert env["TASKEVENTS_ENV"]["value"] == "production"
+
+
+def test_kafka_credentials_from_the_charts_secret_without_secrets_of_their_own(helm: str) -> None:
+    result = subprocess.run(
+        [helm, "template", RELEASE, str(CHART), "-f", str(VALUES["minikube"]),
+         "--set", "kafka.authType=password,kafka.saslUsername=tasks,kafka.tls.enabled=true",
+         "--set", "kafka.tls.caCert=true,kafka.saslMechanism=SCRAM-SHA-256"],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    documents = tuple(d for d in yaml.safe_load_all(result.stdout) if d)
+    metadata = {
+        m["name"]: m for m in of_kind(documents, "Component")["kafka-pubsub"]["spec"]["metadata"]
+    }
+    secret = f"{RELEASE}-secrets"
+    assert metadata["saslUsername"]["value"] == "tasks"
+    assert metadata["saslPassword"]["secretKeyRef"] == {
+        "name": secret,
+        "key": "kafka-sasl-password",
+    }
+    assert metadata["caCert"]["secretKeyRef"] == {"name": secret, "key": "kafka-ca-cert"}
+    assert metadata["saslMechanism"]["value"] == "SHA-256"
+
+
+def postgres_clients(documents: tuple[Doc, ...]) -> dict[str, Doc]:
+    """The pod specs that hold DATABASE_URL: services and the migration Job."""
+    pods = {
+        name: d["spec"]["template"]
+        for name, d in {**of_kind(documents, "Deployment"), **of_kind(documents, "Job")}.items()
+    }
+    return {
+        name: pod
+        for name, pod in pods.items()
+        if any(
+            e["name"] == "DATABASE_URL" for c in pod["spec"]["containers"] for e in c.get("env", [])
+        )
+    }
+
+
+def test_postgres_verify_full_with_the_ca_from_its_secret_in_production(helm: str) -> None:
+    documents = render(helm, "production")
+    clients = postgres_clients(documents)
+    assert {"audit-log-service", "recurring-task-service", "notification-service"} <= set(clients)
+    assert any(name.endswith("-audit-migrate") for name in clients)
+    for name, pod in clients.items():
+        [container] = pod["spec"]["containers"]
+        env = {e["name"]: e.get("value") for e in container["env"]}
+        assert env["PGSSLMODE"] == "verify-full", name
+        mounts = {m["name"]: m for m in container["volumeMounts"]}
+        volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
+        mount = mounts["postgres-ca"]
+        assert mount["readOnly"] is True
+        assert env["PGSSLROOTCERT"] == f"{mount['mountPath']}/ca.crt", name
+        assert volumes["postgres-ca"]["secret"] == {
+            "secretName": "taskevents-postgres-ca",
+            "items": [{"key": "ca.crt", "path": "ca.crt"}],
+        }
+    # The state store's sidecar: the same CA mounted into daprd, named in the component.
+    store = {
+        m["name"]: m for m in of_kind(documents, "Component")["statestore"]["spec"]["metadata"]
+    }
+    notification = clients["notification-service"]
+    annotations = notification["metadata"]["annotations"]
+    volume, path = annotations["dapr.io/volume-mounts"].split(":")
+    assert volume == "postgres-ca"
+    assert store["sslRootCert"]["value"] == f"{path}/ca.crt"
+    assert annotations["dapr.io/env"] == "PGSSLMODE=verify-full"
+
+
+def test_postgres_tls_and_sms_are_off_by_default(helm: str) -> None:
+    documents = render(helm, "minikube")
+    clients = postgres_clients(documents)
+    assert {"audit-log-service", "recurring-task-service", "notification-service"} <= set(clients)
+    for name, pod in clients.items():
+        [container] = pod["spec"]["containers"]
+        assert "PGSSLMODE" not in {e["name"] for e in container["env"]}, name
+        assert "postgres-ca" not in {v["name"] for v in pod["spec"]["volumes"]}, name
+        assert "dapr.io/volume-mounts" not in pod["metadata"].get("annotations", {}), name
+    store = of_kind(documents, "Component")["statestore"]["spec"]["metadata"]
+    assert "sslRootCert" not in {m["name"] for m in store}
+
+
+@pytest.mark.parametrize(("values", "provider"), [("minikube", "none"), ("production", "twilio")])
+def test_the_sms_provider_is_a_value_of_the_chart(helm: str, values: str, provider: str) -> None:
+    deployment = of_kind(render(helm, values), "Deployment")["notification-service"]
+    env = deployment["spec"]["template"]["spec"]["containers"][0]["env"]
+    assert [e["value"] for e in env if e["name"] == "NOTIFY_SMS_PROVIDER"] == [provider]
 
 
 def test_minikube_runs_its_own_broker_database_and_mail_catcher(helm: str) -> None:
