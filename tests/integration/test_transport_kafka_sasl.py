@@ -1,7 +1,8 @@
 """The event flow over a Kafka broker that only speaks SASL_SSL (SCRAM-SHA-512 over TLS,
 a CA and SCRAM users made here): an event published through one sidecar reaches
 audit-log-service beside another and lands in its table, and is on the topic for a direct
-client (taskevents.kafka's settings); a wrong password is refused, clearly."""
+client (taskevents.kafka's settings, as the ops console reads it); a wrong password is
+refused, clearly."""
 
 from __future__ import annotations
 
@@ -18,6 +19,8 @@ import pytest_asyncio
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaConnectionError
 
+from ops_console.adapters.kafka import KafkaBroker
+from ops_console.ports import ServiceUnavailableError
 from taskevents.events import TaskEvent
 from taskevents_cli.devrun import RunningApp, start_app
 from tests.support.certificates import make_ca
@@ -187,3 +190,23 @@ async def test_a_sidecar_that_does_not_trust_the_brokers_certificate_refuses_to_
     message = refusal_at_start(app)
     assert "Fatal error from runtime: process component kafka-pubsub error" in message, message
     assert "x509: certificate signed by unknown authority" in message, message
+
+
+async def test_the_ops_console_reads_the_topic_over_sasl_ssl(broker: SaslKafkaBroker) -> None:
+    producer = AIOKafkaProducer(**broker.client_settings().client_options())
+    await producer.start()
+    try:
+        await producer.send_and_wait(TOPIC, b"{}", key=b"console")
+    finally:
+        await producer.stop()
+    console = KafkaBroker(broker.client_settings(), topics=[TOPIC], timeout_seconds=5.0)
+    try:
+        assert await console.depth(TOPIC) >= 1
+    finally:
+        await console.close()
+    wrong = KafkaBroker(
+        broker.client_settings(password="not-the-password"), topics=[TOPIC], timeout_seconds=5.0
+    )
+    with pytest.raises(ServiceUnavailableError, match=r"kafka at .*"):
+        await wrong.depth(TOPIC)
+    await wrong.close()

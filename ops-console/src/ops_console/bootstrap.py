@@ -22,6 +22,7 @@ from ops_console.sampler import Sampler
 from ops_console.settings import Settings, SidecarTarget
 from taskevents.auth import TokenVerifier, start_verifier
 from taskevents.background import in_background
+from taskevents.kafka import KafkaSettings
 from taskevents.web import ReadinessCheck, RunningServices, services_of, sidecar_check
 
 
@@ -68,7 +69,7 @@ async def bootstrap(settings: Settings) -> AsyncIterator[Services]:
         )
         stack.push_async_callback(invoker.close)
         broker = KafkaBroker(
-            settings.kafka_brokers,
+            KafkaSettings(brokers=settings.kafka_brokers),
             topics=[settings.topic, settings.dead_letter_topic],
             timeout_seconds=settings.request_timeout_seconds,
         )

@@ -12,6 +12,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 
 from ops_console.lag import LagSample, PartitionLag, app_of_group, partition_lags
 from ops_console.ports import ServiceUnavailableError
+from taskevents.kafka import KafkaSettings
 from taskevents.logging import get_logger
 
 log = get_logger(__name__)
@@ -20,8 +21,13 @@ MAX_GROUPS = 100  # a broker shared with many test sessions holds many groups
 
 
 class KafkaBroker:
-    def __init__(self, brokers: str, *, topics: Sequence[str], timeout_seconds: float) -> None:
-        self._brokers = brokers
+    """`kafka`: the client settings (taskevents.kafka: TLS, SASL from KAFKA_* variables)."""
+
+    def __init__(
+        self, kafka: KafkaSettings, *, topics: Sequence[str], timeout_seconds: float
+    ) -> None:
+        self._kafka = kafka
+        self._brokers = kafka.brokers
         self._topics = tuple(topics)
         self._timeout = timeout_seconds
         self._admin: AIOKafkaAdminClient | None = None
@@ -41,11 +47,10 @@ class KafkaBroker:
 
     async def _connected(self) -> tuple[AIOKafkaAdminClient, AIOKafkaConsumer]:
         if self._admin is None or self._consumer is None:
-            admin = AIOKafkaAdminClient(
-                bootstrap_servers=self._brokers, request_timeout_ms=int(self._timeout * 1000)
-            )
+            options = self._kafka.client_options()
+            admin = AIOKafkaAdminClient(**options, request_timeout_ms=int(self._timeout * 1000))
             consumer = AIOKafkaConsumer(
-                bootstrap_servers=self._brokers,
+                **options,
                 enable_auto_commit=False,
                 request_timeout_ms=int(self._timeout * 1000) + 1000,
             )
