@@ -7,6 +7,7 @@ and the generated files (Dapr templates, k8s/) being current."""
 from __future__ import annotations
 
 import copy
+import importlib
 import json
 import os
 import re
@@ -526,6 +527,42 @@ def test_the_sms_provider_is_a_value_of_the_chart(helm: str, values: str, provid
     deployment = of_kind(render(helm, values), "Deployment")["notification-service"]
     env = deployment["spec"]["template"]["spec"]["containers"][0]["env"]
     assert [e["value"] for e in env if e["name"] == "NOTIFY_SMS_PROVIDER"] == [provider]
+
+
+SETTINGS = {
+    "audit-log-service": "audit_log_service.settings",
+    "notification-service": "notification_service.settings",
+    "recurring-task-service": "recurring_task_service.settings",
+    "websocket-service": "websocket_service.settings",
+}
+# What the Secrets an operator makes hold (values-production.yaml's comments), by key.
+SECRET_VALUES = {
+    "database-url": "postgresql://taskevents:not-a-placeholder@db.example.com:5432/taskevents",
+}
+
+
+@pytest.mark.parametrize("app_id", sorted(SETTINGS))
+def test_each_service_starts_with_the_environment_production_gives_it(
+    helm: str, app_id: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The service's own settings, read from the environment the chart gives its container,
+    accept it: every name the chart sets is one the service reads, nothing is a development
+    default in production (the token settings, the SMS provider, placeholders)."""
+    deployment = of_kind(render(helm, "production"), "Deployment")[app_id]
+    [container] = deployment["spec"]["template"]["spec"]["containers"]
+    for item in container["env"]:
+        reference = item.get("valueFrom", {}).get("secretKeyRef")
+        value = (
+            SECRET_VALUES.get(reference["key"], f"{reference['key']}-from-the-operator-" * 2)
+            if reference
+            else item.get("value", "pod-0")
+        )
+        monkeypatch.setenv(item["name"], value)
+    settings = importlib.import_module(SETTINGS[app_id]).Settings()
+    assert settings.environment == "production"
+    assert settings.jwks_url == "https://id.example.com/.well-known/jwks.json"
+    assert settings.jwt_secret.get_secret_value().startswith("websocket-jwt-secret")
+    assert settings.operator_role == "taskevents-operator"
 
 
 def test_minikube_runs_its_own_broker_database_and_mail_catcher(helm: str) -> None:

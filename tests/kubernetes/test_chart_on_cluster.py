@@ -40,9 +40,14 @@ PRODUCTION_SECRETS = {
         "database-url": "postgresql://taskevents:pw@db.example.com:5432/taskevents?sslmode=verify-full",
         "websocket-jwt-secret": "production-jwt-secret-from-the-operator",
         "smtp-password": "smtp-password",
-        "kafka-sasl-password": "kafka-password",
-        "kafka-ca-cert": "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n",
         "twilio-auth-token": "twilio-token",
+    },
+    "taskevents-kafka-user": {"username": "taskevents", "password": "kafka-password"},
+    "taskevents-kafka-ca": {
+        "ca.crt": "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
+    },
+    "taskevents-postgres-ca": {
+        "ca.crt": "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
     },
     "taskevents-dapr-app-token": {"token": "app-token-from-the-operator"},
     "taskevents-dapr-api-token": {"token": "api-token-from-the-operator"},
