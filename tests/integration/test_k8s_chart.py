@@ -23,6 +23,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from taskevents.auth import verifier_from
 from tests.support.stack import ROOT
 from tests.unit.test_k8s_dockerfiles import dockerfile
 
@@ -561,8 +562,20 @@ def test_each_service_starts_with_the_environment_production_gives_it(
     settings = importlib.import_module(SETTINGS[app_id]).Settings()
     assert settings.environment == "production"
     assert settings.jwks_url == "https://id.example.com/.well-known/jwks.json"
-    assert settings.jwt_secret.get_secret_value().startswith("websocket-jwt-secret")
     assert settings.operator_role == "taskevents-operator"
+    # Beside the identity provider no shared key: nobody mints tokens with a Secret's value.
+    assert not verifier_from(settings).has_shared_key
+
+
+def test_without_a_jwks_every_service_gets_the_shared_key(helm: str) -> None:
+    for app_id in SETTINGS:
+        deployment = of_kind(render(helm, "minikube"), "Deployment")[app_id]
+        env = {e["name"]: e for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
+        assert env["TASKEVENTS_JWT_SECRET"]["valueFrom"]["secretKeyRef"] == {
+            "name": f"{RELEASE}-secrets",
+            "key": "websocket-jwt-secret",
+        }
+        assert "TASKEVENTS_JWKS_URL" not in env
 
 
 def test_minikube_runs_its_own_broker_database_and_mail_catcher(helm: str) -> None:
