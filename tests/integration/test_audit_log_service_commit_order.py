@@ -22,6 +22,7 @@ from taskevents.postgres import (
     SchemaStatus,
     close_pool,
     create_pool,
+    load_migrations,
     migrate,
     packaged_migrations,
 )
@@ -30,6 +31,7 @@ from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.integration
 
+COMMIT_ORDER_MIGRATION = 6  # 0006_commit_order.sql
 WAITING_FOR_THE_COMMIT_ORDER_LOCK = """
 SELECT count(*) FROM pg_locks
  WHERE locktype = 'advisory' AND NOT granted AND database = (
@@ -149,3 +151,44 @@ async def test_a_batch_is_numbered_only_after_the_one_before_has_ended(database:
     finally:
         await holder.close()
         await close_pool(pool)
+
+
+async def test_rows_stored_before_the_migration_are_numbered_in_the_order_received(
+    stack: Stack,
+) -> None:
+    migrations = load_migrations(packaged_migrations("audit_log_service"))
+    before = [m for m in migrations if m.version < COMMIT_ORDER_MIGRATION]
+    async with scratch_database(stack, "audit_commit_order_upgrade") as dsn:
+        connection = await asyncpg.connect(dsn)
+        try:
+            for migration in before:
+                await connection.execute(migration.sql)
+            # Stored by an older release: received in the order old, middle, new.
+            for n, event_id in enumerate(["old", "middle", "new"]):
+                received = datetime.now(UTC) + timedelta(seconds=n)
+                await connection.execute(
+                    "INSERT INTO audit_event_ids (event_id, received_at) VALUES ($1, $2)",
+                    event_id, received,
+                )  # fmt: skip
+                await connection.execute(
+                    "INSERT INTO audit_events (event_id, type, task_id, user_id, occurred_at,"
+                    " received_at) VALUES ($1, 'task.created', 't', 'u', $2, $3)",
+                    event_id, received - timedelta(days=n), received,
+                )  # fmt: skip
+            for migration in migrations:
+                if migration.version >= COMMIT_ORDER_MIGRATION:
+                    await connection.execute(migration.sql)
+            numbered = await connection.fetch(
+                "SELECT e.event_id, e.commit_seq, i.commit_seq AS id_seq FROM audit_events e"
+                " JOIN audit_event_ids i USING (event_id) ORDER BY e.commit_seq"
+            )
+            later = await connection.fetchval(
+                "INSERT INTO audit_events (event_id, type, task_id, user_id, occurred_at)"
+                " VALUES ('later', 'task.created', 't', 'u', now()) RETURNING commit_seq"
+            )
+        finally:
+            await connection.close()
+    assert [(r["event_id"], r["commit_seq"], r["id_seq"]) for r in numbered] == [
+        ("old", 1, 1), ("middle", 2, 2), ("new", 3, 3),
+    ]  # fmt: skip
+    assert later == 4

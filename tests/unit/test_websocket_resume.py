@@ -10,9 +10,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import httpx
 import pytest
 
 from taskevents.events import TaskEvent
+from websocket_service.adapters.audit_log import DaprAuditLog
 from websocket_service.api.stream import choose_subprotocol
 from websocket_service.frames import (
     ChangeSubscription,
@@ -304,3 +306,63 @@ def test_a_batch_holds_the_frames_unchanged_and_replays_are_marked() -> None:
     assert (batch["v"], batch["kind"]) == (1, "batch")
     assert [f["event"]["event_id"] for f in batch["frames"]] == ["e1", "e2"]
     assert [f.get("replayed", False) for f in batch["frames"]] == [False, True]
+
+
+# --- the audit log adapter's paging, against a fake GET /audit/events ----------------------
+
+
+def fake_audit_api(stored: list[TaskEvent], asked: list[dict[str, str]]) -> httpx.MockTransport:
+    """Commit order is the list order; seq = position + 1; the anchor must be stored."""
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        params = dict(request.url.params)
+        asked.append(params)
+        limit = int(params["limit"])
+        if "after_event_id" in params:
+            seqs = [n + 1 for n, e in enumerate(stored) if e.event_id == params["after_event_id"]]
+            if not seqs:
+                return httpx.Response(404, json={"detail": "event x is not in the audit log"})
+            after = seqs[0]
+        else:
+            after = int(params["after_seq"])
+        page = stored[after : after + limit]
+        items = [{**json.loads(e.to_json()), "seq": after + n + 1} for n, e in enumerate(page)]
+        return httpx.Response(
+            200, json={"items": items, "next_cursor": None, "next_after_seq": after + len(page)}
+        )
+
+    return httpx.MockTransport(answer)
+
+
+async def test_the_adapter_pages_by_seq_from_the_anchor_until_a_short_page() -> None:
+    stored = [event(f"e{n}") for n in range(1200)]
+    asked: list[dict[str, str]] = []
+    audit = DaprAuditLog(dapr_http_port=1, transport=fake_audit_api(stored, asked))
+
+    everything = await audit.history_after("ada", "e5", max_events=2000, bearer_token=TOKEN)
+    first = await audit.history_after("ada", "e5", max_events=600, bearer_token=TOKEN)
+    unknown = await audit.history_after("ada", "nope", max_events=10, bearer_token=TOKEN)
+    await audit.close()
+
+    assert ids(everything.events) == ids(stored[6:])
+    assert (everything.found_anchor, everything.truncated) == (True, False)
+    assert ids(first.events) == ids(stored[6:606])
+    assert first.truncated
+    assert not unknown.found_anchor
+    assert [{k: v for k, v in a.items() if k != "user_id"} for a in asked[:4]] == [
+        {"limit": "500", "after_event_id": "e5"},
+        {"limit": "500", "after_seq": "506"},
+        {"limit": "500", "after_seq": "1006"},
+        {"limit": "500", "after_event_id": "e5"},  # 601 wanted: 500, then 101
+    ]
+    assert asked[4] == {"limit": "101", "after_seq": "506", "user_id": "ada"}
+
+
+async def test_an_audit_log_without_commit_order_is_reported_unavailable() -> None:
+    def older_release(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(422, json={"detail": [{"loc": ["query", "after_event_id"]}]})
+
+    audit = DaprAuditLog(dapr_http_port=1, transport=httpx.MockTransport(older_release))
+    with pytest.raises(AuditUnavailableError, match="answered 422"):
+        await audit.history_after("ada", "e1", max_events=10, bearer_token=TOKEN)
+    await audit.close()

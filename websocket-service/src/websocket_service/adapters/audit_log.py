@@ -25,10 +25,13 @@ class DaprAuditLog:
         app_id: str = "audit-log-service",
         timeout_seconds: float = 5.0,
         dapr_api_token: str | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,  # tests: a fake audit API
     ) -> None:
         self._url = f"http://127.0.0.1:{dapr_http_port}/v1.0/invoke/{app_id}/method/audit/events"
         headers = {"dapr-api-token": dapr_api_token} if dapr_api_token else {}
-        self._http = httpx.AsyncClient(timeout=timeout_seconds, headers=headers)
+        self._http = httpx.AsyncClient(
+            timeout=timeout_seconds, headers=headers, transport=transport
+        )
 
     async def close(self) -> None:
         await self._http.aclose()
