@@ -164,16 +164,11 @@ def events_query(where: EventFilter) -> tuple[str, list[object]]:
     sql_where = _Where()
     sql_where.equal(EVENT_FILTER_COLUMNS, where)
     sql_where.time_range("occurred_at", where.since, where.until)
+    order = "occurred_at DESC, event_id DESC"
     if where.after_seq is not None:
         sql_where.conditions.append(f"commit_seq > {sql_where.param(where.after_seq)}")
-        clause = sql_where.clause()
-        limit = sql_where.param(where.limit)
-        sql = (
-            f"SELECT {EVENT_COLUMNS} FROM audit_events{clause}"  # noqa: S608 (fixed names)
-            f" ORDER BY commit_seq LIMIT {limit}"
-        )
-        return sql, sql_where.args
-    if where.after is not None:
+        order = "commit_seq"
+    elif where.after is not None:
         occurred_at = sql_where.param(where.after.occurred_at)
         event_id = sql_where.param(where.after.event_id)
         sql_where.conditions.append(f"(occurred_at, event_id) < ({occurred_at}, {event_id})")
@@ -181,7 +176,7 @@ def events_query(where: EventFilter) -> tuple[str, list[object]]:
     limit = sql_where.param(where.limit)
     sql = (
         f"SELECT {EVENT_COLUMNS} FROM audit_events{clause}"  # noqa: S608 (fixed names)
-        f" ORDER BY occurred_at DESC, event_id DESC LIMIT {limit}"
+        f" ORDER BY {order} LIMIT {limit}"
     )
     return sql, sql_where.args
 
