@@ -432,8 +432,15 @@ async def test_resume_after_a_restart_replays_the_gap_once_then_goes_live(
     unique: str,
 ) -> None:  # fmt: skip
     user, task = f"user-{unique}", f"task-{unique}"  # one task: one partition, one order
-    # 0-2 live, 3-5 missed while down, 6-7 live after the resume, 8 a last marker.
+    # 0-2 live, 3-5 missed while down, 6-7 live after the resume, 8 a last marker. The last
+    # one seen is back-dated (a recurring catch-up): by timestamp, 0 and 1 come after it.
     events = [event_for(user, task, f"e{n}") for n in range(9)]
+    events[2] = TaskEvent.create(
+        EventType.TASK_RECURRING_TRIGGERED,
+        task_id=task,
+        user_id=user,
+        timestamp=events[2].timestamp - timedelta(days=30),
+    )
     client = await connect(ws_url(live[1], hs_token(user, **JWKS_CLAIMS)))
     for event in events[:3]:
         await live.publisher.publish(event)
@@ -569,15 +576,16 @@ async def test_a_resume_asks_the_audit_log_with_the_clients_own_token(
 async def test_a_client_dropping_out_mid_stream_gets_every_event_of_many_tasks_once(
     live: LiveStack, unique: str
 ) -> None:
-    """Twelve tasks (spread over the topic's partitions), a back-dated event among them (as
-    a recurring catch-up publishes), published while the client drops out twice in the
-    middle of the stream and resumes: in the end it has every event once, each task's in
+    """Twelve tasks (spread over the topic's partitions) and a back-dated event (as a
+    recurring catch-up publishes) in one stream; the client drops out twice and resumes:
+    once in the middle of the stream, once right after the back-dated event (by timestamp,
+    everything else sorts after it). In the end it has every event once, each task's in
     order."""
     user = f"user-{unique}"
     token = hs_token(user, **JWKS_CLAIMS)
     tasks = [f"task-{unique}-{n}" for n in range(12)]
     events = [event_for(user, tasks[n % 12], f"m{n}") for n in range(150)]
-    events[70] = TaskEvent.create(
+    back_dated = events[70] = TaskEvent.create(
         EventType.TASK_RECURRING_TRIGGERED,
         task_id=tasks[70 % 12],
         user_id=user,
@@ -585,25 +593,38 @@ async def test_a_client_dropping_out_mid_stream_gets_every_event_of_many_tasks_o
         payload={"title": "caught up"},
     )
     clients = [await connect(ws_url(live[1], token))]
+    go_on = asyncio.Event()
+
+    async def publish(chunk: list[TaskEvent]) -> None:
+        for event in chunk:
+            await live.publisher.publish(event)
+            await asyncio.sleep(0.01)  # a stream, not a burst: the drop-out lands inside it
 
     async def publish_all() -> None:
-        for event in events:
-            await live.publisher.publish(event)
-            await asyncio.sleep(0.01)  # a stream, not a burst: the drop-outs land inside it
-
-    publishing = asyncio.create_task(publish_all())
+        await publish(events[:70])
+        await go_on.wait()
+        await publish(events[71:])
 
     def received() -> list[str]:
         return [i for c in clients for i in c.event_ids]
 
-    def at_least(count: int) -> Callable[[], bool]:
-        return lambda: len(received()) >= count
+    def has(wanted: list[TaskEvent]) -> Callable[[], bool]:
+        return lambda: set(received()) >= {e.event_id for e in wanted}
 
-    for count in (20, 40):
-        await until(at_least(count), timeout=60, what="more events", check=live[1].check_alive)
+    async def drop_out_and_resume() -> None:
         await clients[-1].close()
         last_seen = clients[-1].event_ids[-1]
         clients.append(await connect(ws_url(live[1], token, last_event_id=last_seen)))
+
+    publishing = asyncio.create_task(publish_all())
+    await until(lambda: len(received()) >= 20, timeout=60, check=live[1].check_alive)
+    await drop_out_and_resume()  # mid-stream
+    await until(has(events[:70]), timeout=60, check=live[1].check_alive)
+    await live.publisher.publish(back_dated)
+    await until(has([back_dated]), timeout=60, check=live[1].check_alive)
+    assert clients[-1].event_ids[-1] == back_dated.event_id
+    go_on.set()
+    await drop_out_and_resume()  # after the back-dated event, while the stream goes on
     await asyncio.wait_for(publishing, 60)
 
     await until(
