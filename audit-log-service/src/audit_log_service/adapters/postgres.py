@@ -46,7 +46,9 @@ DEAD_LETTER_FILTER_COLUMNS = ("status", "original_topic", "type")
 # A whole batch in one statement: the ids are claimed in audit_event_ids (see migration
 # 0003) and only the rows whose id was claimed here are written, in the same transaction.
 # DISTINCT ON drops an id repeated inside the batch (a redelivery in the same batch). Each
-# claimed id gets its commit_seq (migration 0006) in the order of the batch.
+# id gets its commit_seq (migration 0006) in the order of the batch, straight from the
+# sequence: the statement runs after COMMIT_ORDER_LOCK, in the same transaction (the column
+# default, audit_events_next_commit_seq(), takes the lock itself, for any other writer).
 INSERT_EVENTS = """
 WITH batch AS (
     SELECT DISTINCT ON (event_id) *
@@ -58,7 +60,7 @@ WITH batch AS (
      ORDER BY event_id, n
 ), claimed AS (
     INSERT INTO audit_event_ids (event_id, commit_seq)
-    SELECT event_id, audit_events_next_commit_seq() FROM batch ORDER BY n
+    SELECT event_id, nextval('audit_events_commit_seq') FROM batch ORDER BY n
     ON CONFLICT (event_id) DO NOTHING
     RETURNING event_id, commit_seq
 )
