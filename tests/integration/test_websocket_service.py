@@ -17,8 +17,9 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
+from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -431,8 +432,15 @@ async def test_resume_after_a_restart_replays_the_gap_once_then_goes_live(
     unique: str,
 ) -> None:  # fmt: skip
     user, task = f"user-{unique}", f"task-{unique}"  # one task: one partition, one order
-    # 0-2 live, 3-5 missed while down, 6-7 live after the resume, 8 a last marker.
+    # 0-2 live, 3-5 missed while down, 6-7 live after the resume, 8 a last marker. The last
+    # one seen is back-dated (a recurring catch-up): by timestamp, 0 and 1 come after it.
     events = [event_for(user, task, f"e{n}") for n in range(9)]
+    events[2] = TaskEvent.create(
+        EventType.TASK_RECURRING_TRIGGERED,
+        task_id=task,
+        user_id=user,
+        timestamp=events[2].timestamp - timedelta(days=30),
+    )
     client = await connect(ws_url(live[1], hs_token(user, **JWKS_CLAIMS)))
     for event in events[:3]:
         await live.publisher.publish(event)
@@ -529,11 +537,14 @@ async def test_a_resume_asks_the_audit_log_with_the_clients_own_token(
         dapr_api_token=live.stack.dapr_api_token,
     )
     try:
-        history = await audit.history_until(
+        history = await audit.history_after(
             user, events[0].event_id, max_events=10, bearer_token=user_token
         )
+        unknown = await audit.history_after(
+            user, f"never-published-{unique}", max_events=10, bearer_token=user_token
+        )
         with pytest.raises(AuditUnavailableError, match="answered 403"):
-            await audit.history_until(
+            await audit.history_after(
                 user,
                 events[0].event_id,
                 max_events=10,
@@ -542,7 +553,8 @@ async def test_a_resume_asks_the_audit_log_with_the_clients_own_token(
     finally:
         await audit.close()
     assert history.found_anchor
-    assert [e.event_id for e in reversed(history.newest_first)] == [e.event_id for e in events]
+    assert [e.event_id for e in history.events] == [e.event_id for e in events[1:]]
+    assert not unknown.found_anchor
 
     # The socket: a user's resume and an operator's watch-all resume both complete.
     resumed = await connect(ws_url(live[1], user_token, last_event_id=events[0].event_id))
@@ -559,6 +571,84 @@ async def test_a_resume_asks_the_audit_log_with_the_clients_own_token(
     ]
     await resumed.close()
     await watching.close()
+
+
+async def test_a_client_dropping_out_mid_stream_gets_every_event_of_many_tasks_once(
+    live: LiveStack, unique: str
+) -> None:
+    """Twelve tasks (spread over the topic's partitions) and a back-dated event (as a
+    recurring catch-up publishes) in one stream; the client drops out twice and resumes:
+    once in the middle of the stream, once right after the back-dated event (by timestamp,
+    everything else sorts after it). In the end it has every event once, each task's in
+    order."""
+    user = f"user-{unique}"
+    token = hs_token(user, **JWKS_CLAIMS)
+    tasks = [f"task-{unique}-{n}" for n in range(12)]
+    events = [event_for(user, tasks[n % 12], f"m{n}") for n in range(150)]
+    back_dated = events[70] = TaskEvent.create(
+        EventType.TASK_RECURRING_TRIGGERED,
+        task_id=tasks[70 % 12],
+        user_id=user,
+        timestamp=events[70].timestamp - timedelta(days=30),
+        payload={"title": "caught up"},
+    )
+    clients = [await connect(ws_url(live[1], token))]
+    go_on = asyncio.Event()
+
+    async def publish(chunk: list[TaskEvent]) -> None:
+        for event in chunk:
+            await live.publisher.publish(event)
+            await asyncio.sleep(0.01)  # a stream, not a burst: the drop-out lands inside it
+
+    async def publish_all() -> None:
+        await publish(events[:70])
+        await go_on.wait()
+        await publish(events[71:])
+
+    def received() -> list[str]:
+        return [i for c in clients for i in c.event_ids]
+
+    def has(wanted: list[TaskEvent]) -> Callable[[], bool]:
+        return lambda: set(received()) >= {e.event_id for e in wanted}
+
+    async def drop_out_and_resume() -> None:
+        await clients[-1].close()
+        last_seen = clients[-1].event_ids[-1]
+        clients.append(await connect(ws_url(live[1], token, last_event_id=last_seen)))
+
+    publishing = asyncio.create_task(publish_all())
+    await until(lambda: len(received()) >= 20, timeout=60, check=live[1].check_alive)
+    await drop_out_and_resume()  # mid-stream
+    await until(has(events[:70]), timeout=60, check=live[1].check_alive)
+    await live.publisher.publish(back_dated)
+    await until(has([back_dated]), timeout=60, check=live[1].check_alive)
+    assert clients[-1].event_ids[-1] == back_dated.event_id
+    go_on.set()
+    await drop_out_and_resume()  # after the back-dated event, while the stream goes on
+    await asyncio.wait_for(publishing, 60)
+
+    await until(
+        lambda: set(received()) >= {e.event_id for e in events},
+        timeout=60, what="every event", check=live[1].check_alive,
+    )  # fmt: skip
+    # One marker per task, published last: a late duplicate of a task's event would come
+    # before its marker (one task, one partition, one order).
+    markers = [event_for(user, task, "marker") for task in tasks]
+    for marker in markers:
+        await live.publisher.publish(marker)
+    await until(
+        lambda: set(received()) >= {m.event_id for m in markers},
+        timeout=60, what="the markers", check=live[1].check_alive,
+    )  # fmt: skip
+    ids = received()
+    assert sorted(ids) == sorted(e.event_id for e in [*events, *markers])  # each once
+    for task in tasks:
+        of_task = [e.event_id for e in [*events, *markers] if e.task_id == task]
+        assert [i for i in ids if i in set(of_task)] == of_task
+    statuses = [c.of_kind("resume")[0] for c in clients[1:]]
+    assert [s["status"] for s in statuses] == ["complete", "complete"], statuses
+    assert events[70].event_id in ids
+    await clients[-1].close()
 
 
 async def test_when_the_audit_log_cannot_answer_the_client_is_told_and_live_flows(

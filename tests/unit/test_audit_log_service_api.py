@@ -72,6 +72,10 @@ class FakeAudit:
         self.queries.append((task_id, limit))
         return [stored_event("e-1", task_id=task_id)]
 
+    async def commit_seq_of(self, event_id: str, user_id: str | None) -> int | None:
+        self.queries.append(("seq of", event_id, user_id))
+        return {"e-7": 7}.get(event_id) if user_id in (None, "user-1") else None
+
     async def event_stats(
         self, since: datetime, until: datetime, user_id: str | None = None
     ) -> EventStats:
@@ -127,7 +131,7 @@ def stored_dead_letter(letter_id: int, raw: str) -> StoredDeadLetter:
     )
 
 
-def stored_event(event_id: str, task_id: str = "task-1") -> StoredEvent:
+def stored_event(event_id: str, task_id: str = "task-1", seq: int = 1) -> StoredEvent:
     return StoredEvent(
         event_id=event_id,
         type="task.created",
@@ -141,6 +145,7 @@ def stored_event(event_id: str, task_id: str = "task-1") -> StoredEvent:
         schema_version=1,
         kafka_partition=None,
         kafka_offset=None,
+        seq=seq,
     )
 
 
@@ -235,10 +240,41 @@ async def test_pages_end_with_a_cursor_while_more_rows_follow(
     assert audit.queries == [EventFilter(limit=2)]
 
 
+async def test_commit_order_pages_from_a_seq_or_a_stored_event(
+    client: httpx.AsyncClient, audit: FakeAudit
+) -> None:
+    by_seq = await client.get("/audit/events", params={"after_seq": 0, "user_id": "user-1"})
+    by_event = await client.get("/audit/events", params={"after_event_id": "e-7", "limit": 3})
+    unknown = await client.get("/audit/events", params={"after_event_id": "e-unknown"})
+
+    assert by_seq.json()["next_after_seq"] == 1  # the fake's row has seq 1
+    assert by_seq.json()["next_cursor"] is None
+    assert by_event.json()["items"][0]["seq"] == 1
+    assert unknown.status_code == 404
+    assert audit.queries == [
+        EventFilter(user_id="user-1", after_seq=0, limit=100),
+        ("seq of", "e-7", None),
+        EventFilter(after_seq=7, limit=3),
+        ("seq of", "e-unknown", None),
+    ]
+
+
+async def test_another_users_event_is_no_position_for_a_user(audit: FakeAudit) -> None:
+    app = create_app(Settings(), bootstrap=bootstrap_of(audit))
+    async with serving(app, headers=bearer("someone-else")) as client:
+        response = await client.get("/audit/events", params={"after_event_id": "e-7"})
+
+    assert response.status_code == 404
+    assert audit.queries == [("seq of", "e-7", "someone-else")]
+
+
 @pytest.mark.parametrize(
     ("params", "field"),
     [
         ({"cursor": "garbage"}, "cursor"),
+        ({"after_seq": 3, "after_event_id": "e-1"}, "at most one of"),
+        ({"after_seq": 3, "cursor": "x"}, "at most one of"),
+        ({"after_seq": -1}, "after_seq"),
         ({"since": "2026-11-22T10:00:00"}, "since"),  # no time zone
         ({"since": "2026-11-22T10:00:00Z", "until": "2026-11-22T09:00:00Z"}, "since must"),
     ],
@@ -400,6 +436,14 @@ def test_time_range_and_cursor_become_a_keyset_condition() -> None:
 
     assert "user_id = $1 AND occurred_at >= $2 AND (occurred_at, event_id) < ($3, $4)" in sql
     assert args == ["u", NOW, NOW, "e-9", 5]
+
+
+def test_commit_order_is_a_seq_condition_oldest_first() -> None:
+    sql, args = events_query(EventFilter(user_id="u", after_seq=41, limit=5))
+
+    assert "WHERE user_id = $1 AND commit_seq > $2" in sql
+    assert sql.endswith("ORDER BY commit_seq LIMIT $3")
+    assert args == ["u", 41, 5]
 
 
 def test_dead_letter_filters_are_parameters_too() -> None:

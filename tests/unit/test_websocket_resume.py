@@ -5,13 +5,16 @@ subprotocol choice and coalesced batches."""
 from __future__ import annotations
 
 import json
+import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import httpx
 import pytest
 
 from taskevents.events import TaskEvent
+from websocket_service.adapters.audit_log import DaprAuditLog
 from websocket_service.api.stream import choose_subprotocol
 from websocket_service.frames import (
     ChangeSubscription,
@@ -34,33 +37,28 @@ def event(
 
 @dataclass
 class FakeAuditLog:
-    """Holds events oldest first; answers like GET /audit/events walked to the anchor."""
+    """Holds events in commit order; answers like GET /audit/events?after_event_id=."""
 
     events: list[TaskEvent] = field(default_factory=list)
     down: bool = False
     asked: list[tuple[str | None, str]] = field(default_factory=list)
     tokens: list[str] = field(default_factory=list)  # the bearer token of each request
 
-    async def history_until(
+    async def history_after(
         self, user_id: str | None, anchor_event_id: str, *, max_events: int, bearer_token: str
     ) -> AuditHistory:
         self.asked.append((user_id, anchor_event_id))
         self.tokens.append(bearer_token)
         if self.down:
             raise AuditUnavailableError("connection refused")
-        newest_first = [e for e in reversed(self.events) if user_id in (None, e.user_id)]
-        taken: list[TaskEvent] = []
-        for item in newest_first:
-            taken.append(item)
-            if item.event_id == anchor_event_id:
-                return AuditHistory(
-                    taken, found_anchor=True, ids=frozenset(e.event_id for e in taken)
-                )
-            if len(taken) > max_events:
-                return AuditHistory(
-                    taken[:max_events], truncated=True, ids=frozenset(e.event_id for e in taken)
-                )
-        return AuditHistory(taken, ids=frozenset(e.event_id for e in taken))
+        mine = [e for e in self.events if user_id in (None, e.user_id)]
+        positions = [n for n, e in enumerate(mine) if e.event_id == anchor_event_id]
+        if not positions:
+            return AuditHistory(found_anchor=False)
+        after = mine[positions[0] + 1 :]
+        return AuditHistory(
+            after[:max_events], found_anchor=True, truncated=len(after) > max_events
+        )
 
 
 TOKEN = "the-clients-own-jwt"
@@ -70,7 +68,23 @@ def ids(events: Sequence[TaskEvent]) -> list[str]:
     return [e.event_id for e in events]
 
 
-async def test_the_catch_up_is_what_follows_the_last_seen_event_oldest_first() -> None:
+async def test_a_replica_that_remembers_the_anchor_replays_what_came_after_it_there() -> None:
+    # Two tasks (two partitions): the audit log committed them in another interleaving than
+    # this replica received them. The client saw a1, b1, a2 here.
+    arrived = [event("a1", task_id="a"), event("b1", task_id="b"), event("a2", task_id="a"),
+               event("b2", task_id="b"), event("a3", task_id="a")]  # fmt: skip
+    audit = FakeAuditLog([arrived[i] for i in (0, 2, 4, 1, 3)])  # a1 a2 a3 b1 b2
+
+    plan = await plan_catch_up(
+        "ada", "a2", audit=audit, latest=arrived, max_events=100, bearer_token=TOKEN
+    )
+
+    # In commit order, "after a2" is a3, b1, b2: b1 a second time. From memory: b2, a3.
+    assert (plan.status, ids(plan.events)) == ("complete", ["b2", "a3"])
+    assert audit.asked == []
+
+
+async def test_without_the_anchor_in_memory_the_audit_log_gives_its_commit_order() -> None:
     audit = FakeAuditLog([event(f"e{n}") for n in range(6)] + [event("x", user_id="bob")])
 
     plan = await plan_catch_up(
@@ -83,19 +97,21 @@ async def test_the_catch_up_is_what_follows_the_last_seen_event_oldest_first() -
 
 
 async def test_events_the_audit_log_has_not_stored_yet_come_from_memory() -> None:
-    audit = FakeAuditLog([event("e1"), event("e2"), event("e3")])
-    latest = [event("e2"), event("e3"), event("e4"), event("e4")]  # e4: not stored yet, twice
+    audit = FakeAuditLog([event("e1"), event("e2"), event("e3"), event("e5")])
+    latest = [event("e3"), event("e2"), event("e4"), event("e4")]  # e4: not stored yet, twice
 
     plan = await plan_catch_up(
         "ada", "e1", audit=audit, latest=latest, max_events=100, bearer_token=TOKEN
     )
 
-    assert (plan.status, ids(plan.events)) == ("complete", ["e2", "e3", "e4"])
+    # e5 only the audit log has (this replica never received it); the others in the order
+    # the live stream had them.
+    assert (plan.status, ids(plan.events)) == ("complete", ["e5", "e3", "e2", "e4"])
 
 
 async def test_a_last_event_only_memory_knows_resumes_from_memory() -> None:
     audit = FakeAuditLog([event("e1")])
-    latest = [event("e1"), event("e2"), event("e3")]
+    latest = [event("e1"), event("e2"), event("e3"), event("e2")]  # e2 redelivered
 
     plan = await plan_catch_up(
         "ada", "e2", audit=audit, latest=latest, max_events=100, bearer_token=TOKEN
@@ -110,13 +126,17 @@ async def test_too_much_missed_is_partial_and_an_unknown_event_replays_nothing()
     too_much = await plan_catch_up(
         "ada", "e0", audit=audit, latest=[], max_events=3, bearer_token=TOKEN
     )
+    from_memory = await plan_catch_up(
+        "ada", "e0", audit=audit, latest=audit.events, max_events=3, bearer_token=TOKEN
+    )
     unknown = await plan_catch_up(
         "ada", "nope", audit=audit, latest=[], max_events=100, bearer_token=TOKEN
     )
 
-    assert (too_much.status, ids(too_much.events)) == ("partial", ["e7", "e8", "e9"])
-    assert too_much.reason is not None
-    assert "more than 3" in too_much.reason
+    for plan in (too_much, from_memory):
+        assert (plan.status, ids(plan.events)) == ("partial", ["e1", "e2", "e3"])
+        assert plan.reason is not None
+        assert "more than 3" in plan.reason
     assert (unknown.status, unknown.events) == ("partial", [])
     assert unknown.reason is not None
     assert "unknown" in unknown.reason
@@ -126,18 +146,61 @@ async def test_an_audit_log_that_does_not_answer_is_reported() -> None:
     audit = FakeAuditLog(down=True)
 
     plan = await plan_catch_up(
-        "ada",
-        "e1",
-        audit=audit,
-        latest=[event("e1"), event("e2")],
-        max_events=9,
-        bearer_token=TOKEN,
+        "ada", "e1", audit=audit, latest=[event("e2")], max_events=9, bearer_token=TOKEN
     )
 
     assert plan.status == "unavailable"
     assert plan.reason is not None
     assert "did not answer" in plan.reason
-    assert ids(plan.events) == ["e2"]  # what memory had after the anchor
+    assert plan.events == []
+
+
+@pytest.mark.parametrize("seed", range(40))
+@pytest.mark.parametrize("replica", ["remembers", "restarted"])
+async def test_a_client_that_drops_out_anywhere_gets_each_event_once_in_task_order(
+    seed: int, replica: str
+) -> None:
+    """Events of eight tasks arrive interleaved; the audit log commits them in batches in
+    another interleaving (each task's events in order). A client drops out at a random
+    point — live, or during a replay — and resumes, three times; in the end it has every
+    event once, each task's in order. The replica either remembers every event, or it
+    restarted and remembers none (then what the client had came from the audit log too)."""
+    rng = random.Random(seed)
+    queues = {t: [event(f"{t}-{n}", task_id=t) for n in range(rng.randint(1, 8))]
+              for t in "abcdefgh"}  # fmt: skip
+    arrived = _interleave(rng, queues)
+    audit = FakeAuditLog(_interleave(rng, queues))
+    latest = arrived if replica == "remembers" else []
+    stream = arrived if replica == "remembers" else audit.events
+    received = stream[: rng.randint(1, len(stream))]
+    for _ in range(3):
+        plan = await plan_catch_up(
+            "ada", received[-1].event_id, audit=audit, latest=latest,
+            max_events=1000, bearer_token=TOKEN,
+        )  # fmt: skip
+        assert plan.status == "complete"
+        received += plan.events[: rng.randint(1, max(1, len(plan.events)))]
+    plan = await plan_catch_up(
+        "ada", received[-1].event_id, audit=audit, latest=latest,
+        max_events=1000, bearer_token=TOKEN,
+    )  # fmt: skip
+    received += plan.events
+
+    assert sorted(ids(received)) == sorted(ids(arrived))
+    assert len(set(ids(received))) == len(received)
+    for task, events in queues.items():
+        assert [e.event_id for e in received if e.task_id == task] == ids(events)
+
+
+def _interleave(rng: random.Random, queues: dict[str, list[TaskEvent]]) -> list[TaskEvent]:
+    positions = dict.fromkeys(queues, 0)
+    order = []
+    while any(positions[t] < len(q) for t, q in queues.items()):
+        task = rng.choice([t for t, q in queues.items() if positions[t] < len(q)])
+        take = rng.randint(1, 3)
+        order += queues[task][positions[task] : positions[task] + take]
+        positions[task] = min(len(queues[task]), positions[task] + take)
+    return order
 
 
 def decoded(connection: ClientConnection) -> list[Any]:
@@ -243,3 +306,63 @@ def test_a_batch_holds_the_frames_unchanged_and_replays_are_marked() -> None:
     assert (batch["v"], batch["kind"]) == (1, "batch")
     assert [f["event"]["event_id"] for f in batch["frames"]] == ["e1", "e2"]
     assert [f.get("replayed", False) for f in batch["frames"]] == [False, True]
+
+
+# --- the audit log adapter's paging, against a fake GET /audit/events ----------------------
+
+
+def fake_audit_api(stored: list[TaskEvent], asked: list[dict[str, str]]) -> httpx.MockTransport:
+    """Commit order is the list order; seq = position + 1; the anchor must be stored."""
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        params = dict(request.url.params)
+        asked.append(params)
+        limit = int(params["limit"])
+        if "after_event_id" in params:
+            seqs = [n + 1 for n, e in enumerate(stored) if e.event_id == params["after_event_id"]]
+            if not seqs:
+                return httpx.Response(404, json={"detail": "event x is not in the audit log"})
+            after = seqs[0]
+        else:
+            after = int(params["after_seq"])
+        page = stored[after : after + limit]
+        items = [{**json.loads(e.to_json()), "seq": after + n + 1} for n, e in enumerate(page)]
+        return httpx.Response(
+            200, json={"items": items, "next_cursor": None, "next_after_seq": after + len(page)}
+        )
+
+    return httpx.MockTransport(answer)
+
+
+async def test_the_adapter_pages_by_seq_from_the_anchor_until_a_short_page() -> None:
+    stored = [event(f"e{n}") for n in range(1200)]
+    asked: list[dict[str, str]] = []
+    audit = DaprAuditLog(dapr_http_port=1, transport=fake_audit_api(stored, asked))
+
+    everything = await audit.history_after("ada", "e5", max_events=2000, bearer_token=TOKEN)
+    first = await audit.history_after("ada", "e5", max_events=600, bearer_token=TOKEN)
+    unknown = await audit.history_after("ada", "nope", max_events=10, bearer_token=TOKEN)
+    await audit.close()
+
+    assert ids(everything.events) == ids(stored[6:])
+    assert (everything.found_anchor, everything.truncated) == (True, False)
+    assert ids(first.events) == ids(stored[6:606])
+    assert first.truncated
+    assert not unknown.found_anchor
+    assert [{k: v for k, v in a.items() if k != "user_id"} for a in asked[:4]] == [
+        {"limit": "500", "after_event_id": "e5"},
+        {"limit": "500", "after_seq": "506"},
+        {"limit": "500", "after_seq": "1006"},
+        {"limit": "500", "after_event_id": "e5"},  # 601 wanted: 500, then 101
+    ]
+    assert asked[4] == {"limit": "101", "after_seq": "506", "user_id": "ada"}
+
+
+async def test_an_audit_log_without_commit_order_is_reported_unavailable() -> None:
+    def older_release(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(422, json={"detail": [{"loc": ["query", "after_event_id"]}]})
+
+    audit = DaprAuditLog(dapr_http_port=1, transport=httpx.MockTransport(older_release))
+    with pytest.raises(AuditUnavailableError, match="answered 422"):
+        await audit.history_after("ada", "e1", max_events=10, bearer_token=TOKEN)
+    await audit.close()

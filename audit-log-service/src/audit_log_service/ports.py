@@ -74,6 +74,9 @@ class StoredEvent(BaseModel):
     schema_version: int
     kafka_partition: int | None
     kafka_offset: int | None
+    # The audit log's commit order: larger for every row committed later, never reused
+    # (gaps are possible). GET /audit/events?after_seq=N pages by it.
+    seq: int
 
 
 DeadLetterStatus = Literal["new", "replayed", "discarded"]
@@ -120,6 +123,8 @@ class EventFilter:
     since: datetime | None = None  # the event's timestamp, inclusive
     until: datetime | None = None  # exclusive
     after: EventKey | None = None  # the last row of the previous page
+    # Commit order instead of time order: the rows committed after this seq, oldest first.
+    after_seq: int | None = None
     limit: int = 100
 
 
@@ -149,11 +154,17 @@ class EventStats(BaseModel):
 
 class AuditReader(Protocol):
     async def list_events(self, where: EventFilter) -> list[StoredEvent]:
-        """Newest first, at most `where.limit` rows after `where.after`."""
+        """Newest first, at most `where.limit` rows after `where.after`; with
+        `where.after_seq`, the rows committed after it, in commit order."""
         ...
 
     async def task_history(self, task_id: str, limit: int) -> list[StoredEvent]:
         """Oldest first."""
+        ...
+
+    async def commit_seq_of(self, event_id: str, user_id: str | None) -> int | None:
+        """The seq of a stored event (of this user, when one is named); None when there is
+        no such event (or it is another user's)."""
         ...
 
     async def event_stats(

@@ -34,7 +34,7 @@ async def push_event_to_clients(event: TaskEvent, *, fanout: Fanout) -> Outcome:
 
 @dataclass(frozen=True, slots=True)
 class CatchUp:
-    events: list[TaskEvent]  # oldest first, each once
+    events: list[TaskEvent]  # in the order to send them, each once
     status: ResumeStatus
     reason: str | None = None
 
@@ -48,43 +48,68 @@ async def plan_catch_up(
     max_events: int,
     bearer_token: str,
 ) -> CatchUp:
-    """The events after `last_event_id` that a resuming client missed: from the audit log,
-    plus the latest events this replica saw that the audit log has not stored yet (it
-    writes in batches, so the newest can lag behind the live stream)."""
-    from_memory = _after_anchor(latest, last_event_id)
+    """The events after `last_event_id` that a resuming client missed, each once.
+
+    The client received the live stream in the order a replica took the events off the
+    topic, partitions interleaved. `latest` is this replica's memory of that order (the
+    newest events, oldest first). When it holds the anchor, what came after the anchor is
+    exactly what was missed — the audit log is not asked: its commit order interleaves the
+    partitions differently, so "committed after the anchor" would repeat events the client
+    saw just before the anchor and skip some it had not seen yet.
+
+    Otherwise (this replica started after the anchor, or forgot it) the audit log gives the
+    events it committed after the anchor, in commit order (never by timestamp: a back-dated
+    event sorts where it was stored), and every event in `latest` came after the anchor
+    too: those the audit log did not have go last, in the order they arrived."""
+    after = _after_anchor(latest, last_event_id)
+    if after is not None:
+        return _limited(_unique(after), max_events, "in this replica's memory")
     try:
-        history = await audit.history_until(
+        history = await audit.history_after(
             user_id, last_event_id, max_events=max_events, bearer_token=bearer_token
         )
     except AuditUnavailableError as error:
-        reason = f"the audit log did not answer ({error}); live events follow"
-        if from_memory is None:
-            return CatchUp([], "unavailable", reason)
-        return CatchUp(_unique(from_memory), "unavailable", reason + "; recent events replayed")
-    stored = [e for e in reversed(history.newest_first) if e.event_id != last_event_id]
-    if history.found_anchor:
-        candidates = latest if from_memory is None else from_memory
-        unstored = [e for e in candidates if e.event_id not in history.ids]
-        return CatchUp(_unique([*stored, *unstored])[-max_events:], "complete")
-    if from_memory is not None:
-        # The client saw an event the audit log has not stored yet.
-        return CatchUp(_unique(from_memory)[-max_events:], "complete")
-    if history.truncated:
+        return CatchUp([], "unavailable", f"the audit log did not answer ({error}); live follows")
+    if not history.found_anchor:
         return CatchUp(
-            _unique(stored),
-            "partial",
-            f"more than {max_events} events missed; only the newest {max_events} replayed",
+            [], "partial", f"event {last_event_id[:60]} is unknown; nothing replayed, live follows"
         )
+    if history.truncated:
+        return _limited(_unique(history.events), max_events, "in the audit log", truncated=True)
+    events = merge_after_anchor(history.events, latest)
+    return _limited(events, max_events, "in the audit log and this replica's memory")
+
+
+def merge_after_anchor(stored: Sequence[TaskEvent], latest: Sequence[TaskEvent]) -> list[TaskEvent]:
+    """What the audit log committed after the anchor, then what only this replica's memory
+    has (not stored yet), each once. An event in both keeps its place in memory (the order
+    the live stream had), so a client that drops out during the replay and resumes from
+    a replayed event finds it in memory with everything before it sent."""
+    remembered = {e.event_id for e in latest}
+    return _unique([*(e for e in stored if e.event_id not in remembered), *latest])
+
+
+def _limited(
+    events: list[TaskEvent], max_events: int, where: str, *, truncated: bool = False
+) -> CatchUp:
+    if not truncated and len(events) <= max_events:
+        return CatchUp(events, "complete")
     return CatchUp(
-        [], "partial", f"event {last_event_id[:60]} is unknown; nothing replayed, live follows"
+        events[:max_events],
+        "partial",
+        f"more than {max_events} events missed; the first {max_events} {where} replayed, "
+        "then live events; the rest: GET /audit/events?after_event_id=<the last replayed>",
     )
 
 
 def _after_anchor(events: Sequence[TaskEvent], anchor: str) -> list[TaskEvent] | None:
-    """The events after the last occurrence of the anchor, None when it is not there."""
-    for index in range(len(events) - 1, -1, -1):
-        if events[index].event_id == anchor:
-            return [e for e in events[index + 1 :] if e.event_id != anchor]
+    """The events after the anchor, None when it is not there. A connection passes each
+    event id once, so the client had the anchor where it first arrived; a redelivered
+    event that came before the anchor too was seen: it is left out."""
+    for index, event in enumerate(events):
+        if event.event_id == anchor:
+            seen = {e.event_id for e in events[:index]} | {anchor}
+            return [e for e in events[index + 1 :] if e.event_id not in seen]
     return None
 
 

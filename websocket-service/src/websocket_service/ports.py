@@ -4,7 +4,7 @@ log (for what a resuming client missed)."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
 
 from taskevents.events import TaskEvent
@@ -25,13 +25,12 @@ class Fanout(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class AuditHistory:
-    """A user's events from the audit log, newest first, down to (and including) the
-    anchor event when `found_anchor`."""
+    """A user's events that the audit log committed after the anchor event, in its commit
+    order (oldest first), when it has the anchor (`found_anchor`)."""
 
-    newest_first: Sequence[TaskEvent] = ()
+    events: Sequence[TaskEvent] = ()
     found_anchor: bool = False
-    truncated: bool = False  # stopped at the limit before reaching the anchor
-    ids: frozenset[str] = field(default_factory=frozenset)
+    truncated: bool = False  # more than `max_events` follow the anchor; the first are here
 
 
 class AuditUnavailableError(Exception):
@@ -39,11 +38,11 @@ class AuditUnavailableError(Exception):
 
 
 class AuditLog(Protocol):
-    async def history_until(
+    async def history_after(
         self, user_id: str | None, anchor_event_id: str, *, max_events: int, bearer_token: str
     ) -> AuditHistory:
-        """The user's (None: everyone's) events newest first, until the anchor or
-        `max_events`, asked with the client's own token (the audit log applies its rules to
-        it: a user reads their own events, an operator everyone's); AuditUnavailableError
-        when the audit log does not answer or refuses."""
+        """The user's (None: everyone's) events committed after the anchor, oldest first,
+        at most `max_events`, asked with the client's own token (the audit log applies its
+        rules to it: a user reads their own events, an operator everyone's);
+        AuditUnavailableError when the audit log does not answer or refuses."""
         ...

@@ -32,7 +32,7 @@ AUDIT_MIGRATIONS = MigrationLedger(table="audit_schema_migrations", lock_key=0x6
 
 EVENT_COLUMNS = (
     "event_id, type, task_id, user_id, occurred_at, received_at, payload, source, trace_id, "
-    "schema_version, kafka_partition, kafka_offset"
+    "schema_version, kafka_partition, kafka_offset, commit_seq"
 )
 # Only these columns can be filtered on; their names never come from a request.
 EVENT_FILTER_COLUMNS = ("task_id", "user_id", "type")
@@ -45,28 +45,44 @@ DEAD_LETTER_FILTER_COLUMNS = ("status", "original_topic", "type")
 
 # A whole batch in one statement: the ids are claimed in audit_event_ids (see migration
 # 0003) and only the rows whose id was claimed here are written, in the same transaction.
-# DISTINCT ON drops an id repeated inside the batch (a redelivery in the same batch).
+# DISTINCT ON drops an id repeated inside the batch (a redelivery in the same batch). Each
+# id gets its commit_seq (migration 0006) in the order of the batch, straight from the
+# sequence: the statement runs after COMMIT_ORDER_LOCK, in the same transaction (the column
+# default, audit_events_next_commit_seq(), takes the lock itself, for any other writer).
 INSERT_EVENTS = """
 WITH batch AS (
     SELECT DISTINCT ON (event_id) *
       FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[],
                   $6::text[], $7::text[], $8::text[], $9::integer[], $10::bigint[],
-                  $11::integer[])
+                  $11::integer[]) WITH ORDINALITY
            AS b(event_id, type, task_id, user_id, occurred_at, payload, source, trace_id,
-                kafka_partition, kafka_offset, schema_version)
-     ORDER BY event_id
+                kafka_partition, kafka_offset, schema_version, n)
+     ORDER BY event_id, n
 ), claimed AS (
-    INSERT INTO audit_event_ids (event_id)
-    SELECT event_id FROM batch
+    INSERT INTO audit_event_ids (event_id, commit_seq)
+    SELECT event_id, nextval('audit_events_commit_seq') FROM batch ORDER BY n
     ON CONFLICT (event_id) DO NOTHING
-    RETURNING event_id
+    RETURNING event_id, commit_seq
 )
 INSERT INTO audit_events (event_id, type, task_id, user_id, occurred_at, payload, source,
-                          trace_id, kafka_partition, kafka_offset, schema_version)
+                          trace_id, kafka_partition, kafka_offset, schema_version, commit_seq)
 SELECT b.event_id, b.type, b.task_id, b.user_id, b.occurred_at, b.payload::jsonb, b.source,
-       b.trace_id, b.kafka_partition, b.kafka_offset, b.schema_version
-  FROM batch b JOIN claimed USING (event_id)
+       b.trace_id, b.kafka_partition, b.kafka_offset, b.schema_version, c.commit_seq
+  FROM batch b JOIN claimed c USING (event_id)
 RETURNING event_id
+"""
+# Numbers in commit order come from one writer at a time (migration 0006): a batch takes
+# the lock before it claims any id, so two replicas never wait on each other's claims
+# while holding it ("audit_sq" in ASCII; the same key as audit_events_next_commit_seq()).
+COMMIT_ORDER_LOCK = "SELECT pg_advisory_xact_lock(7022629598040912753)"
+# Where an event sits in commit order; for a user, only if it is theirs.
+COMMIT_SEQ_OF = """
+SELECT i.commit_seq
+  FROM audit_event_ids i
+ WHERE i.event_id = $1
+   AND ($2::text IS NULL
+        OR EXISTS (SELECT 1 FROM audit_events e
+                    WHERE e.user_id = $2 AND e.commit_seq = i.commit_seq))
 """
 UPSERT_DEAD_LETTER = """
 INSERT INTO dead_letters (message_id, topic, original_topic, raw, metadata, event_id, type,
@@ -144,11 +160,17 @@ class _Where:
 def events_query(where: EventFilter) -> tuple[str, list[object]]:
     """SELECT for GET /audit/events: the filters that are set, newest first, keyset-paged
     on (occurred_at, event_id) — a total order of values that never change, so a row is
-    on exactly one page however many rows are inserted meanwhile."""
+    on exactly one page however many rows are inserted meanwhile. With `after_seq`: the
+    rows committed after it, in commit order (migration 0006), for readers that follow
+    the log as it grows."""
     sql_where = _Where()
     sql_where.equal(EVENT_FILTER_COLUMNS, where)
     sql_where.time_range("occurred_at", where.since, where.until)
-    if where.after is not None:
+    order = "occurred_at DESC, event_id DESC"
+    if where.after_seq is not None:
+        sql_where.conditions.append(f"commit_seq > {sql_where.param(where.after_seq)}")
+        order = "commit_seq"
+    elif where.after is not None:
         occurred_at = sql_where.param(where.after.occurred_at)
         event_id = sql_where.param(where.after.event_id)
         sql_where.conditions.append(f"(occurred_at, event_id) < ({occurred_at}, {event_id})")
@@ -156,7 +178,7 @@ def events_query(where: EventFilter) -> tuple[str, list[object]]:
     limit = sql_where.param(where.limit)
     sql = (
         f"SELECT {EVENT_COLUMNS} FROM audit_events{clause}"  # noqa: S608 (fixed names)
-        f" ORDER BY occurred_at DESC, event_id DESC LIMIT {limit}"
+        f" ORDER BY {order} LIMIT {limit}"
     )
     return sql, sql_where.args
 
@@ -233,7 +255,9 @@ class PostgresAuditLog:
                 column.append(value)
         async with self._connection() as connection:
             try:
-                rows = await connection.fetch(INSERT_EVENTS, *columns)
+                async with connection.transaction():
+                    await connection.execute(COMMIT_ORDER_LOCK)
+                    rows = await connection.fetch(INSERT_EVENTS, *columns)
             except asyncpg.exceptions.CheckViolationError as error:
                 if NO_PARTITION not in str(error):
                     raise
@@ -277,6 +301,11 @@ class PostgresAuditLog:
                 limit,
             )
         return [_stored_event(row) for row in rows]
+
+    async def commit_seq_of(self, event_id: str, user_id: str | None) -> int | None:
+        async with self._connection() as connection:
+            seq: int | None = await connection.fetchval(COMMIT_SEQ_OF, event_id, user_id)
+        return seq
 
     async def event_stats(
         self, since: datetime, until: datetime, user_id: str | None = None
@@ -360,4 +389,5 @@ class PostgresAuditLog:
 def _stored_event(row: Any) -> StoredEvent:
     fields = dict(row)
     fields["timestamp"] = fields.pop("occurred_at")
+    fields["seq"] = fields.pop("commit_seq")
     return StoredEvent.model_validate(fields)

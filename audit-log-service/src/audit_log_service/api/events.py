@@ -13,12 +13,13 @@ from fastapi import APIRouter, HTTPException, Path, Query, Response
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 from audit_log_service.bootstrap import AuditReaderDep
-from audit_log_service.ports import EventFilter, EventKey, EventStats, StoredEvent
+from audit_log_service.ports import AuditReader, EventFilter, EventKey, EventStats, StoredEvent
 from taskevents.auth import Caller, forbidden, user_filter_for
 from taskevents.web import WITHOUT_CONTROL_CHARACTERS
 
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 500
+MAX_SEQ = 2**63 - 1  # a bigint
 DEFAULT_STATS_RANGE = timedelta(hours=24)
 # Per-hour counts: a month of hours is plenty for one answer.
 MAX_STATS_RANGE = timedelta(days=31)
@@ -87,9 +88,39 @@ class EventQuery(TimeRange):
     cursor: Annotated[
         str | None, Field(max_length=1000, description="next_cursor of the page before")
     ] = None
+    after_seq: Annotated[
+        int | None,
+        Field(
+            ge=0,
+            le=MAX_SEQ,
+            description="Commit order: the events committed after this `seq`, oldest "
+            "first (0: from the start). Pass the last item's `seq` (or `next_after_seq`) "
+            "for what follows. An event committed later always has a larger seq, whatever "
+            "its timestamp, so a reader that follows the log misses none and reads none "
+            "twice.",
+        ),
+    ] = None
+    after_event_id: Annotated[
+        IdParam | None,
+        Field(
+            description="Commit order, from a stored event: the events committed after "
+            "it, oldest first (404 when the event is not stored, or is another user's)."
+        ),
+    ] = None
     limit: Limit = DEFAULT_LIMIT
 
-    def to_filter(self, *, extra: int = 0) -> EventFilter:
+    @model_validator(mode="after")
+    def _one_position(self) -> Self:
+        given = [self.cursor, self.after_seq, self.after_event_id]
+        if sum(value is not None for value in given) > 1:
+            raise ValueError("give at most one of cursor, after_seq and after_event_id")
+        return self
+
+    @property
+    def in_commit_order(self) -> bool:
+        return self.after_seq is not None or self.after_event_id is not None
+
+    def to_filter(self, *, extra: int = 0, after_seq: int | None = None) -> EventFilter:
         """`extra` rows beyond the limit tell whether another page follows."""
         try:
             after = decode_cursor(self.cursor) if self.cursor is not None else None
@@ -102,6 +133,7 @@ class EventQuery(TimeRange):
             since=self.since,
             until=self.until,
             after=after,
+            after_seq=self.after_seq if after_seq is None else after_seq,
             limit=self.limit + extra,
         )
 
@@ -130,7 +162,14 @@ class StatsQuery(TimeRange):
 class EventPage(BaseModel):
     items: list[StoredEvent]
     next_cursor: str | None = Field(
-        description="Pass as `cursor` for the next (older) page; null on the last page."
+        description="Time order: pass as `cursor` for the next (older) page; null on the "
+        "last page (and in commit order)."
+    )
+    next_after_seq: int | None = Field(
+        default=None,
+        description="Commit order (after_seq, after_event_id): pass as `after_seq` for "
+        "what follows — the last item's seq, or the position asked for when nothing "
+        "follows yet; null in time order.",
     )
 
 
@@ -143,6 +182,22 @@ def _unprocessable(field: str, message: str) -> HTTPException:
     return HTTPException(
         status_code=422,
         detail=[{"type": "value_error", "loc": ["query", field], "msg": message}],
+    )
+
+
+async def _commit_order_page(query: EventQuery, reader: AuditReader) -> EventPage:
+    after_seq = query.after_seq
+    if query.after_event_id is not None:
+        after_seq = await reader.commit_seq_of(query.after_event_id, query.user_id)
+        if after_seq is None:
+            raise HTTPException(
+                status_code=404,
+                detail=f"event {query.after_event_id[:60]} is not in the audit log",
+            )
+    assert after_seq is not None
+    items = await reader.list_events(query.to_filter(after_seq=after_seq))
+    return EventPage(
+        items=items, next_cursor=None, next_after_seq=items[-1].seq if items else after_seq
     )
 
 
@@ -161,10 +216,16 @@ def events_router() -> APIRouter:
     async def list_events(
         query: Annotated[EventQuery, Query()], reader: AuditReaderDep, caller: Caller
     ) -> Response:
-        """A user's own events (with no `user_id`, or their own); an operator's, anyone's."""
+        """A user's own events (with no `user_id`, or their own); an operator's, anyone's.
+
+        Two orders: newest first by the events' own timestamps, paged with `cursor`
+        (the default); or the order the audit log committed them in, oldest first, from
+        `after_seq` or `after_event_id` — the order to follow the log in without gaps."""
         query = query.model_copy(
             update={"user_id": user_filter_for(caller, query.user_id, "reading the events")}
         )
+        if query.in_commit_order:
+            return _json(await _commit_order_page(query, reader))
         rows = await reader.list_events(query.to_filter(extra=1))
         items = rows[: query.limit]
         next_cursor = None
