@@ -52,7 +52,8 @@ def deliveries(app: str) -> list[Panel]:
             "Deliveries from the sidecar, by answer",
             [
                 (
-                    f'sum by (topic, status) (taskevents:pubsub_deliveries:rate5m{{app_id="{app}"}})',
+                    "sum by (topic, status) "
+                    f'(taskevents:pubsub_deliveries:rate5m{{app_id="{app}"}})',
                     "{{topic}} {{status}}",
                 )
             ],
@@ -64,7 +65,8 @@ def deliveries(app: str) -> list[Panel]:
             "Handled by the subscription routes",
             [
                 (
-                    f'sum by (route, status) (rate(taskevents_deliveries_total{{app="{app}"}}[{RATE}]))',
+                    "sum by (route, status) "
+                    f'(rate(taskevents_deliveries_total{{app="{app}"}}[{RATE}]))',
                     "{{route}} {{status}}",
                 )
             ],
@@ -97,7 +99,8 @@ def health(app: str) -> list[Panel]:
             "Sidecar HTTP API requests",
             [
                 (
-                    f'sum by (method, status) (rate(dapr_http_server_request_count{{app_id="{app}"}}[{RATE}]))',
+                    "sum by (method, status) "
+                    f'(rate(dapr_http_server_request_count{{app_id="{app}"}}[{RATE}]))',
                     "{{method}} {{status}}",
                 )
             ],
@@ -142,7 +145,8 @@ DASHBOARDS = [
                         "Delivered per app",
                         [
                             (
-                                'sum by (app_id) (taskevents:pubsub_deliveries:rate5m{status="success"})',
+                                "sum by (app_id) "
+                                '(taskevents:pubsub_deliveries:rate5m{status="success"})',
                                 "{{app_id}}",
                             )
                         ],
@@ -166,7 +170,7 @@ DASHBOARDS = [
                 [
                     Panel(
                         "Targets up",
-                        [("sum by (part) (up{part!=\"\"})", "{{part}}")],
+                        [('sum by (part) (up{part!=""})', "{{part}}")],
                         kind="stat",
                         description="Apps and sidecars Prometheus can scrape.",
                     ),
@@ -179,7 +183,12 @@ DASHBOARDS = [
                     ),
                     Panel(
                         "Firing alerts",
-                        [('ALERTS{alertstate="firing", alertname=~"Taskevents.*"}', "{{alertname}}")],
+                        [
+                            (
+                                'ALERTS{alertstate="firing", alertname=~"Taskevents.*"}',
+                                "{{alertname}}",
+                            )
+                        ],
                         kind="table",
                         description=f"{EMPTY_UNTIL} an alert of the taskevents rules fires.",
                     ),
@@ -200,7 +209,8 @@ DASHBOARDS = [
                         f"Delivered: {status}",
                         [
                             (
-                                f'sum by (app_id, topic) (taskevents:pubsub_deliveries:rate5m{{status="{status}"}})',
+                                "sum by (app_id, topic) "
+                                f'(taskevents:pubsub_deliveries:rate5m{{status="{status}"}})',
                                 "{{app_id}} ← {{topic}}",
                             )
                         ],
@@ -230,7 +240,8 @@ DASHBOARDS = [
                         "Lag per group and partition",
                         [
                             (
-                                "sum by (group, topic, partition) (taskevents_console_consumer_lag_messages)",
+                                "sum by (group, topic, partition) "
+                                "(taskevents_console_consumer_lag_messages)",
                                 "{{group}} {{topic}}/{{partition}}",
                             )
                         ],
@@ -254,7 +265,8 @@ DASHBOARDS = [
                         "Filed by the audit log",
                         [
                             (
-                                f"sum by (result) (rate(taskevents_audit_dead_letters_total[{RATE}]))",
+                                "sum by (result) "
+                                f"(rate(taskevents_audit_dead_letters_total[{RATE}]))",
                                 "{{result}}",
                             )
                         ],
@@ -274,7 +286,8 @@ DASHBOARDS = [
                         "Operator actions",
                         [
                             (
-                                "sum by (action) (increase(taskevents_audit_dead_letter_actions_total"
+                                "sum by (action) "
+                                "(increase(taskevents_audit_dead_letter_actions_total"
                                 f"[{RATE}]))",
                                 "{{action}}",
                             )
@@ -326,7 +339,8 @@ DASHBOARDS = [
                 "Failed sends",
                 [
                     (
-                        f'sum by (channel) (rate(taskevents_notifications_total{{status="failed"}}[{RATE}]))',
+                        "sum by (channel) "
+                        f'(rate(taskevents_notifications_total{{status="failed"}}[{RATE}]))',
                         "{{channel}}",
                     )
                 ],
@@ -356,7 +370,8 @@ DASHBOARDS = [
                 "Outbox relayed",
                 [
                     (
-                        f"sum by (result) (rate(taskevents_recurring_outbox_relayed_total[{RATE}]))",
+                        "sum by (result) "
+                        f"(rate(taskevents_recurring_outbox_relayed_total[{RATE}]))",
                         "{{result}}",
                     )
                 ],
@@ -444,7 +459,12 @@ def panel_json(panel: Panel, panel_id: int, x: int, y: int) -> dict[str, Any]:
         "gridPos": {"h": 8, "w": panel.width, "x": x, "y": y},
         "fieldConfig": {"defaults": {"unit": panel.unit}, "overrides": []},
         "targets": [
-            {"refId": chr(ord("A") + i), "datasource": DATASOURCE, "expr": expr, "legendFormat": legend}
+            {
+                "refId": chr(ord("A") + i),
+                "datasource": DATASOURCE,
+                "expr": expr,
+                "legendFormat": legend,
+            }
             for i, (expr, legend) in enumerate(panel.exprs)
         ],
     }
@@ -483,18 +503,23 @@ def dashboard_json(dashboard: Dashboard) -> dict[str, Any]:
         "refresh": "30s",
         "templating": {
             "list": [
-                {"name": "datasource", "label": "Prometheus", "type": "datasource",
-                 "query": "prometheus", "current": {}, "hide": 0}
+                {
+                    "name": "datasource",
+                    "label": "Prometheus",
+                    "type": "datasource",
+                    "query": "prometheus",
+                    "current": {},
+                    "hide": 0,
+                }
             ]
-        },  # fmt: skip
+        },
         "panels": panels,
     }
 
 
 def rendered() -> dict[Path, str]:
     return {
-        TARGET / f"{d.uid}.json": json.dumps(dashboard_json(d), indent=2, ensure_ascii=False)
-        + "\n"
+        TARGET / f"{d.uid}.json": json.dumps(dashboard_json(d), indent=2, ensure_ascii=False) + "\n"
         for d in DASHBOARDS
     }
 
@@ -511,7 +536,7 @@ def main(argv: list[str] | None = None) -> int:
     extra = sorted(str(p.relative_to(ROOT)) for p in TARGET.glob("*.json") if p not in files)
     if args.check:
         for name in stale + extra:
-            print(f"stale: {name} (run python scripts/render_dashboards.py)", file=sys.stderr)
+            print(f"stale: {name} (run python scripts/render_dashboards.py)", file=sys.stderr)  # noqa: T201
         return 1 if stale or extra else 0
     TARGET.mkdir(parents=True, exist_ok=True)
     for name in extra:

@@ -25,6 +25,7 @@ from tests.integration.test_k8s_chart import (
     policy_for,
     render,
 )
+from tests.support.stack import ROOT
 
 pytestmark = pytest.mark.integration
 
@@ -40,8 +41,6 @@ CONSOLE = "ops-console"
 
 @pytest.fixture(scope="module")
 def helm() -> str:
-    from tests.integration.test_k8s_chart import ROOT
-
     result = subprocess.run(
         ["bash", str(ROOT / "scripts" / "helm.sh")], capture_output=True, text=True, check=False
     )

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from taskevents.publisher import EventPublisher
 from taskevents_cli.devrun import ManagedProcess
 from taskevents_cli.prometheus import scrape_configuration
 from tests.conftest import Cluster
+from tests.support.cluster import SERVICES as APP_IDS
 from tests.support.cluster import Service
 from tests.support.console import running_console
 from tests.support.stack import ROOT, SCRIPTS, Stack, free_port
@@ -85,8 +87,6 @@ def prometheus_url(stack: Stack, watched: list[Service]) -> Iterator[str]:
             except httpx.HTTPError:
                 return False
 
-        import time
-
         deadline = time.monotonic() + 30
         while not ready():
             assert time.monotonic() < deadline, f"Prometheus not ready:\n{process.tail()}"
@@ -105,7 +105,8 @@ async def prometheus(prometheus_url: str) -> AsyncIterator[httpx.AsyncClient]:
 async def api(client: httpx.AsyncClient, path: str, **params: str) -> Any:
     response = await client.get(f"/api/v1/{path}", params=params)
     body = response.json()
-    assert response.status_code == 200 and body["status"] == "success", body
+    assert response.status_code == 200, body
+    assert body["status"] == "success", body
     return body["data"]
 
 
@@ -121,13 +122,20 @@ async def test_every_app_and_every_sidecar_is_a_target_and_up(
         (s.app_id, "app") for s in watched if s.app.spec.app_port
     }
 
-    async def all_up() -> dict[tuple[str, str], str] | None:
-        targets = (await api(prometheus, "targets"))["activeTargets"]
-        health = {(t["labels"]["app"], t["labels"]["part"]): t["health"] for t in targets}
-        assert set(health) == expected
-        return health if set(health.values()) == {"up"} else None
+    health: dict[tuple[str, str], str] = {}
 
-    await eventually(all_up, timeout=30, what="every target up")
+    async def all_up() -> bool:
+        # Prometheus lists the targets a moment after it is ready, and scrapes them then.
+        targets = (await api(prometheus, "targets"))["activeTargets"]
+        health.clear()
+        health.update({(t["labels"]["app"], t["labels"]["part"]): t["health"] for t in targets})
+        return set(health) == expected and set(health.values()) == {"up"}
+
+    try:
+        await eventually(all_up, timeout=30, what="every target up")
+    finally:
+        assert set(health) == expected
+        assert all(value == "up" for value in health.values()), health
     up = await query(prometheus, 'up{part!=""} == 1')
     assert len(up) == len(expected)
 
@@ -146,12 +154,8 @@ def dashboard_targets() -> list[tuple[str, str, str, str]]:
 
 def test_the_dashboards_have_panels_on_every_service() -> None:
     names = {d for d, *_ in dashboard_targets()}
-    assert names >= {
-        "taskevents-overview",
-        "taskevents-pubsub",
-        *(f"taskevents-{a}" for a in ("audit-log-service", "notification-service",
-                                      "recurring-task-service", "websocket-service", "ops-console")),
-    }  # fmt: skip
+    apps = [*APP_IDS, "ops-console"]
+    assert names >= {"taskevents-overview", "taskevents-pubsub", *(f"taskevents-{a}" for a in apps)}
 
 
 async def test_every_dashboard_panel_has_data_after_events_flowed(
@@ -165,14 +169,21 @@ async def test_every_dashboard_panel_has_data_after_events_flowed(
     # that fires every 2 s (trigger lateness, outbox relays) until the task is deleted.
     events = [
         TaskEvent.create(
-            EventType.TASK_CREATED, task_id=task_id, user_id=user_id,
-            payload={"title": "Metrics", "user_email": f"{user_id}@example.com",
-                     "recurrence": {"interval_seconds": 2}},
-        ),  # fmt: skip
+            EventType.TASK_CREATED,
+            task_id=task_id,
+            user_id=user_id,
+            payload={
+                "title": "Metrics",
+                "user_email": f"{user_id}@example.com",
+                "recurrence": {"interval_seconds": 2},
+            },
+        ),
         TaskEvent.create(
-            EventType.TASK_COMPLETED, task_id=f"{task_id}-done", user_id=user_id,
+            EventType.TASK_COMPLETED,
+            task_id=f"{task_id}-done",
+            user_id=user_id,
             payload={"title": "Done", "user_email": f"{user_id}@example.com"},
-        ),  # fmt: skip
+        ),
     ]
     try:
         for event in events:

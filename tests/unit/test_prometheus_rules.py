@@ -5,6 +5,7 @@ every alert has a test that sees it fire and one that sees it stay quiet."""
 from __future__ import annotations
 
 import subprocess
+import sys
 from functools import cache
 from pathlib import Path
 
@@ -100,7 +101,7 @@ def test_the_local_configuration_scrapes_every_app_and_sidecar_of_the_run_file(
 
 def test_the_dashboards_are_generated() -> None:
     result = subprocess.run(
-        ["python", str(ROOT / "scripts" / "render_dashboards.py"), "--check"],
+        [sys.executable, str(ROOT / "scripts" / "render_dashboards.py"), "--check"],
         capture_output=True, text=True, check=False,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
