@@ -62,13 +62,18 @@ def design_ports() -> dict[str, int]:
 # --- rendering ---------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def helm() -> str:
+@cache
+def helm_binary() -> str:
     result = subprocess.run(
         ["bash", str(ROOT / "scripts" / "helm.sh")], capture_output=True, text=True, check=False
     )
     assert result.returncode == 0, result.stderr
     return result.stdout.strip().splitlines()[-1]
+
+
+@pytest.fixture(scope="module")
+def helm() -> str:
+    return helm_binary()
 
 
 @cache
