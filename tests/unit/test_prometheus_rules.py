@@ -13,6 +13,7 @@ import yaml
 
 from taskevents_cli.devrun import load_run_file
 from taskevents_cli.prometheus import APPS_JOB, SIDECARS_JOB, scrape_configuration
+from taskevents_cli.prometheus import main as prometheus_main
 
 ROOT = Path(__file__).resolve().parents[2]
 RULES_DIR = ROOT / "helm-chart" / "files" / "prometheus"
@@ -105,3 +106,14 @@ def test_the_dashboards_are_generated() -> None:
         capture_output=True, text=True, check=False,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
+
+
+def test_the_command_writes_the_configuration_with_the_rules_beside_the_run_file(
+    tmp_path: Path,
+) -> None:
+    out = tmp_path / "prometheus.yml"
+    assert prometheus_main(["-f", str(ROOT / "dapr.yaml"), "--out", str(out)]) == 0
+    config = yaml.safe_load(out.read_text())
+    assert config["rule_files"] == [str(RULES)]
+    assert config["global"]["scrape_interval"] == "5s"
+    run_promtool("check", "config", str(out))

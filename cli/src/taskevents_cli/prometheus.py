@@ -66,10 +66,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("-f", "--run-file", type=Path, default=Path("dapr.yaml"))
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--scrape-interval", default="5s")
+    parser.add_argument(
+        "--rules",
+        type=Path,
+        help="rule file (default: helm-chart/files/prometheus/rules.yaml beside the run file)",
+    )
     args = parser.parse_args(argv)
+    rules = args.rules or args.run_file.resolve().parent / RULES.relative_to(ROOT)
     # Sentry's address only matters for starting sidecars; the ports are all we read.
     specs = load_run_file(args.run_file, sentry_address="unused")
-    configuration = scrape_configuration(specs, scrape_interval=args.scrape_interval)
+    configuration = scrape_configuration(
+        specs, rules=[rules.resolve()], scrape_interval=args.scrape_interval
+    )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(
         "# Generated from the run file by `python -m taskevents_cli.prometheus`; do not edit.\n"
