@@ -10,16 +10,15 @@ import json
 import subprocess
 from functools import cache
 
-import kubernetes_validate
 import pytest
 import yaml
 
 from tests.integration.test_k8s_chart import (
     CHART,
-    KUBERNETES_VERSIONS,
     RELEASE,
     VALUES,
     Doc,
+    assert_valid_kubernetes,
     design_ports,
     helm_binary,
     of_kind,
@@ -107,13 +106,7 @@ def test_every_kubernetes_object_of_it_matches_the_api_schemas(rendered: tuple[D
 
     core = [d for d in rendered if added(d)]
     assert len(core) > 10
-    for document in core:
-        for version in KUBERNETES_VERSIONS:
-            try:
-                kubernetes_validate.validate(document, version, strict=True)
-            except kubernetes_validate.ValidationError as error:
-                name = f"{document['kind']}/{document['metadata']['name']}"
-                pytest.fail(f"{name} is invalid for Kubernetes {version}: {error}")
+    assert_valid_kubernetes(core)
 
 
 def test_the_console_runs_beside_a_sidecar_and_watches_every_app(
