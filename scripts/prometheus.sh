@@ -9,8 +9,9 @@
 #
 # Where the binaries come from: `prometheus` and `promtool` on PATH (`apt-get install
 # prometheus` puts them in /usr/bin), or else Debian's .deb fetched with `apt-get download`
-# (no root) and unpacked into $TASKEVENTS_CACHE. Not `apt-get install` from here: on a machine
-# with systemd the package starts a system-wide Prometheus on :9090 and needs root.
+# (no root) and unpacked into $TASKEVENTS_CACHE with the libjs-* packages of its classic web UI
+# (http://127.0.0.1:9290/classic/graph). Not `apt-get install` from here: on a machine with
+# systemd the package starts a system-wide Prometheus on :9090 and needs root.
 #
 # Environment: PROMETHEUS_PORT (default 9290; 9090 is daprd's and the Debian service's
 # default), PROMETHEUS_SCRAPE_INTERVAL (default 5s), PYTHON (with the workspace installed).
@@ -58,6 +59,16 @@ cmd_ensure() {
     || (cd "$WORK" && apt-get download prometheus >>download.log 2>&1) \
     || { tail -n 20 "$WORK/download.log" >&2; fail "apt-get download prometheus failed (run apt-get update?)"; }
   dpkg-deb -x "$WORK"/prometheus_*.deb "$WORK/root"
+  # The web UI's JavaScript and fonts are other Debian packages (its static/ links into
+  # /usr/share/javascript): fetched and unpacked beside it, so the UI works from the cache too.
+  local assets
+  assets=$(dpkg-deb -f "$WORK"/prometheus_*.deb Depends | tr ',' '\n' | sed 's/(.*//; s/ //g' \
+    | grep -E '^(libjs-|fonts-)' | tr '\n' ' ')
+  mkdir -p "$WORK/assets"
+  # shellcheck disable=SC2086 # a list of package names
+  (cd "$WORK/assets" && apt-get download $assets libjs-d3 >>"$WORK/download.log" 2>&1) \
+    || info "the web UI's JavaScript could not be fetched (the API and rules work without it)"
+  for deb in "$WORK"/assets/*.deb; do [ -e "$deb" ] && dpkg-deb -x "$deb" "$WORK/root"; done
   rm -rf "$CACHED"
   mv "$WORK/root" "$CACHED"
   "$CACHED/usr/bin/promtool" --version >/dev/null 2>&1 || fail "promtool from the package does not run"
@@ -83,7 +94,10 @@ cmd_start() {
     && fail "port $PROMETHEUS_PORT on 127.0.0.1 is taken by another process; choose another with PROMETHEUS_PORT"
   start=$(now)
   step "Starting Prometheus on http://127.0.0.1:$PROMETHEUS_PORT/ (log: $LOG)"
-  setsid "$dir/prometheus" --config.file="$STATE/prometheus.yml" \
+  local assets=()
+  # Debian's binary reads its UI from /usr/share/prometheus/web; the cached copy has its own.
+  [ "$dir" = "$CACHED/usr/bin" ] && assets=(--web.local-assets="$CACHED/usr/share/prometheus/web/")
+  setsid "$dir/prometheus" "${assets[@]}" --config.file="$STATE/prometheus.yml" \
     --storage.tsdb.path="$STATE/data" --storage.tsdb.retention.time=2d \
     --web.listen-address="127.0.0.1:$PROMETHEUS_PORT" </dev/null >>"$LOG" 2>&1 &
   pid=$!

@@ -71,10 +71,15 @@ def prometheus_url(stack: Stack, watched: list[Service]) -> Iterator[str]:
     config = scrape_configuration([s.app.spec for s in watched], scrape_interval="1s")
     (state / "prometheus.yml").write_text(yaml.safe_dump(config))
     port = free_port()
+    bin_dir = prometheus_bin()
+    # As scripts/prometheus.sh starts it: the cached copy of the package has its UI beside it.
+    assets = bin_dir.parent / "share" / "prometheus" / "web"
+    ui = [f"--web.local-assets={assets}/"] if bin_dir != Path("/usr/bin") else []
     process = ManagedProcess(
         name="prometheus",
         argv=[
-            str(prometheus_bin() / "prometheus"),
+            str(bin_dir / "prometheus"),
+            *ui,
             f"--config.file={state / 'prometheus.yml'}",
             f"--storage.tsdb.path={state / 'data'}",
             f"--web.listen-address=127.0.0.1:{port}",
@@ -141,6 +146,12 @@ async def test_every_app_and_every_sidecar_is_a_target_and_up(
     finally:
         assert set(health) == expected
         assert all(value == "up" for value in health.values()), health
+    # Debian's classic web UI shows them too (its JavaScript from the libjs packages).
+    page = await prometheus.get("/classic/targets")
+    assert page.status_code == 200, page.text[:300]
+    assert all(app_id in page.text for app_id, _ in expected)
+    script = await prometheus.get("/classic/static/jquery/jquery.min.js")
+    assert script.status_code == 200
     up = await query(prometheus, 'up{part!=""} == 1')
     assert len(up) == len(expected)
 
