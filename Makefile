@@ -61,8 +61,12 @@ infra: deps ## Kafka, Postgres and the SMTP sink (or the ones named by the envir
 chromium: ## Debian's Chromium for the live-page browser test (apt-get once; skipped when present)
 	@bash scripts/chromium.sh
 
+.PHONY: prometheus
+prometheus: ## Debian's Prometheus and promtool (on PATH, or its .deb unpacked into the cache once)
+	@bash scripts/prometheus.sh ensure >/dev/null
+
 .PHONY: setup
-setup: deps dapr infra chromium ## everything `make run` and `make test` need
+setup: deps dapr infra chromium prometheus ## everything `make run` and `make test` need
 
 # The Dapr API token (callers of a sidecar) and the app API token (daprd calling an app) of
 # `make run`: made once, readable by you only; the `taskevents` CLI finds the first here.
@@ -81,11 +85,13 @@ tokens: ## make the local Dapr API and app API tokens (once; kept in $TASKEVENTS
 .PHONY: run
 run: setup tokens ## run the four services and the ops console with their sidecars; Ctrl-C stops them
 	@$(UV) run --frozen audit-log-service migrate
+	@PYTHON="$(CURDIR)/.venv/bin/python" bash scripts/prometheus.sh start
 	@echo "==> starting the services (logs: $(TASKEVENTS_STATE)/logs)"
 	@echo "    live page      http://127.0.0.1:8004/"
 	@echo "    API docs       http://127.0.0.1:8003/docs  (audit)  :8002/docs (recurring)  :8001/docs (notification)"
 	@echo "    ops console    http://127.0.0.1:8005/  (operator sign-in; development token on the login page)"
 	@echo "    mailbox        http://127.0.0.1:1080/"
+	@echo "    prometheus     http://127.0.0.1:$${PROMETHEUS_PORT:-9290}/classic/targets  (rules: helm-chart/files/prometheus/rules.yaml)"
 	@echo "    publish        uv run taskevents demo --users 5 --rate 5   (through the sidecar on 3500/50001)"
 	@export DAPR_API_TOKEN="$$(cat "$(TOKENS)/dapr-api-token")" APP_API_TOKEN="$$(cat "$(TOKENS)/app-api-token")"; \
 	eval "$$(bash scripts/sentry.sh env)"; export SENTRY_ADDRESS DAPR_TRUST_ANCHORS; \
@@ -104,6 +110,7 @@ stop: ## stop the services and the local infrastructure
 	  for _ in $$(seq 1 100); do [ -f "$$pid_file" ] || break; sleep 0.2; done; \
 	fi
 	@-command -v dapr >/dev/null && dapr stop -f dapr.yaml >/dev/null 2>&1; true
+	@bash scripts/prometheus.sh stop
 	@bash scripts/stack.sh down
 
 .PHONY: migrate

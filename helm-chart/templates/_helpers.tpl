@@ -129,6 +129,61 @@ app.kubernetes.io/instance: {{ .root.Release.Name }}
 {{- end }}
 {{- end -}}
 
+{{/* Environment of a container that reads Kafka itself (the console; taskevents.kafka):
+     the same authentication and CA as the pubsub components. authType certificate/mtls are
+     the components' only: such a container gets SSL with the CA. */}}
+{{- define "taskevents.kafkaClientEnv" -}}
+{{- $kafka := .Values.kafka -}}
+{{- $sasl := $kafka.saslSecret -}}
+{{- if eq $kafka.authType "password" }}
+- name: KAFKA_SECURITY_PROTOCOL
+  value: {{ ternary "SASL_SSL" "SASL_PLAINTEXT" $kafka.tls.enabled | quote }}
+- name: KAFKA_SASL_MECHANISM
+  value: {{ $kafka.saslMechanism | quote }}
+{{- if $sasl.name }}
+- name: KAFKA_SASL_USERNAME
+  valueFrom: {secretKeyRef: {name: {{ $sasl.name }}, key: {{ $sasl.usernameKey }}}}
+- name: KAFKA_SASL_PASSWORD
+  valueFrom: {secretKeyRef: {name: {{ $sasl.name }}, key: {{ $sasl.passwordKey }}}}
+{{- else }}
+- name: KAFKA_SASL_USERNAME
+  value: {{ $kafka.saslUsername | quote }}
+- name: KAFKA_SASL_PASSWORD
+  valueFrom: {secretKeyRef: {name: {{ include "taskevents.secretName" . }}, key: kafka-sasl-password}}
+{{- end }}
+{{- else if ne $kafka.authType "none" }}
+- name: KAFKA_SECURITY_PROTOCOL
+  value: SSL
+{{- end }}
+{{- if include "taskevents.kafkaCaVolume" . }}
+- name: KAFKA_CA_FILE
+  value: /etc/taskevents/kafka-ca/ca.crt
+{{- end }}
+{{- end -}}
+
+{{- define "taskevents.kafkaCaVolume" -}}
+{{- $tls := .Values.kafka.tls -}}
+{{- if $tls.caSecret.name }}
+- name: kafka-ca
+  secret:
+    secretName: {{ $tls.caSecret.name }}
+    items:
+      - {key: {{ $tls.caSecret.key }}, path: ca.crt}
+{{- else if or $tls.caCert (eq .Values.kafka.authType "certificate") }}
+- name: kafka-ca
+  secret:
+    secretName: {{ include "taskevents.secretName" . }}
+    items:
+      - {key: kafka-ca-cert, path: ca.crt}
+{{- end }}
+{{- end -}}
+
+{{- define "taskevents.kafkaCaVolumeMount" -}}
+{{- if include "taskevents.kafkaCaVolume" . }}
+- {name: kafka-ca, mountPath: /etc/taskevents/kafka-ca, readOnly: true}
+{{- end }}
+{{- end -}}
+
 {{/* Postgres with sslmode=verify-full: the server's CA (postgres.tls.caSecret) is mounted at
      this path in the apps that connect directly and in the sidecars of the state store. */}}
 {{- define "taskevents.postgresCaDir" -}}/etc/taskevents/postgres-ca{{- end -}}

@@ -64,13 +64,18 @@ def design_ports() -> dict[str, int]:
 # --- rendering ---------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def helm() -> str:
+@cache
+def helm_binary() -> str:
     result = subprocess.run(
         ["bash", str(ROOT / "scripts" / "helm.sh")], capture_output=True, text=True, check=False
     )
     assert result.returncode == 0, result.stderr
     return result.stdout.strip().splitlines()[-1]
+
+
+@pytest.fixture(scope="module")
+def helm() -> str:
+    return helm_binary()
 
 
 @cache
@@ -189,16 +194,20 @@ def test_values_schema_rejects_misspelled_or_invalid_values(
     assert complaint in result.stderr
 
 
-def test_every_kubernetes_object_matches_the_api_schemas(rendered: tuple[Doc, ...]) -> None:
-    kubernetes = [d for d in rendered if not d["apiVersion"].startswith("dapr.io/")]
-    assert len(kubernetes) > 20
-    for document in kubernetes:
+def assert_valid_kubernetes(documents: list[Doc]) -> None:
+    for document in documents:
         for version in KUBERNETES_VERSIONS:
             try:
                 kubernetes_validate.validate(document, version, strict=True)
             except kubernetes_validate.ValidationError as error:
                 name = f"{document['kind']}/{document['metadata']['name']}"
                 pytest.fail(f"{name} is invalid for Kubernetes {version}: {error}")
+
+
+def test_every_kubernetes_object_matches_the_api_schemas(rendered: tuple[Doc, ...]) -> None:
+    kubernetes = [d for d in rendered if not d["apiVersion"].startswith("dapr.io/")]
+    assert len(kubernetes) > 20
+    assert_valid_kubernetes(kubernetes)
 
 
 def test_schema_validation_catches_a_misspelled_field(helm: str) -> None:
