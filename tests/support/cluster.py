@@ -196,6 +196,10 @@ def service_spec(
             # The e2e demo is a synthetic burst (~30 mails per user in 6 s) that expects one
             # mail per event; the default (10 per 10 min) is for people.
             "NOTIFY_RATE_LIMIT_COUNT": "100",
+            # Every app traces into the stack's Jaeger, as in `make run`; spans leave in
+            # half a second instead of five, for the trace tests.
+            "OTEL_EXPORTER_OTLP_ENDPOINT": stack.otlp_endpoint,
+            "OTEL_BSP_SCHEDULE_DELAY": "500",
             **(env or {}),
         },
         log_level="info",
