@@ -86,6 +86,7 @@ run: setup tokens ## run the four services and the ops console with their sideca
 	@echo "    API docs       http://127.0.0.1:8003/docs  (audit)  :8002/docs (recurring)  :8001/docs (notification)"
 	@echo "    ops console    http://127.0.0.1:8005/  (operator sign-in; development token on the login page)"
 	@echo "    mailbox        http://127.0.0.1:1080/"
+	@echo "    traces         http://127.0.0.1:16686/api/traces?service=audit-log-service  (Jaeger's query API)"
 	@echo "    publish        uv run taskevents demo --users 5 --rate 5   (through the sidecar on 3500/50001)"
 	@export DAPR_API_TOKEN="$$(cat "$(TOKENS)/dapr-api-token")" APP_API_TOKEN="$$(cat "$(TOKENS)/app-api-token")"; \
 	eval "$$(bash scripts/sentry.sh env)"; export SENTRY_ADDRESS DAPR_TRUST_ANCHORS; \
