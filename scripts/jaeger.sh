@@ -28,12 +28,8 @@ cmd_start() {
     info "Jaeger already running (pid $pid): OTLP 127.0.0.1:$JAEGER_OTLP_GRPC_PORT, query http://127.0.0.1:$JAEGER_UI_PORT/"
     return
   fi
-  for port in "$JAEGER_OTLP_GRPC_PORT" "$JAEGER_UI_PORT"; do
-    if port_open 127.0.0.1 "$port"; then
-      fail "port $port on 127.0.0.1 is taken by another process (not a Jaeger started by this script).
-       Stop it, or choose other ports with JAEGER_OTLP_GRPC_PORT / JAEGER_UI_PORT."
-    fi
-  done
+  require_free_ports "a Jaeger" "JAEGER_OTLP_GRPC_PORT / JAEGER_UI_PORT" \
+    "$JAEGER_OTLP_GRPC_PORT" "$JAEGER_UI_PORT"
   binary=$(bash "$HERE/go-tools.sh" jaeger)
   mkdir -p "$STATE"
   start=$(now)
