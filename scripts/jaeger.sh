@@ -9,7 +9,8 @@
 #
 # Environment: JAEGER_OTLP_GRPC_PORT (4317), JAEGER_OTLP_HTTP_PORT (4318), JAEGER_UI_PORT
 # (16686: the query API /api/traces and the UI), JAEGER_QUERY_GRPC_PORT (16685),
-# JAEGER_HEALTH_PORT (13133). State: $TASKEVENTS_STATE/jaeger/{jaeger.log, jaeger.pid}.
+# JAEGER_HEALTH_PORT (13133), JAEGER_MAX_TRACES (10000 kept in memory).
+# State: $TASKEVENTS_STATE/jaeger/{jaeger.log, jaeger.pid}.
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 
