@@ -54,7 +54,7 @@ manifests: deps helm ## regenerate the chart's Dapr templates and the plain mani
 	@$(UV) run --frozen python scripts/render_manifests.py --helm "$$(bash scripts/helm.sh)"
 
 .PHONY: infra
-infra: deps ## Kafka, Postgres and the SMTP sink (or the ones named by the environment)
+infra: deps ## Kafka, Postgres, the SMTP sink (or the ones named by the environment), Sentry, Jaeger
 	@PYTHON="$(CURDIR)/.venv/bin/python" bash scripts/stack.sh up
 
 .PHONY: chromium

@@ -122,6 +122,9 @@ def test_each_bulk_entry_is_handled_in_the_trace_of_its_own_cloud_event(
                     ids = tracing.current_ids()
                     assert ids is not None
                     seen_in.append(ids[0])
+                    line = add_trace_context(None, "info", {"event": "handled"})
+                    assert line["event_id"] == item.event.event_id
+                    assert line["trace_id"] == ids[0]
                 outcomes.append(
                     Outcome.success() if item.event.event_id == "a" else Outcome.retry("later")
                 )

@@ -10,17 +10,23 @@ import sys
 import structlog
 from opentelemetry import trace
 
+from taskevents.tracing import current_event_id
+
 
 def add_trace_context(
     _logger: object, _method: str, event_dict: structlog.types.EventDict
 ) -> structlog.types.EventDict:
-    """trace_id and span_id of the current span, when there is one: a log line is found from
-    its trace in Jaeger, and the trace from the line. A trace_id bound by the delivery (the
-    CloudEvent's) is kept: it names the same trace."""
+    """trace_id and span_id of the current span, when there is one, and the event id of the
+    bulk entry being handled: a log line is found from its trace in Jaeger, and the trace
+    from the line. What the delivery bound (the CloudEvent's trace id) is kept: it names the
+    same trace."""
     context = trace.get_current_span().get_span_context()
     if context.is_valid:
         event_dict.setdefault("trace_id", trace.format_trace_id(context.trace_id))
         event_dict.setdefault("span_id", trace.format_span_id(context.span_id))
+    # Within one entry of a bulk delivery (a single delivery binds event_id itself).
+    if (event_id := current_event_id()) is not None:
+        event_dict.setdefault("event_id", event_id)
     return event_dict
 
 

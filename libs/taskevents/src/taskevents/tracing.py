@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from opentelemetry import propagate, trace
-from opentelemetry.context import Context, attach, detach
+from opentelemetry.context import Context, attach, create_key, detach, get_value, set_value
 from opentelemetry.sdk.trace.sampling import (
     Decision,
     ParentBased,
@@ -40,9 +40,11 @@ __all__ = [
     "bulk_spans",
     "configure_tracing",
     "context_of",
+    "current_event_id",
     "current_ids",
     "current_traceparent",
     "delivery_context",
+    "entry_context",
     "event_attributes",
     "grpc_trace_interceptors",
     "instrument_app",
@@ -206,6 +208,21 @@ def bulk_spans(entries: Sequence[EntrySpan]) -> Iterator[list[Span]]:
     finally:
         for started in spans:
             started.end()
+
+
+# The event a bulk entry's context is about, for the log lines written within it.
+_EVENT_ID = create_key("taskevents.event_id")
+
+
+def entry_context(entry_span: Span, event_id: str) -> Context:
+    """The context a handler enters (`within`) to work on one bulk entry: its span, and its
+    event id for the log lines."""
+    return set_value(_EVENT_ID, event_id, trace.set_span_in_context(entry_span))
+
+
+def current_event_id() -> str | None:
+    value = get_value(_EVENT_ID)
+    return value if isinstance(value, str) else None
 
 
 @contextmanager

@@ -19,7 +19,7 @@ import structlog
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request, Response
 from fastapi.responses import JSONResponse
 from opentelemetry.context import Context
-from opentelemetry.trace import SpanKind, set_span_in_context
+from opentelemetry.trace import SpanKind
 from pydantic import SecretStr
 from starlette.requests import HTTPConnection
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -36,6 +36,7 @@ from taskevents.tracing import (
     bulk_spans,
     configure_tracing,
     delivery_context,
+    entry_context,
     event_attributes,
     instrument_app,
     mark_outcome,
@@ -428,7 +429,7 @@ async def deliver_bulk(request: Request, handler: BulkEventHandler) -> JSONRespo
         ]
         with bulk_spans(traced) as spans:
             readable = [
-                replace(item, trace=set_span_in_context(entry_span))
+                replace(item, trace=entry_context(entry_span, item.event.event_id))
                 for item, entry_span in zip(readable, spans, strict=True)
             ]
             try:
