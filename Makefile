@@ -54,7 +54,7 @@ manifests: deps helm ## regenerate the chart's Dapr templates and the plain mani
 	@$(UV) run --frozen python scripts/render_manifests.py --helm "$$(bash scripts/helm.sh)"
 
 .PHONY: infra
-infra: deps ## Kafka, Postgres and the SMTP sink (or the ones named by the environment)
+infra: deps ## Kafka, Postgres, the SMTP sink (or the ones named by the environment), Sentry, Jaeger
 	@PYTHON="$(CURDIR)/.venv/bin/python" bash scripts/stack.sh up
 
 .PHONY: chromium
@@ -92,6 +92,7 @@ run: setup tokens ## run the four services and the ops console with their sideca
 	@echo "    ops console    http://127.0.0.1:8005/  (operator sign-in; development token on the login page)"
 	@echo "    mailbox        http://127.0.0.1:1080/"
 	@echo "    prometheus     http://127.0.0.1:$${PROMETHEUS_PORT:-9290}/classic/targets  (rules: helm-chart/files/prometheus/rules.yaml)"
+	@echo "    traces         http://127.0.0.1:16686/api/traces?service=audit-log-service  (Jaeger's query API)"
 	@echo "    publish        uv run taskevents demo --users 5 --rate 5   (through the sidecar on 3500/50001)"
 	@export DAPR_API_TOKEN="$$(cat "$(TOKENS)/dapr-api-token")" APP_API_TOKEN="$$(cat "$(TOKENS)/app-api-token")"; \
 	eval "$$(bash scripts/sentry.sh env)"; export SENTRY_ADDRESS DAPR_TRUST_ANCHORS; \

@@ -26,6 +26,18 @@ wait_for_port() {
 
 port_open() { (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; }
 
+# Fail unless every port after the first two arguments is free on 127.0.0.1: $1 names the
+# server a script starts ("a Jaeger"), $2 the variables that choose other ports.
+require_free_ports() {
+  local what=$1 variables=$2 port; shift 2
+  for port in "$@"; do
+    if port_open 127.0.0.1 "$port"; then
+      fail "port $port on 127.0.0.1 is taken by another process (not $what started by this script).
+       Stop it, or choose other ports with $variables."
+    fi
+  done
+}
+
 # Run a long command with its output in a log file, printing a heartbeat with the
 # elapsed time and the last line of the log every 15 s so people see it is alive.
 run_logged() {

@@ -39,12 +39,7 @@ cmd_start() {
     info "Sentry already running (pid $pid) on 127.0.0.1:$SENTRY_PORT"
     return
   fi
-  for port in "$SENTRY_PORT" "$SENTRY_HEALTHZ_PORT"; do
-    if port_open 127.0.0.1 "$port"; then
-      fail "port $port on 127.0.0.1 is taken by another process (not a Sentry started by this script).
-       Stop it, or choose other ports with SENTRY_PORT / SENTRY_HEALTHZ_PORT."
-    fi
-  done
+  require_free_ports "a Sentry" "SENTRY_PORT / SENTRY_HEALTHZ_PORT" "$SENTRY_PORT" "$SENTRY_HEALTHZ_PORT"
   bin="$(bash "$HERE/dapr-runtime.sh")/sentry"
   [ -x "$bin" ] || fail "no sentry in $(dirname "$bin"): a 'dapr init' installation without it?
        Build ours: remove that installation or set DAPR_RUNTIME_PATH, then run 'make dapr'."

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The backing services of a local run or test session: Kafka, PostgreSQL, an SMTP sink and
-# Dapr's Sentry (the certificate authority of the sidecars' mTLS; scripts/sentry.sh).
+# The backing services of a local run or test session: Kafka, PostgreSQL, an SMTP sink,
+# Dapr's Sentry (the certificate authority of the sidecars' mTLS; scripts/sentry.sh) and
+# Jaeger (the trace store; scripts/jaeger.sh).
 #
 #   stack.sh up      start whatever is not running (idempotent; fast when all runs already)
 #   stack.sh down    stop what we started (never the external ones named by environment)
@@ -9,7 +10,7 @@
 #
 # Environment: everything kafka.sh, postgres.sh and smtp.sh honour, notably KAFKA_BROKERS and
 # DATABASE_URL (use those instead of starting our own), KAFKA_PORT, PGPORT, SMTP_PORT,
-# MAILSINK_HTTP_PORT, MAILSINK_DIR, MAILSINK_REJECT, SENTRY_PORT, PYTHON, TASKEVENTS_STATE, TASKEVENTS_CACHE.
+# MAILSINK_HTTP_PORT, MAILSINK_DIR, MAILSINK_REJECT, SENTRY_PORT, JAEGER_OTLP_GRPC_PORT, JAEGER_UI_PORT, PYTHON, TASKEVENTS_STATE, TASKEVENTS_CACHE.
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 
@@ -35,6 +36,7 @@ cmd_up() {
   bash "$HERE/postgres.sh" start
   bash "$HERE/smtp.sh" start
   bash "$HERE/sentry.sh" start
+  bash "$HERE/jaeger.sh" start
   bash "$HERE/kafka.sh" wait
   bash "$HERE/kafka.sh" topics
   step "Stack up in $(since "$start")"
@@ -45,7 +47,8 @@ cmd_up() {
     SMTP sink     127.0.0.1:$SMTP_PORT   rejects: ${MAILSINK_REJECT:-nobody}
     inbox         http://127.0.0.1:$MAILSINK_HTTP_PORT/   (JSON: /messages; files: $MAILSINK_DIR)
     Dapr Sentry   127.0.0.1:${SENTRY_PORT:-50100}   trust anchors $TASKEVENTS_STATE/sentry/credentials/ca.crt
-    logs          $TASKEVENTS_STATE/{kafka,postgres,smtp,sentry}/
+    Jaeger        OTLP 127.0.0.1:${JAEGER_OTLP_GRPC_PORT:-4317}   traces http://127.0.0.1:${JAEGER_UI_PORT:-16686}/api/traces
+    logs          $TASKEVENTS_STATE/{kafka,postgres,smtp,sentry,jaeger}/
 EOF
 }
 
@@ -53,6 +56,7 @@ cmd_down() {
   local start
   start=$(now)
   step "Stopping the local stack"
+  bash "$HERE/jaeger.sh" stop
   bash "$HERE/sentry.sh" stop
   bash "$HERE/smtp.sh" stop
   bash "$HERE/kafka.sh" stop
@@ -66,6 +70,7 @@ cmd_status() {
   bash "$HERE/postgres.sh" status || rc=1
   bash "$HERE/smtp.sh" status || rc=1
   bash "$HERE/sentry.sh" status || rc=1
+  bash "$HERE/jaeger.sh" status || rc=1
   return "$rc"
 }
 

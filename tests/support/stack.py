@@ -38,6 +38,9 @@ class Stack:
     # Sidecars talk mTLS with certificates from the stack's Sentry (scripts/sentry.sh).
     sentry_address: str
     trust_anchors: str
+    # Jaeger (scripts/jaeger.sh): OTLP/gRPC in, the query API out.
+    otlp_endpoint: str
+    jaeger_url: str
     # Both tokens are on in every test, as in `make run` and the chart: the app's API asks
     # daprd for APP_API_TOKEN, daprd's API asks callers for DAPR_API_TOKEN.
     dapr_api_token: str = field(default_factory=lambda: secrets.token_urlsafe(24))
@@ -63,6 +66,8 @@ def ensure_stack() -> Stack:
         log_dir=log_dir,
         sentry_address=f"127.0.0.1:{os.environ.get('SENTRY_PORT', '50100')}",
         trust_anchors=(STATE / "sentry" / "credentials" / "ca.crt").read_text(),
+        otlp_endpoint=f"http://127.0.0.1:{os.environ.get('JAEGER_OTLP_GRPC_PORT', '4317')}",
+        jaeger_url=f"http://127.0.0.1:{os.environ.get('JAEGER_UI_PORT', '16686')}",
     )
 
 

@@ -102,7 +102,7 @@ class FakeAudit:
         self.letters[letter_id] = self.letters[letter_id].model_copy(update=changes)
         return self.letters[letter_id]
 
-    async def republish(self, event: TaskEvent) -> None:
+    async def republish(self, event: TaskEvent, *, cause: str | None = None) -> None:
         self.republished.append(event)
 
 

@@ -320,3 +320,10 @@ def test_the_shells_hold_no_data_and_need_no_token(client: TestClient, path: str
 def test_an_unknown_app_is_404_for_an_operator(client: TestClient) -> None:
     headers = {"Authorization": f"Bearer {token('op', 'operator')}"}
     assert client.get("/api/apps/nope", headers=headers).status_code == 404
+
+
+def test_the_events_page_links_trace_ids_to_the_trace_store(client: TestClient) -> None:
+    page = client.get("/events").text
+    assert 'data-traces-url="http://127.0.0.1:16686/api/traces"' in page
+    script = client.get("/static/console.js").text
+    assert "traceLink(e.trace_id)" in script

@@ -9,6 +9,8 @@ from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
 from recurring_task_service.firing import (
     claim_due_occurrences,
     relay_outbox,
@@ -318,3 +320,16 @@ async def test_more_due_schedules_than_a_batch_are_claimed_in_several_batches() 
 
     assert len(publisher.published) == 25
     assert len({e.event_id for e in publisher.published}) == 25
+
+
+async def test_a_relay_that_publishes_is_one_span_and_an_empty_tick_none(
+    spans: InMemorySpanExporter,
+) -> None:
+    store = FakeStore([schedule("due", interval_rule(60), NOW - timedelta(seconds=1))])
+    await fire(store, RecordingPublisher())
+    await relay_outbox(store, RecordingPublisher(), batch_size=10, clock=lambda: NOW)
+
+    relays = [s for s in spans.get_finished_spans() if s.name == "outbox relay"]
+    assert len(relays) == 1
+    assert relays[0].attributes is not None
+    assert relays[0].attributes["taskevents.batch_size"] == 1

@@ -101,7 +101,7 @@ async def replay_dead_letter(
     if letter.status == "discarded":
         raise ReplayRefusedError(f"dead letter {letter_id} was discarded")
     event = event_of_dead_letter(letter)
-    await publisher.republish(event)
+    await publisher.republish(event, cause=parse_cloud_event(letter.raw).traceparent)
     DEAD_LETTER_ACTIONS.labels("replayed").inc()
     log.info(
         "dead letter replayed",

@@ -193,6 +193,7 @@ class DeadLetterDesk(Protocol):
 
 
 class EventRepublisher(Protocol):
-    async def republish(self, event: TaskEvent) -> None:
-        """Publish the event to task-events again (same event id, same partition key)."""
+    async def republish(self, event: TaskEvent, *, cause: str | None = None) -> None:
+        """Publish the event to task-events again (same event id, same partition key);
+        `cause`: the `traceparent` of its first delivery, which the replay's trace links to."""
         ...

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from taskevents.events import InvalidEventError, TaskEvent
+from taskevents.tracing import configure_tracing
 
 DEFAULT_HTTP_PORT = 3500
 DEFAULT_GRPC_PORT = 50001
@@ -25,6 +26,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     os.environ["DAPR_GRPC_PORT"] = str(args.dapr_grpc_port)
     if not os.environ.get("DAPR_API_TOKEN") and (token := _local_dapr_api_token()):
         os.environ["DAPR_API_TOKEN"] = token
+    # With OTEL_EXPORTER_OTLP_ENDPOINT set, each publish starts a trace (exported at exit).
+    configure_tracing("taskevents-cli")
     try:
         code = asyncio.run(args.run(args))
     except KeyboardInterrupt:

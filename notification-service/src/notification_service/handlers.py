@@ -49,6 +49,7 @@ from taskevents.events import TaskEvent
 from taskevents.logging import get_logger
 from taskevents.retry import HELD_ELSEWHERE, RetryPolicy
 from taskevents.status import DaprStatus, Outcome
+from taskevents.tracing import SpanKind, span
 
 log = get_logger(__name__)
 
@@ -317,10 +318,24 @@ async def send_once(
 
     label = "SMTP" if channel is Channel.EMAIL else f"SMS ({ports.sms.name})"
     try:
-        if isinstance(message, Email):
-            await ports.mailer.send(message)
-        else:
-            await ports.sms.send(message)
+        # A span of its own (no recipient in it: addresses are personal data).
+        with span(
+            "smtp send" if isinstance(message, Email) else "sms send",
+            kind=SpanKind.CLIENT,
+            attributes={
+                "taskevents.channel": channel.value,
+                "taskevents.message_id": message.message_id,
+                **(
+                    {}
+                    if isinstance(message, Email)
+                    else {"taskevents.sms_provider": ports.sms.name}
+                ),
+            },
+        ):
+            if isinstance(message, Email):
+                await ports.mailer.send(message)
+            else:
+                await ports.sms.send(message)
     except DeliveryTemporarilyFailedError as error:
         await _release(ports.claims, claim)
         await _record(ports.ledger, notification, Status.FAILED, f"{label}: {error.reason}")

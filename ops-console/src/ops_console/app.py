@@ -19,6 +19,6 @@ def create_app(settings: Settings, *, bootstrap: Bootstrap = bootstrap) -> FastA
     app.include_router(data_router())
     if development:
         app.include_router(login_router())
-    app.include_router(pages_router(development=development))
+    app.include_router(pages_router(development=development, traces_url=settings.traces_url))
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     return app

@@ -100,3 +100,8 @@ class Settings(ServiceSettings):
         description="Where the local runner writes the apps' logs ($TASKEVENTS_STATE/logs).",
     )
     proc_root: Path = Field(default=Path("/proc"), description="Where processes are listed.")
+    traces_url: str = Field(
+        default="http://127.0.0.1:16686/api/traces",
+        description="Where an event's trace is: <traces_url>/<trace id> (Jaeger's query API of "
+        "`make run`; its UI is not built in).",
+    )

@@ -30,6 +30,7 @@ from recurring_task_service.schedules import (
 )
 from taskevents.events import EventType, TaskEvent
 from taskevents.logging import get_logger
+from taskevents.tracing import span
 
 log = get_logger(__name__)
 
@@ -176,25 +177,29 @@ async def relay_one_batch(
     outbox: Outbox, publisher: Publisher, *, batch_size: int, clock: Clock
 ) -> list[RelayedEvent]:
     async with outbox.take(limit=batch_size) as batch:
-        # The events of one task in order, different tasks side by side.
-        by_task: dict[str, list[OutboxEntry]] = defaultdict(list)
-        for entry in batch.entries:
-            by_task[entry.event.task_id].append(entry)
-        outcomes = await asyncio.gather(
-            *(_publish_in_order(entries, publisher, clock) for entries in by_task.values())
-        )
-        relayed = [r for task_outcomes in outcomes for r in task_outcomes]
-        for r in relayed:
-            if r.published_at is not None:
-                batch.published(r.entry)
-            else:
-                log.warning(
-                    "publishing a triggered event failed; it stays in the outbox",
-                    event_id=r.entry.event.event_id,
-                    task_id=r.entry.event.task_id,
-                    error=r.error,
-                )
-        return relayed
+        if not batch.entries:
+            return []
+        # A span only for a relay with something to publish: the poller ticks often.
+        with span("outbox relay", attributes={"taskevents.batch_size": len(batch.entries)}):
+            # The events of one task in order, different tasks side by side.
+            by_task: dict[str, list[OutboxEntry]] = defaultdict(list)
+            for entry in batch.entries:
+                by_task[entry.event.task_id].append(entry)
+            outcomes = await asyncio.gather(
+                *(_publish_in_order(entries, publisher, clock) for entries in by_task.values())
+            )
+            relayed = [r for task_outcomes in outcomes for r in task_outcomes]
+            for r in relayed:
+                if r.published_at is not None:
+                    batch.published(r.entry)
+                else:
+                    log.warning(
+                        "publishing a triggered event failed; it stays in the outbox",
+                        event_id=r.entry.event.event_id,
+                        task_id=r.entry.event.task_id,
+                        error=r.error,
+                    )
+            return relayed
 
 
 async def _publish_in_order(

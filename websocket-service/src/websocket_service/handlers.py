@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from taskevents.events import TaskEvent
 from taskevents.logging import get_logger
 from taskevents.status import Outcome
+from taskevents.tracing import span
 from websocket_service.frames import ResumeStatus
 from websocket_service.ports import AuditLog, AuditUnavailableError, Fanout
 
@@ -20,7 +21,15 @@ async def push_event_to_clients(event: TaskEvent, *, fanout: Fanout) -> Outcome:
     # retry, or every other client would see the event late (or twice).
     if event.known_type is None:
         return Outcome.success()
-    report = fanout.publish(event)
+    with span("websocket fan-out", attributes={"taskevents.user_id": event.user_id}) as current:
+        report = fanout.publish(event)
+        current.set_attributes(
+            {
+                "taskevents.queued": report.queued,
+                "taskevents.duplicates": report.duplicates,
+                "taskevents.overflowed": report.overflowed,
+            }
+        )
     if report.overflowed:
         log.warning("slow clients closed", user_id=event.user_id, closed=report.overflowed)
     log.debug(

@@ -15,8 +15,8 @@ class DaprRepublisher:
             pubsub_name=pubsub_name, topic=topic, http_port=http_port, grpc_port=grpc_port
         )
 
-    async def republish(self, event: TaskEvent) -> None:
-        await self._publisher.publish(event)
+    async def republish(self, event: TaskEvent, *, cause: str | None = None) -> None:
+        await self._publisher.publish(event, cause=cause)
 
     async def close(self) -> None:
         await self._publisher.close()

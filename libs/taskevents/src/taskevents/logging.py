@@ -1,5 +1,6 @@
 """Structured logging: structlog over the standard library, JSON outside development, with
-per-delivery context (event_id, task_id, trace_id) bound through contextvars."""
+per-delivery context (event_id, task_id, trace_id) bound through contextvars, and the
+current span's trace_id and span_id on every line logged inside one (taskevents.tracing)."""
 
 from __future__ import annotations
 
@@ -7,11 +8,32 @@ import logging
 import sys
 
 import structlog
+from opentelemetry import trace
+
+from taskevents.tracing import current_event_id
+
+
+def add_trace_context(
+    _logger: object, _method: str, event_dict: structlog.types.EventDict
+) -> structlog.types.EventDict:
+    """trace_id and span_id of the current span, when there is one, and the event id of the
+    bulk entry being handled: a log line is found from its trace in Jaeger, and the trace
+    from the line. What the delivery bound (the CloudEvent's trace id) is kept: it names the
+    same trace."""
+    context = trace.get_current_span().get_span_context()
+    if context.is_valid:
+        event_dict.setdefault("trace_id", trace.format_trace_id(context.trace_id))
+        event_dict.setdefault("span_id", trace.format_span_id(context.span_id))
+    # Within one entry of a bulk delivery (a single delivery binds event_id itself).
+    if (event_id := current_event_id()) is not None:
+        event_dict.setdefault("event_id", event_id)
+    return event_dict
 
 
 def configure_logging(service: str, *, level: str = "INFO", json: bool = False) -> None:
     shared: list[structlog.types.Processor] = [
         structlog.contextvars.merge_contextvars,
+        add_trace_context,
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,
         structlog.processors.TimeStamper(fmt="iso", utc=True),

@@ -6,9 +6,11 @@ import asyncio
 from typing import TYPE_CHECKING
 
 import httpx
+from opentelemetry.trace import SpanKind
 
 from taskevents.events import TaskEvent
 from taskevents.retry import SIDECAR_STARTING
+from taskevents.tracing import event_attributes, grpc_trace_interceptors, link_to, span
 
 if TYPE_CHECKING:
     from dapr.aio.clients import DaprClient
@@ -55,7 +57,10 @@ class LazyDaprClient:
                 await wait_for_sidecar(self._http_port)
                 from dapr.aio.clients import DaprClient
 
-                self._client = DaprClient(address=f"127.0.0.1:{self._grpc_port}")
+                # The current trace goes to daprd as `traceparent` metadata.
+                self._client = DaprClient(
+                    address=f"127.0.0.1:{self._grpc_port}", interceptors=grpc_trace_interceptors()
+                )
             return self._client
 
     async def close(self) -> None:
@@ -73,13 +78,29 @@ class EventPublisher:
         self.topic = topic
         self._dapr = LazyDaprClient(http_port=http_port, grpc_port=grpc_port)
 
-    async def publish(self, event: TaskEvent, *, topic: str | None = None) -> None:
-        await self.publish_raw(
-            event.to_json().encode(),
-            key=event.task_id,
-            cloudevent_id=event.event_id,
-            topic=topic,
-        )
+    async def publish(
+        self, event: TaskEvent, *, topic: str | None = None, cause: str | None = None
+    ) -> None:
+        """Publish in a PRODUCER span of the current trace; `cause`, the `traceparent` of
+        what this publish follows from in another trace (a replayed event's first publish),
+        becomes a link."""
+        destination = topic or self.topic
+        with span(
+            f"publish {destination}",
+            kind=SpanKind.PRODUCER,
+            attributes={
+                **event_attributes(event.event_id, event.type, event.task_id),
+                "messaging.system": "dapr",
+                "messaging.destination.name": destination,
+            },
+            links=link_to(cause),
+        ):
+            await self.publish_raw(
+                event.to_json().encode(),
+                key=event.task_id,
+                cloudevent_id=event.event_id,
+                topic=topic,
+            )
 
     async def publish_raw(
         self,

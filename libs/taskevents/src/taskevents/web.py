@@ -10,7 +10,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib.metadata import PackageNotFoundError, version
 from types import MappingProxyType
 from typing import Any, TypeVar
@@ -18,6 +18,8 @@ from typing import Any, TypeVar
 import structlog
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request, Response
 from fastapi.responses import JSONResponse
+from opentelemetry.context import Context
+from opentelemetry.trace import SpanKind
 from pydantic import SecretStr
 from starlette.requests import HTTPConnection
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -29,6 +31,17 @@ from taskevents.logging import configure_logging, get_logger
 from taskevents.metrics import DELIVERIES, DELIVERY_SECONDS, render_latest
 from taskevents.settings import ServiceSettings
 from taskevents.status import DaprStatus, Outcome
+from taskevents.tracing import (
+    EntrySpan,
+    bulk_spans,
+    configure_tracing,
+    delivery_context,
+    entry_context,
+    event_attributes,
+    instrument_app,
+    mark_outcome,
+    span,
+)
 
 log = get_logger(__name__)
 
@@ -137,6 +150,7 @@ def service_app(
     app.state.max_event_bytes = settings.max_event_bytes
     app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes)
     app.include_router(probes_router(app_id, kind))
+    instrument_app(app)
     return app
 
 
@@ -307,11 +321,20 @@ async def deliver_event(
         structlog.contextvars.bind_contextvars(
             event_id=event.event_id, task_id=event.task_id, trace_id=envelope.trace_id
         )
-        try:
-            outcome = await handler(event, envelope)
-        except Exception as error:
-            log.exception("handler failed; asking Dapr to retry")
-            outcome = Outcome.retry(f"{type(error).__name__}: {error}")
+        # The server span (FastAPI's instrumentation) continues daprd's `traceparent`
+        # header; without one, the CloudEvent's own.
+        with span(
+            f"handle {event_type}",
+            kind=SpanKind.CONSUMER,
+            attributes=event_attributes(event.event_id, event.type, event.task_id),
+            context=delivery_context(envelope.traceparent, envelope.tracestate),
+        ) as handling:
+            try:
+                outcome = await handler(event, envelope)
+            except Exception as error:
+                log.exception("handler failed; asking Dapr to retry")
+                outcome = Outcome.retry(f"{type(error).__name__}: {error}")
+            mark_outcome(handling, outcome.status.value, outcome.reason)
     DELIVERIES.labels(path, event_type, outcome.status.value).inc()
     DELIVERY_SECONDS.labels(path).observe(time.perf_counter() - started)
     if outcome.reason:
@@ -330,6 +353,8 @@ class BulkEntry:
     event: TaskEvent
     envelope: CloudEvent
     metadata: Mapping[str, str]
+    # The entry's handling span, for a handler that works entry by entry (tracing.within).
+    trace: Context | None = None
 
 
 # Returns one outcome per entry, in order; the handler owns the batch's round trip.
@@ -390,13 +415,32 @@ async def deliver_bulk(request: Request, handler: BulkEventHandler) -> JSONRespo
             )
         )
     if readable:
-        try:
-            outcomes = list(await handler(readable))
-            if len(outcomes) != len(readable):
-                raise RuntimeError(f"{len(outcomes)} outcomes for {len(readable)} events")
-        except Exception as error:
-            log.exception("bulk handler failed; asking Dapr to retry the batch")
-            outcomes = [Outcome.retry(f"{type(error).__name__}: {error}")] * len(readable)
+        # One handling span per entry, each in the trace of its own CloudEvent.
+        traced = [
+            EntrySpan(
+                name=f"handle {type_label(item.event)}",
+                traceparent=item.envelope.traceparent,
+                tracestate=item.envelope.tracestate,
+                attributes=event_attributes(
+                    item.event.event_id, item.event.type, item.event.task_id
+                ),
+            )
+            for item in readable
+        ]
+        with bulk_spans(traced) as spans:
+            readable = [
+                replace(item, trace=entry_context(entry_span, item.event.event_id))
+                for item, entry_span in zip(readable, spans, strict=True)
+            ]
+            try:
+                outcomes = list(await handler(readable))
+                if len(outcomes) != len(readable):
+                    raise RuntimeError(f"{len(outcomes)} outcomes for {len(readable)} events")
+            except Exception as error:
+                log.exception("bulk handler failed; asking Dapr to retry the batch")
+                outcomes = [Outcome.retry(f"{type(error).__name__}: {error}")] * len(readable)
+            for entry_span, outcome in zip(spans, outcomes, strict=True):
+                mark_outcome(entry_span, outcome.status.value, outcome.reason)
         # One log line per batch and status, not one per entry: a database outage
         # turns every entry of every batch into a RETRY.
         unsuccessful: dict[DaprStatus, list[Outcome]] = {}
@@ -498,6 +542,7 @@ def run_service(
     command = parser.parse_args(argv).command
     settings = settings_type()
     configure_logging(app_id, level=settings.log_level, json=settings.json_logs)
+    configure_tracing(app_id)
     if command == "migrate" and migrate is not None:
         sys.exit(asyncio.run(migrate(settings)))
     app = create_app(settings)

@@ -25,14 +25,20 @@ PAGES = [
 ]
 
 
-def pages_router(*, development: bool) -> APIRouter:
+def pages_router(*, development: bool, traces_url: str = "") -> APIRouter:
     router = APIRouter(include_in_schema=False)
 
     def render(request: Request, template: str, title: str, **extra: object) -> HTMLResponse:
         return TEMPLATES.TemplateResponse(
             request,
             template,
-            {"title": title, "pages": PAGES, "development": development, **extra},
+            {
+                "title": title,
+                "pages": PAGES,
+                "development": development,
+                "traces_url": traces_url,
+                **extra,
+            },
         )
 
     @router.get("/")

@@ -53,6 +53,11 @@ function fill(selector, items, cells, attrs) {
 
 function span(text, cls) { const s = document.createElement("span"); s.textContent = text; s.className = cls || ""; return s; }
 function link(text, href) { const a = document.createElement("a"); a.textContent = text; a.href = href; return a; }
+// An event's trace in Jaeger (its query API, CONSOLE_TRACES_URL), when it has one.
+function traceLink(traceId) {
+  const base = document.body.dataset.tracesUrl;
+  return traceId && base ? link(traceId, `${base}/${encodeURIComponent(traceId)}`) : traceId;
+}
 function button(text, cls, onclick) { const b = document.createElement("button"); b.textContent = text; b.className = cls; b.onclick = onclick; return b; }
 
 function duration(seconds) {
@@ -200,7 +205,7 @@ const pages = {
         $("#path").hidden = false;
         fill("#history", d.history, (e) => [e.timestamp, e.type, e.event_id, e.source,
           e.kafka_partition !== null ? `${e.kafka_partition}/${e.kafka_offset}` : "–",
-          e.received_at, e.trace_id], (e) => ({ "data-event-id": e.event_id }));
+          e.received_at, traceLink(e.trace_id)], (e) => ({ "data-event-id": e.event_id }));
         fill("#notifications", d.notifications.items, (n) => [n.event_id, n.channel, n.recipient, n.status, n.sent_at]);
         fill("#schedules", d.schedules.items, (s) => [s.id, s.cron || `${s.interval_seconds} s`, s.timezone, s.paused ? "paused" : "active"]);
         const problems = [...d.notifications.problems, ...d.schedules.problems];

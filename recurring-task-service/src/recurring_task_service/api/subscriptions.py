@@ -15,6 +15,7 @@ from taskevents.cloudevents import CloudEvent
 from taskevents.events import TaskEvent
 from taskevents.logging import get_logger
 from taskevents.status import Outcome
+from taskevents.tracing import within
 from taskevents.web import BulkEntry, app_token, deliver_bulk, deliver_event
 
 log = get_logger(__name__)
@@ -42,7 +43,11 @@ def subscriptions_router(settings: Settings) -> APIRouter:
             # events are applied as they were published. Most are this service's own
             # triggered events, which need no database. Each entry answers for itself: a
             # bug met by one event is retried (then dead-lettered) alone, not with its batch.
-            return [await _one(entry.event, schedules) for entry in entries]
+            outcomes = []
+            for entry in entries:
+                with within(entry.trace):  # its database spans in the entry's own trace
+                    outcomes.append(await _one(entry.event, schedules))
+            return outcomes
 
         return await deliver_bulk(request, handle)
 

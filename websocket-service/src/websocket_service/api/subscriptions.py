@@ -12,6 +12,7 @@ from fastapi.responses import JSONResponse
 from taskevents.cloudevents import CloudEvent
 from taskevents.events import TaskEvent
 from taskevents.status import Outcome
+from taskevents.tracing import within
 from taskevents.web import BulkEntry, app_token, deliver_bulk, deliver_event
 from websocket_service.bootstrap import FanoutDep
 from websocket_service.handlers import push_event_to_clients
@@ -34,7 +35,11 @@ def subscriptions_router(settings: Settings) -> APIRouter:
     @router.post(TASK_EVENTS_BULK_ROUTE)
     async def task_events(request: Request, fanout: FanoutDep) -> JSONResponse:
         async def handle(entries: Sequence[BulkEntry]) -> list[Outcome]:
-            return [await push_event_to_clients(entry.event, fanout=fanout) for entry in entries]
+            outcomes = []
+            for entry in entries:
+                with within(entry.trace):  # the fan-out span in the entry's own trace
+                    outcomes.append(await push_event_to_clients(entry.event, fanout=fanout))
+            return outcomes
 
         return await deliver_bulk(request, handle)
 
