@@ -93,7 +93,10 @@ async def test_a_database_made_before_migrations_upgrades_in_place_and_reads_as_
             dsn, packaged_migrations(PACKAGE), MIGRATIONS, connect_timeout_seconds=5
         )
 
-        assert [m.filename for m in applied] == ["0001_notification_ledger.sql"]
+        assert [m.filename for m in applied] == [
+            "0001_notification_ledger.sql",
+            "0002_retry_deadline.sql",
+        ]
         assert again == []
         pool = await create_pool(dsn, PoolSettings())
         try:
