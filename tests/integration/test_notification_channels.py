@@ -6,19 +6,14 @@ these events and the shared SMTP sink is never touched."""
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
 import os
-import signal
-import subprocess
-import sys
 import threading
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -44,8 +39,8 @@ from tests.support.cluster import (
     start_service,
 )
 from tests.support.kafka import DLQ_TOPIC
-from tests.support.mailbox import ReceivedMail, mails_to
-from tests.support.stack import ROOT, RUN_ID, Stack, free_port
+from tests.support.mailbox import ReceivedMail, Sink
+from tests.support.stack import RUN_ID, Stack, free_port
 from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.integration
@@ -147,47 +142,6 @@ def receiver() -> Iterator[Receiver]:
 
 
 # --- our own SMTP sink, which the tests may stop -------------------------------------------
-
-
-@dataclass
-class Sink:
-    port: int
-    directory: Path
-    process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        env = {
-            **os.environ,
-            "SMTP_PORT": str(self.port),
-            "MAILSINK_HTTP_PORT": "0",
-            "MAILSINK_DIR": str(self.directory),
-            "MAILSINK_REJECT": "",
-        }
-        log = open(self.directory.parent / "mailsink.log", "ab")  # noqa: SIM115
-        self.process = subprocess.Popen(
-            [sys.executable, str(ROOT / "scripts" / "mailsink.py")],
-            env=env, stdout=log, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-
-    def stop(self) -> None:
-        if self.process is not None:
-            self.process.send_signal(signal.SIGTERM)
-            self.process.wait(timeout=10)
-            self.process = None
-
-    async def wait_accepting(self) -> None:
-        async def accepting() -> bool:
-            try:
-                _, writer = await asyncio.open_connection("127.0.0.1", self.port)
-            except OSError:
-                return False
-            writer.close()
-            return True
-
-        await eventually(accepting, timeout=20, what="own SMTP sink listening")
-
-    def mails_to(self, address: str) -> list[ReceivedMail]:
-        return mails_to(self.directory, address)
 
 
 @pytest_asyncio.fixture(scope="module")
@@ -332,37 +286,6 @@ def created(user_id: str, task_id: str, title: str, **payload: Any) -> TaskEvent
 
 
 # --- the tests ----------------------------------------------------------------------------
-
-
-async def test_smtp_down_for_a_while_the_mail_arrives_after_it_comes_back(
-    notifier: Notifier, sink: Sink, unique: str
-) -> None:
-    user_id, address = f"user-{unique}", f"down-{unique}@example.com".lower()
-    sink.stop()
-    try:
-        await notifier.publish(created(user_id, f"task-{unique}", "Survive the outage",
-                                       user_email=address))  # fmt: skip
-
-        async def failed_once() -> list[dict[str, Any]]:
-            return [e for e in await history(notifier, user_id) if e["status"] == "failed"]
-
-        [failure] = await eventually(
-            failed_once, timeout=30, what="a failed attempt", check=notifier.service.check_alive
-        )
-        assert "SMTP" in failure["reason"]
-    finally:
-        sink.start()
-    await sink.wait_accepting()
-
-    async def arrived() -> list[ReceivedMail]:
-        return sink.mails_to(address)
-
-    [mail] = await eventually(
-        arrived, timeout=60, what="the mail after the outage", check=notifier.service.check_alive
-    )
-    assert mail.subject == "New task: Survive the outage"
-    [entry] = await history(notifier, user_id)
-    assert entry["status"] == "sent"
 
 
 async def test_sms_through_the_twilio_api_with_the_token_from_the_secret_store(

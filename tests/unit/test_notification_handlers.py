@@ -27,11 +27,11 @@ from notification_service.ports import (
     HistoryEntry,
     Kind,
     LedgerEntry,
+    LedgerUnavailableError,
     MailDeliveryError,
     MailRejectedError,
     MailTemporarilyFailedError,
     Notification,
-    LedgerUnavailableError,
     NotificationLogUnavailableError,
     RateLimit,
     Reservation,
@@ -853,7 +853,8 @@ async def test_an_event_long_on_the_topic_is_recorded_as_too_old_and_not_sent(
     assert world.mailer.sent == []
     row = world.ledger.rows[(event.event_id, Channel.EMAIL)]
     assert row.status is Status.TOO_OLD
-    assert row.reason is not None and row.reason.startswith("too old to send")
+    assert row.reason is not None
+    assert row.reason.startswith("too old to send")
 
 
 async def test_age_counts_from_the_topic_not_from_the_event_timestamp(world: World) -> None:
