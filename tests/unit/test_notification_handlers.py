@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from notification_service.api.subscriptions import record_timestamp
+from notification_service.deferred import DeferredDelivery
 from notification_service.emails import EmailComposer
 from notification_service.handlers import (
     Policy,
@@ -883,3 +884,27 @@ def test_the_record_timestamp_daprd_passes_is_read_in_either_form() -> None:
     assert record_timestamp({"__timestamp": "2026-11-23T23:30:01.25"}) == moment
     assert record_timestamp({}) is None
     assert record_timestamp({"__timestamp": "soon"}) is None
+
+
+async def test_a_channel_that_just_failed_is_not_tried_again_in_the_same_round(
+    world: World,
+) -> None:
+    events = [created(), created()]
+    for event in events:
+        world.mailer.failures.append(MailTemporarilyFailedError("timed out"))
+        await notify_user(event, ports=world.ports(), policy=KEEPING)
+    relay = DeferredDelivery(
+        ports=world.ports(), policy=KEEPING, poll_seconds=1.0, batch=10, lease_seconds=60.0,
+        retention=None,
+    )  # fmt: skip
+    world.mailer.failures.append(MailTemporarilyFailedError("timed out"))
+
+    assert await relay.run_once() == 2
+
+    # One timeout for the round, not one per row: the second row waits for the next round.
+    assert world.mailer.sent == []
+    second = world.ledger.rows[(events[1].event_id, Channel.EMAIL)]
+    assert second.status is Status.DEFERRED
+    assert second.reason == "not tried: the email failed for another one just now"
+    assert await relay.run_once() == 2
+    assert len(world.mailer.sent) == 2
