@@ -17,7 +17,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs
 
-import asyncpg
 import httpx
 import pytest
 import pytest_asyncio
@@ -38,8 +37,9 @@ from tests.support.cluster import (
     service_spec,
     start_service,
 )
-from tests.support.kafka import DLQ_TOPIC
 from tests.support.mailbox import ReceivedMail, Sink
+from tests.support.notifiers import forget_ledger, own_sink, subscription, wait_until_mailing
+from tests.support.notifiers import history as notifications_of
 from tests.support.stack import RUN_ID, Stack, free_port
 from tests.support.waiting import eventually
 
@@ -146,15 +146,8 @@ def receiver() -> Iterator[Receiver]:
 
 @pytest_asyncio.fixture(scope="module")
 async def sink(stack: Stack) -> AsyncIterator[Sink]:
-    directory = stack.log_dir / "notify-it-sink" / "mail"
-    directory.mkdir(parents=True, exist_ok=True)
-    own = Sink(port=free_port(), directory=directory)
-    own.start()
-    try:
-        await own.wait_accepting()
-        yield own
-    finally:
-        own.stop()
+    async with own_sink(stack, "notify-it-sink") as sink:
+        yield sink
 
 
 # --- the service under test ---------------------------------------------------------------
@@ -180,23 +173,11 @@ async def notifier(
     admin = AIOKafkaAdminClient(**kafka_client_options(stack.kafka_brokers))
     await admin.start()
     await admin.create_topics([NewTopic(TOPIC, num_partitions=2, replication_factor=1)])
-    subscription = {
-        "apiVersion": "dapr.io/v2alpha1",
-        "kind": "Subscription",
-        "metadata": {"name": f"{APP_ID}-events"},
-        "spec": {
-            "pubsubname": "kafka-pubsub",
-            "topic": TOPIC,
-            "routes": {"default": "/events/task-events"},
-            "deadLetterTopic": DLQ_TOPIC,
-        },
-        "scopes": [APP_ID],
-    }
     spec, consumer = service_spec(
         stack,
         APP_ID,
         command=[str(VENV_BIN / "notification-service")],
-        extra_resources=[subscription],
+        extra_resources=[subscription(APP_ID, TOPIC)],
         role="notification-service",
         env={
             "NOTIFY_SMTP_PORT": str(sink.port),
@@ -224,40 +205,14 @@ async def notifier(
     )  # fmt: skip
     notifier = Notifier(service, publisher)
     try:
-        await wait_until_notifying(notifier, sink)
+        await wait_until_mailing(notifier.publish, sink, service, RUN_ID)
         yield notifier
     finally:
         await publisher.close()
         service.app.stop()
         await admin.delete_topics([TOPIC])
         await admin.close()
-        # The ledger rows of this app's own namespace (nothing else uses it).
-        connection = await asyncpg.connect(stack.database_url)
-        try:
-            await connection.execute("DELETE FROM notification_ledger WHERE namespace = $1", APP_ID)
-        finally:
-            await connection.close()
-
-
-async def wait_until_notifying(notifier: Notifier, sink: Sink) -> None:
-    """The consumer starts at the newest offset once it has joined its group: publish
-    probes until one is mailed."""
-    address = f"probe-{RUN_ID}@example.com"
-
-    async def mailed() -> bool:
-        if sink.mails_to(address):
-            return True
-        probe = TaskEvent.create(
-            EventType.TASK_CREATED, task_id=f"probe-{RUN_ID}", user_id=f"probe-{RUN_ID}",
-            payload={"title": "probe", "user_email": address},
-        )  # fmt: skip
-        await notifier.publish(probe)
-        return False
-
-    await eventually(
-        mailed, timeout=90, interval=2.0, what="the own notifier consuming",
-        check=notifier.service.check_alive,
-    )  # fmt: skip
+        await forget_ledger(stack, APP_ID)
 
 
 async def put_preferences(notifier: Notifier, user_id: str, **preferences: Any) -> None:
@@ -269,13 +224,7 @@ async def put_preferences(notifier: Notifier, user_id: str, **preferences: Any) 
 
 
 async def history(notifier: Notifier, user_id: str) -> list[dict[str, Any]]:
-    async with httpx.AsyncClient(timeout=10) as http:
-        response = await http.get(
-            f"{notifier.url}/notifications", params={"user_id": user_id}, headers=bearer(user_id)
-        )
-    response.raise_for_status()
-    items: list[dict[str, Any]] = response.json()["items"]
-    return items
+    return await notifications_of(notifier.url, user_id)
 
 
 def created(user_id: str, task_id: str, title: str, **payload: Any) -> TaskEvent:

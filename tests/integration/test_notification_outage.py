@@ -12,7 +12,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import httpx
 import pytest
 import pytest_asyncio
@@ -33,9 +32,16 @@ from tests.support.cluster import (
     service_spec,
     start_service,
 )
-from tests.support.kafka import DLQ_TOPIC, cloud_event
+from tests.support.kafka import cloud_event
 from tests.support.mailbox import Sink
-from tests.support.stack import RUN_ID, Stack, free_port
+from tests.support.notifiers import (
+    forget_ledger,
+    history,
+    own_sink,
+    subscription,
+    wait_until_mailing,
+)
+from tests.support.stack import RUN_ID, Stack
 from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.integration
@@ -51,30 +57,8 @@ OPERATOR = bearer("operator", operator=True)
 
 @pytest_asyncio.fixture(scope="module")
 async def sink(stack: Stack) -> AsyncIterator[Sink]:
-    directory = stack.log_dir / "notify-outage-sink" / "mail"
-    directory.mkdir(parents=True, exist_ok=True)
-    own = Sink(port=free_port(), directory=directory)
-    own.start()
-    try:
-        await own.wait_accepting()
-        yield own
-    finally:
-        own.stop()
-
-
-def subscription(app_id: str, topic: str) -> dict[str, Any]:
-    return {
-        "apiVersion": "dapr.io/v2alpha1",
-        "kind": "Subscription",
-        "metadata": {"name": f"{app_id}-events"},
-        "spec": {
-            "pubsubname": "kafka-pubsub",
-            "topic": topic,
-            "routes": {"default": "/events/task-events"},
-            "deadLetterTopic": DLQ_TOPIC,
-        },
-        "scopes": [app_id],
-    }
+    async with own_sink(stack, "notify-outage-sink") as sink:
+        yield sink
 
 
 def notifier_env(sink: Sink, app_id: str, **extra: str) -> dict[str, str]:
@@ -87,29 +71,13 @@ def notifier_env(sink: Sink, app_id: str, **extra: str) -> dict[str, str]:
     }
 
 
-async def forget_ledger(stack: Stack, namespace: str) -> None:
-    connection = await asyncpg.connect(stack.database_url)
-    try:
-        await connection.execute("DELETE FROM notification_ledger WHERE namespace = $1", namespace)
-    finally:
-        await connection.close()
-
-
 @dataclass
 class Notifier:
     service: Service
     publisher: EventPublisher
 
     async def history(self, user_id: str) -> list[dict[str, Any]]:
-        async with httpx.AsyncClient(timeout=10) as http:
-            response = await http.get(
-                f"{self.service.url}/notifications",
-                params={"user_id": user_id},
-                headers=bearer(user_id),
-            )
-        response.raise_for_status()
-        items: list[dict[str, Any]] = response.json()["items"]
-        return items
+        return await history(self.service.url, user_id)
 
 
 @pytest_asyncio.fixture(scope="module")
@@ -137,29 +105,12 @@ async def notifier(stack: Stack, cluster: Cluster, sink: Sink) -> AsyncIterator[
     )  # fmt: skip
     notifier = Notifier(service, publisher)
     try:
-        await wait_until_notifying(notifier, sink)
+        await wait_until_mailing(publisher.publish, sink, service, f"outage-{RUN_ID}")
         yield notifier
     finally:
         await publisher.close()
         service.app.stop()
         await forget_ledger(stack, APP_ID)
-
-
-async def wait_until_notifying(notifier: Notifier, sink: Sink) -> None:
-    """The consumer starts at the newest offset once it has joined its group: publish
-    probes until one is mailed."""
-    address = f"probe-outage-{RUN_ID}@example.com"
-
-    async def mailed() -> bool:
-        if sink.mails_to(address):
-            return True
-        await notifier.publisher.publish(created(f"probe-{RUN_ID}", f"probe-{RUN_ID}", address))
-        return False
-
-    await eventually(
-        mailed, timeout=90, interval=2.0, what="the own notifier consuming",
-        check=notifier.service.check_alive,
-    )  # fmt: skip
 
 
 def created(user_id: str, task_id: str, address: str, **fields: Any) -> TaskEvent:
@@ -308,7 +259,7 @@ async def test_a_new_consumer_group_does_not_mail_the_history_on_the_topic(
 ) -> None:
     user_id, address = f"user-{unique}", f"history-{unique}@example.com"
     now = datetime.now(UTC)
-    history = [created(user_id, f"task-{unique}-old-{i}", address) for i in range(2)]
+    old = [created(user_id, f"task-{unique}-old-{i}", address) for i in range(2)]
     fresh = created(user_id, f"task-{unique}-new", address)
     # A replayed dead letter or a caught-up occurrence: an old timestamp, appended now.
     replayed = created(
@@ -318,7 +269,7 @@ async def test_a_new_consumer_group_does_not_mail_the_history_on_the_topic(
     await admin.start()
     await admin.create_topics([NewTopic(NOTIFY_HISTORY_TOPIC, 2, 1)])
     try:
-        for event in history:
+        for event in old:
             await produce(stack, NOTIFY_HISTORY_TOPIC, event, appended_at=now - timedelta(hours=2))
         for event in (fresh, replayed):
             await produce(stack, NOTIFY_HISTORY_TOPIC, event, appended_at=now)
@@ -338,13 +289,7 @@ async def test_a_new_consumer_group_does_not_mail_the_history_on_the_topic(
         try:
 
             async def decided() -> list[dict[str, Any]] | None:
-                async with httpx.AsyncClient(timeout=10) as http:
-                    response = await http.get(
-                        f"{service.url}/notifications", params={"user_id": user_id},
-                        headers=bearer(user_id),
-                    )  # fmt: skip
-                response.raise_for_status()
-                rows: list[dict[str, Any]] = response.json()["items"]
+                rows = await history(service.url, user_id)
                 done = [r for r in rows if r["status"] in ("sent", "too_old")]
                 return rows if len(done) == 4 else None
 
@@ -360,7 +305,7 @@ async def test_a_new_consumer_group_does_not_mail_the_history_on_the_topic(
 
     status = {r["event_id"]: r["status"] for r in rows}
     assert status == {
-        history[0].event_id: "too_old", history[1].event_id: "too_old",
+        old[0].event_id: "too_old", old[1].event_id: "too_old",
         fresh.event_id: "sent", replayed.event_id: "sent",
     }  # fmt: skip
     reasons = [r["reason"] for r in rows if r["status"] == "too_old"]

@@ -266,19 +266,8 @@ async def notify_on_channel(
         log.info(f"no {channel} recipient for this event; nothing sent", user_id=event.user_id)
         return Outcome.success(f"no {'email address' if channel is Channel.EMAIL else 'phone'}")
 
-    notification = Notification(
-        event_id=event.event_id,
-        channel=channel,
-        event_type=event.type,
-        user_id=event.user_id,
-        task_id=event.task_id,
-        recipient=recipient,
-    )
-    entry = LedgerEntry(
-        notification=notification,
-        title=str(event.payload.get("title") or "")[:200],
-        event=event.model_dump(mode="json"),
-    )
+    entry = ledger_entry(event, channel, recipient, with_event=True)
+    notification = entry.notification
     try:
         quiet_until = preferences.quiet_until(ports.clock()) if preferences else None
         if quiet_until is not None and not is_urgent(event, policy):
@@ -351,20 +340,29 @@ async def _retry_later(
     return Outcome.success(f"{reason}: retried until {give_up_at.isoformat()}")
 
 
-async def _skip_too_old(
-    event: TaskEvent, channel: Channel, recipient: str | None, reason: str, *, ports: Ports
-) -> Outcome:
+def ledger_entry(
+    event: TaskEvent, channel: Channel, recipient: str, *, with_event: bool
+) -> LedgerEntry:
+    """The ledger's row of one notification; `with_event` keeps the event to render later."""
     notification = Notification(
         event_id=event.event_id,
         channel=channel,
         event_type=event.type,
         user_id=event.user_id,
         task_id=event.task_id,
-        recipient=recipient or "",
+        recipient=recipient,
     )
-    entry = LedgerEntry(
-        notification=notification, title=str(event.payload.get("title") or "")[:200]
+    return LedgerEntry(
+        notification=notification,
+        title=str(event.payload.get("title") or "")[:200],
+        event=event.model_dump(mode="json") if with_event else None,
     )
+
+
+async def _skip_too_old(
+    event: TaskEvent, channel: Channel, recipient: str | None, reason: str, *, ports: Ports
+) -> Outcome:
+    entry = ledger_entry(event, channel, recipient or "", with_event=False)
     try:
         recorded = await ports.ledger.skip(entry, status=Status.TOO_OLD, reason=reason)
     except LedgerUnavailableError as error:
