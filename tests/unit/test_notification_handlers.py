@@ -905,6 +905,6 @@ async def test_a_channel_that_just_failed_is_not_tried_again_in_the_same_round(
     assert world.mailer.sent == []
     second = world.ledger.rows[(events[1].event_id, Channel.EMAIL)]
     assert second.status is Status.DEFERRED
-    assert second.reason == "not tried: the email failed for another one just now"
+    assert second.reason == "SMTP: timed out (not tried: it failed for another one just now)"
     assert await relay.run_once() == 2
     assert len(world.mailer.sent) == 2

@@ -58,14 +58,14 @@ class DeferredDelivery:
         # A channel that just failed for one kept notification is not tried again for the
         # others of this round: with an SMTP server that times out, a batch would otherwise
         # take a timeout per item and outlive its lease.
-        down: set[Channel] = set()
+        down: dict[Channel, str] = {}
         for item in items:
             channel = item.notification.channel
             if item.give_up_at is not None and channel in down:
                 later = self._ports.clock() + timedelta(seconds=self._policy.retry_first_seconds)
                 await self._ledger.reschedule(
                     item.notification, due_at=min(later, item.give_up_at),
-                    reason=f"not tried: the {channel} failed for another one just now",
+                    reason=f"{down[channel]} (not tried: it failed for another one just now)",
                 )  # fmt: skip
                 continue
             try:
@@ -75,7 +75,7 @@ class DeferredDelivery:
                 log.exception("deferred delivery failed", event_id=item.notification.event_id)
                 continue
             if outcome.status is DaprStatus.RETRY and item.give_up_at is not None:
-                down.add(channel)
+                down[channel] = outcome.reason or "failed"
             log.info(
                 "deferred item handled",
                 event_id=item.notification.event_id,
