@@ -127,8 +127,11 @@ async def test_a_database_made_before_migrations_upgrades_in_place_and_reads_as_
             recorded = await pool.fetch(
                 f"SELECT version, name, checksum FROM {MIGRATIONS.table}"  # noqa: S608
             )
-            assert [(r["version"], r["name"]) for r in recorded] == [(1, "notification_ledger")]
-            assert recorded[0]["checksum"] == applied[0].checksum
+            assert [(r["version"], r["name"]) for r in recorded] == [
+                (1, "notification_ledger"),
+                (2, "retry_deadline"),
+            ]
+            assert [r["checksum"] for r in recorded] == [m.checksum for m in applied]
         finally:
             await close_pool(pool)
 
@@ -173,7 +176,7 @@ async def test_the_service_migrates_its_database_at_start(stack: Stack) -> None:
             versions = await connection.fetch(f"SELECT version FROM {MIGRATIONS.table}")  # noqa: S608
         finally:
             await connection.close()
-        assert [r["version"] for r in versions] == [1]
+        assert sorted(r["version"] for r in versions) == [1, 2]
 
 
 async def test_with_its_database_down_the_service_runs_unready_and_the_ledger_unavailable() -> None:
