@@ -6,23 +6,17 @@ these events and the shared SMTP sink is never touched."""
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
 import os
-import signal
-import subprocess
-import sys
 import threading
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
 
-import asyncpg
 import httpx
 import pytest
 import pytest_asyncio
@@ -43,9 +37,10 @@ from tests.support.cluster import (
     service_spec,
     start_service,
 )
-from tests.support.kafka import DLQ_TOPIC
-from tests.support.mailbox import ReceivedMail, mails_to
-from tests.support.stack import ROOT, RUN_ID, Stack, free_port
+from tests.support.mailbox import ReceivedMail, Sink
+from tests.support.notifiers import forget_ledger, own_sink, subscription, wait_until_mailing
+from tests.support.notifiers import history as notifications_of
+from tests.support.stack import RUN_ID, Stack, free_port
 from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.integration
@@ -149,58 +144,10 @@ def receiver() -> Iterator[Receiver]:
 # --- our own SMTP sink, which the tests may stop -------------------------------------------
 
 
-@dataclass
-class Sink:
-    port: int
-    directory: Path
-    process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        env = {
-            **os.environ,
-            "SMTP_PORT": str(self.port),
-            "MAILSINK_HTTP_PORT": "0",
-            "MAILSINK_DIR": str(self.directory),
-            "MAILSINK_REJECT": "",
-        }
-        log = open(self.directory.parent / "mailsink.log", "ab")  # noqa: SIM115
-        self.process = subprocess.Popen(
-            [sys.executable, str(ROOT / "scripts" / "mailsink.py")],
-            env=env, stdout=log, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-
-    def stop(self) -> None:
-        if self.process is not None:
-            self.process.send_signal(signal.SIGTERM)
-            self.process.wait(timeout=10)
-            self.process = None
-
-    async def wait_accepting(self) -> None:
-        async def accepting() -> bool:
-            try:
-                _, writer = await asyncio.open_connection("127.0.0.1", self.port)
-            except OSError:
-                return False
-            writer.close()
-            return True
-
-        await eventually(accepting, timeout=20, what="own SMTP sink listening")
-
-    def mails_to(self, address: str) -> list[ReceivedMail]:
-        return mails_to(self.directory, address)
-
-
 @pytest_asyncio.fixture(scope="module")
 async def sink(stack: Stack) -> AsyncIterator[Sink]:
-    directory = stack.log_dir / "notify-it-sink" / "mail"
-    directory.mkdir(parents=True, exist_ok=True)
-    own = Sink(port=free_port(), directory=directory)
-    own.start()
-    try:
-        await own.wait_accepting()
-        yield own
-    finally:
-        own.stop()
+    async with own_sink(stack, "notify-it-sink") as sink:
+        yield sink
 
 
 # --- the service under test ---------------------------------------------------------------
@@ -226,23 +173,11 @@ async def notifier(
     admin = AIOKafkaAdminClient(**kafka_client_options(stack.kafka_brokers))
     await admin.start()
     await admin.create_topics([NewTopic(TOPIC, num_partitions=2, replication_factor=1)])
-    subscription = {
-        "apiVersion": "dapr.io/v2alpha1",
-        "kind": "Subscription",
-        "metadata": {"name": f"{APP_ID}-events"},
-        "spec": {
-            "pubsubname": "kafka-pubsub",
-            "topic": TOPIC,
-            "routes": {"default": "/events/task-events"},
-            "deadLetterTopic": DLQ_TOPIC,
-        },
-        "scopes": [APP_ID],
-    }
     spec, consumer = service_spec(
         stack,
         APP_ID,
         command=[str(VENV_BIN / "notification-service")],
-        extra_resources=[subscription],
+        extra_resources=[subscription(APP_ID, TOPIC)],
         role="notification-service",
         env={
             "NOTIFY_SMTP_PORT": str(sink.port),
@@ -270,40 +205,14 @@ async def notifier(
     )  # fmt: skip
     notifier = Notifier(service, publisher)
     try:
-        await wait_until_notifying(notifier, sink)
+        await wait_until_mailing(notifier.publish, sink, service, RUN_ID)
         yield notifier
     finally:
         await publisher.close()
         service.app.stop()
         await admin.delete_topics([TOPIC])
         await admin.close()
-        # The ledger rows of this app's own namespace (nothing else uses it).
-        connection = await asyncpg.connect(stack.database_url)
-        try:
-            await connection.execute("DELETE FROM notification_ledger WHERE namespace = $1", APP_ID)
-        finally:
-            await connection.close()
-
-
-async def wait_until_notifying(notifier: Notifier, sink: Sink) -> None:
-    """The consumer starts at the newest offset once it has joined its group: publish
-    probes until one is mailed."""
-    address = f"probe-{RUN_ID}@example.com"
-
-    async def mailed() -> bool:
-        if sink.mails_to(address):
-            return True
-        probe = TaskEvent.create(
-            EventType.TASK_CREATED, task_id=f"probe-{RUN_ID}", user_id=f"probe-{RUN_ID}",
-            payload={"title": "probe", "user_email": address},
-        )  # fmt: skip
-        await notifier.publish(probe)
-        return False
-
-    await eventually(
-        mailed, timeout=90, interval=2.0, what="the own notifier consuming",
-        check=notifier.service.check_alive,
-    )  # fmt: skip
+        await forget_ledger(stack, APP_ID)
 
 
 async def put_preferences(notifier: Notifier, user_id: str, **preferences: Any) -> None:
@@ -315,13 +224,7 @@ async def put_preferences(notifier: Notifier, user_id: str, **preferences: Any) 
 
 
 async def history(notifier: Notifier, user_id: str) -> list[dict[str, Any]]:
-    async with httpx.AsyncClient(timeout=10) as http:
-        response = await http.get(
-            f"{notifier.url}/notifications", params={"user_id": user_id}, headers=bearer(user_id)
-        )
-    response.raise_for_status()
-    items: list[dict[str, Any]] = response.json()["items"]
-    return items
+    return await notifications_of(notifier.url, user_id)
 
 
 def created(user_id: str, task_id: str, title: str, **payload: Any) -> TaskEvent:
@@ -332,37 +235,6 @@ def created(user_id: str, task_id: str, title: str, **payload: Any) -> TaskEvent
 
 
 # --- the tests ----------------------------------------------------------------------------
-
-
-async def test_smtp_down_for_a_while_the_mail_arrives_after_it_comes_back(
-    notifier: Notifier, sink: Sink, unique: str
-) -> None:
-    user_id, address = f"user-{unique}", f"down-{unique}@example.com".lower()
-    sink.stop()
-    try:
-        await notifier.publish(created(user_id, f"task-{unique}", "Survive the outage",
-                                       user_email=address))  # fmt: skip
-
-        async def failed_once() -> list[dict[str, Any]]:
-            return [e for e in await history(notifier, user_id) if e["status"] == "failed"]
-
-        [failure] = await eventually(
-            failed_once, timeout=30, what="a failed attempt", check=notifier.service.check_alive
-        )
-        assert "SMTP" in failure["reason"]
-    finally:
-        sink.start()
-    await sink.wait_accepting()
-
-    async def arrived() -> list[ReceivedMail]:
-        return sink.mails_to(address)
-
-    [mail] = await eventually(
-        arrived, timeout=60, what="the mail after the outage", check=notifier.service.check_alive
-    )
-    assert mail.subject == "New task: Survive the outage"
-    [entry] = await history(notifier, user_id)
-    assert entry["status"] == "sent"
 
 
 async def test_sms_through_the_twilio_api_with_the_token_from_the_secret_store(

@@ -93,7 +93,10 @@ async def test_a_database_made_before_migrations_upgrades_in_place_and_reads_as_
             dsn, packaged_migrations(PACKAGE), MIGRATIONS, connect_timeout_seconds=5
         )
 
-        assert [m.filename for m in applied] == ["0001_notification_ledger.sql"]
+        assert [m.filename for m in applied] == [
+            "0001_notification_ledger.sql",
+            "0002_retry_deadline.sql",
+        ]
         assert again == []
         pool = await create_pool(dsn, PoolSettings())
         try:
@@ -124,8 +127,11 @@ async def test_a_database_made_before_migrations_upgrades_in_place_and_reads_as_
             recorded = await pool.fetch(
                 f"SELECT version, name, checksum FROM {MIGRATIONS.table}"  # noqa: S608
             )
-            assert [(r["version"], r["name"]) for r in recorded] == [(1, "notification_ledger")]
-            assert recorded[0]["checksum"] == applied[0].checksum
+            assert [(r["version"], r["name"]) for r in recorded] == [
+                (1, "notification_ledger"),
+                (2, "retry_deadline"),
+            ]
+            assert [r["checksum"] for r in recorded] == [m.checksum for m in applied]
         finally:
             await close_pool(pool)
 
@@ -170,7 +176,7 @@ async def test_the_service_migrates_its_database_at_start(stack: Stack) -> None:
             versions = await connection.fetch(f"SELECT version FROM {MIGRATIONS.table}")  # noqa: S608
         finally:
             await connection.close()
-        assert [r["version"] for r in versions] == [1]
+        assert sorted(r["version"] for r in versions) == [1, 2]
 
 
 async def test_with_its_database_down_the_service_runs_unready_and_the_ledger_unavailable() -> None:
@@ -236,5 +242,67 @@ async def test_a_deferred_notification_whose_sender_died_mid_send_is_taken_again
             )
             assert row is not None
             assert row["status"] == "sent"
+        finally:
+            await close_pool(pool)
+
+
+async def test_a_kept_notification_carries_its_deadline_and_a_too_old_one_is_recorded_once(
+    stack: Stack,
+) -> None:
+    """On the real schema (0002): a send that failed is kept with `give_up_at`, which the
+    relay's lease hands back and retries do not move; a row already sent is not kept; a
+    too-old event is recorded once and leaves an existing row alone."""
+    event, old, sent = an_event(), an_event(), an_event()
+    async with scratch_database(stack, "notify_kept") as dsn:
+        await migrate(dsn, packaged_migrations(PACKAGE), MIGRATIONS, connect_timeout_seconds=5)
+        pool = await create_pool(dsn, PoolSettings())
+        try:
+            ledger = PostgresLedger(pool, namespace=NAMESPACE, schema=SchemaStatus(migrated=True))
+            no_limit = RateLimit(count=0, window_seconds=60)
+
+            def entry_of(e: TaskEvent) -> LedgerEntry:
+                n = Notification(
+                    e.event_id, Channel.EMAIL, e.type, e.user_id, e.task_id, "ada@example.com"
+                )
+                return LedgerEntry(n, "Pay rent", e.model_dump(mode="json"))
+
+            kept, done = entry_of(event), entry_of(sent)
+            now = datetime.now(UTC).replace(microsecond=0)
+            give_up_at = now + timedelta(minutes=5)
+            for entry in (kept, done):
+                assert await ledger.reserve(entry, limit=no_limit) is Reservation.SEND
+            await ledger.record(done.notification, Status.SENT)
+            assert await ledger.retry_later(
+                kept.notification, due_at=now - timedelta(seconds=1), give_up_at=give_up_at,
+                reason="SMTP: Connection refused",
+            )  # fmt: skip
+            assert not await ledger.retry_later(
+                done.notification, due_at=now, give_up_at=give_up_at, reason="late"
+            )
+            # A redelivery while kept: queued, not sent again.
+            assert await ledger.reserve(kept, limit=no_limit) is Reservation.QUEUED
+
+            [due] = await ledger.take_due(limit=10, lease_seconds=60)
+            assert due.notification.event_id == event.event_id
+            assert due.give_up_at == give_up_at
+            assert due.attempts == 1
+            await ledger.reschedule(
+                kept.notification, due_at=now - timedelta(seconds=1), reason="SMTP: again"
+            )
+            [again] = await ledger.take_due(limit=10, lease_seconds=60)
+            assert again.give_up_at == give_up_at
+            assert again.attempts == 2
+
+            assert await ledger.skip(entry_of(old), status=Status.TOO_OLD, reason="too old")
+            assert not await ledger.skip(entry_of(old), status=Status.TOO_OLD, reason="again")
+            assert not await ledger.skip(done, status=Status.TOO_OLD, reason="too old")
+            rows = {
+                r["event_id"]: (r["status"], r["reason"])
+                for r in await pool.fetch(
+                    "SELECT event_id, status, reason FROM notification_ledger"
+                )
+            }
+            assert rows[old.event_id] == ("too_old", "too old")
+            assert rows[sent.event_id] == ("sent", None)
         finally:
             await close_pool(pool)

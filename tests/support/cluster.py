@@ -31,8 +31,12 @@ SERVICES = {
 }
 KAFKA_COMPONENTS = ("kafka-pubsub", "websocket-pubsub")
 TOPIC_SCOPES = ("publishingScopes", "subscriptionScopes")
-# A topic of the suite's own (test_notification_channels), open to every app of the session.
+# Topics of the suite's own, open to every app of the session: test_notification_channels',
+# and test_notification_outage's topic with a history (events published before its
+# consumer group exists).
 NOTIFY_TEST_TOPIC = f"notify-it-{RUN_ID}"
+NOTIFY_HISTORY_TOPIC = f"notify-history-{RUN_ID}"
+SUITE_TOPICS = (NOTIFY_TEST_TOPIC, NOTIFY_HISTORY_TOPIC)
 # What the suite's publisher (the CLI's sidecar) may publish besides task-events: the
 # dead-letter topic, standing in for a subscriber that gave up (test_audit_log_service_delivery).
 SUITE_PUBLISHES = {"taskevents-cli": [DLQ_TOPIC]}
@@ -119,7 +123,7 @@ def _test_scopes(value: str, app_id: str, role: str, scope: str) -> str:
     if app_id not in scopes and role in scopes:
         scopes[app_id] = list(scopes[role])
     for app, topics in scopes.items():
-        added = [NOTIFY_TEST_TOPIC]
+        added = list(SUITE_TOPICS)
         if scope == "publishingScopes":
             added += SUITE_PUBLISHES.get(app, [])
         topics.extend(t for t in added if t not in topics)

@@ -1,14 +1,23 @@
 """Reading what the development SMTP server received (scripts/mailsink.py stores each
-message as <id>.eml plus an <id>.json envelope written last)."""
+message as <id>.eml plus an <id>.json envelope written last), and a sink of a test's own
+that the test may stop and start again (never the shared one)."""
 
 from __future__ import annotations
 
+import asyncio
 import email
 import email.policy
 import json
+import os
+import signal
+import subprocess
+import sys
 from dataclasses import dataclass
 from email.message import EmailMessage
 from pathlib import Path
+
+from tests.support.stack import ROOT
+from tests.support.waiting import eventually
 
 
 @dataclass(frozen=True)
@@ -43,3 +52,44 @@ def mails_to(mail_dir: Path, recipient: str) -> list[ReceivedMail]:
         assert isinstance(message, EmailMessage)
         found.append(ReceivedMail(meta["rcpt_tos"], meta.get("mail_from", ""), message))
     return found
+
+
+@dataclass
+class Sink:
+    port: int
+    directory: Path
+    process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        env = {
+            **os.environ,
+            "SMTP_PORT": str(self.port),
+            "MAILSINK_HTTP_PORT": "0",
+            "MAILSINK_DIR": str(self.directory),
+            "MAILSINK_REJECT": "",
+        }
+        log = open(self.directory.parent / "mailsink.log", "ab")  # noqa: SIM115
+        self.process = subprocess.Popen(
+            [sys.executable, str(ROOT / "scripts" / "mailsink.py")],
+            env=env, stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.send_signal(signal.SIGTERM)
+            self.process.wait(timeout=10)
+            self.process = None
+
+    async def wait_accepting(self) -> None:
+        async def accepting() -> bool:
+            try:
+                _, writer = await asyncio.open_connection("127.0.0.1", self.port)
+            except OSError:
+                return False
+            writer.close()
+            return True
+
+        await eventually(accepting, timeout=20, what="own SMTP sink listening")
+
+    def mails_to(self, address: str) -> list[ReceivedMail]:
+        return mails_to(self.directory, address)

@@ -7,6 +7,8 @@ from typing import Any
 
 import pytest
 
+from notification_service.api.subscriptions import record_timestamp
+from notification_service.deferred import DeferredDelivery
 from notification_service.emails import EmailComposer
 from notification_service.handlers import (
     Policy,
@@ -27,6 +29,7 @@ from notification_service.ports import (
     HistoryEntry,
     Kind,
     LedgerEntry,
+    LedgerUnavailableError,
     MailDeliveryError,
     MailRejectedError,
     MailTemporarilyFailedError,
@@ -146,6 +149,8 @@ class Row:
     kind: Kind = Kind.EVENT
     due_at: datetime | None = None
     reason: str | None = None
+    give_up_at: datetime | None = None
+    attempts: int = 0
 
 
 @dataclass
@@ -198,7 +203,10 @@ class FakeLedger:
                     LedgerEntry(digest, ""), Status.DEFERRED, kind=Kind.DIGEST, due_at=NOW
                 )
             return Reservation.DIGEST
-        self.rows[_key(n)] = Row(entry, Status.SENDING)
+        if row is not None:  # the row keeps its retry deadline and attempts
+            row.entry, row.status = entry, Status.SENDING
+        else:
+            self.rows[_key(n)] = Row(entry, Status.SENDING)
         return Reservation.SEND
 
     async def record(
@@ -208,17 +216,38 @@ class FakeLedger:
         if row is not None and not (row.status is Status.SENT and status is not Status.SENT):
             row.status, row.reason = status, reason
 
-    async def skip(self, entry: LedgerEntry, *, reason: str) -> None:
+    async def switch_off(self, entry: LedgerEntry, *, reason: str) -> None:
         row = self.rows.get(_key(entry.notification))
         if row is None or row.status not in (Status.SENT, Status.DIGESTED):
             self.rows[_key(entry.notification)] = Row(entry, Status.SKIPPED, reason=reason)
 
+    async def retry_later(
+        self, notification: Notification, *, due_at: datetime, give_up_at: datetime, reason: str
+    ) -> bool:
+        row = self.rows.get(_key(notification))
+        if row is None or row.status not in (Status.SENDING, Status.FAILED):
+            return False
+        row.status, row.due_at, row.give_up_at, row.reason = (
+            Status.DEFERRED, due_at, give_up_at, reason,
+        )  # fmt: skip
+        row.attempts = 0
+        return True
+
+    async def skip(self, entry: LedgerEntry, *, status: Status, reason: str) -> bool:
+        key = _key(entry.notification)
+        if key in self.rows:
+            return False
+        self.rows[key] = Row(entry, status, reason=reason)
+        return True
+
     async def take_due(self, *, limit: int, lease_seconds: float) -> list[DueItem]:
+        due = [r for r in self.rows.values() if r.status is Status.DEFERRED][:limit]
+        for row in due:
+            row.attempts += 1
         return [
-            DueItem(r.kind, r.entry.notification, 1, r.entry.event)
-            for r in self.rows.values()
-            if r.status is Status.DEFERRED
-        ][:limit]
+            DueItem(r.kind, r.entry.notification, r.attempts, r.entry.event, r.give_up_at)
+            for r in due
+        ]
 
     async def reschedule(
         self, notification: Notification, *, due_at: datetime, reason: str
@@ -739,3 +768,210 @@ async def test_a_permanent_rejection_is_dead_lettered_with_its_reason(world: Wor
     assert final.status is DaprStatus.SUCCESS
     assert dead.letters == [({"id": "ce-1"}, "SMTP rejected the email: 550 5.1.1 no such user")]
     assert world.ledger.status_of(event) is Status.REJECTED
+
+
+# --- a channel down for a while: kept in the ledger, retried by the relay ------------------
+
+KEEPING = Policy(
+    event_types=NOTIFYING, claim_wait_seconds=0.0, retry_budget_seconds=300.0,
+    retry_first_seconds=5.0, retry_max_interval_seconds=30.0,
+)  # fmt: skip
+
+
+@dataclass
+class FakeDeadLetters:
+    letters: list[tuple[dict[str, Any], str, str]] = field(default_factory=list)
+    broken: bool = False
+
+    async def dead_letter(self, envelope: dict[str, Any], *, key: str, reason: str) -> None:
+        if self.broken:
+            raise ConnectionError("sidecar away")
+        self.letters.append((envelope, key, reason))
+
+
+async def test_a_channel_down_keeps_the_notification_and_the_delivery_succeeds(
+    world: World,
+) -> None:
+    world.mailer.failures.append(MailTemporarilyFailedError("Connection refused"))
+    event = created()
+
+    outcome = await notify_user(event, ports=world.ports(), policy=KEEPING)
+
+    # The partition moves on: the ledger holds the notification for the relay.
+    assert outcome.status is DaprStatus.SUCCESS
+    assert world.mailer.sent == []
+    row = world.ledger.rows[(event.event_id, Channel.EMAIL)]
+    assert row.status is Status.DEFERRED
+    assert row.due_at == NOW + timedelta(seconds=5)
+    assert row.give_up_at == NOW + timedelta(seconds=300)
+    assert row.reason == "SMTP: Connection refused"
+    assert world.notifications.status_of(event) is None  # the claim was released
+    # A redelivery meanwhile (Dapr, a rebalance) neither sends nor keeps it twice.
+    again = await notify_user(event, ports=world.ports(), policy=KEEPING)
+    assert again == Outcome.success("email already queued")
+    assert world.mailer.sent == []
+
+
+async def test_the_relay_backs_off_while_down_and_sends_once_when_it_is_back(
+    world: World,
+) -> None:
+    world.mailer.failures.append(MailTemporarilyFailedError("Connection refused"))
+    event = created()
+    await notify_user(event, ports=world.ports(), policy=KEEPING)
+    row = world.ledger.rows[(event.event_id, Channel.EMAIL)]
+
+    waits = []
+    for _ in range(4):
+        world.mailer.failures.append(MailTemporarilyFailedError("Connection refused"))
+        [item] = await world.ledger.take_due(limit=10, lease_seconds=60)
+        outcome = await deliver_due(item, ports=world.ports(), policy=KEEPING)
+        assert outcome.status is DaprStatus.RETRY
+        assert row.due_at is not None
+        waits.append((row.due_at - NOW).total_seconds())
+    assert waits == [5.0, 10.0, 20.0, 30.0]  # doubling, at most the longest interval
+    assert row.give_up_at == NOW + timedelta(seconds=300)  # retries do not extend it
+
+    [item] = await world.ledger.take_due(limit=10, lease_seconds=60)
+    sent = await deliver_due(item, ports=world.ports(), policy=KEEPING)
+
+    assert sent.status is DaprStatus.SUCCESS
+    assert len(world.mailer.sent) == 1
+    assert world.ledger.status_of(event) is Status.SENT
+    assert await world.ledger.take_due(limit=10, lease_seconds=60) == []
+    await notify_user(event, ports=world.ports(), policy=KEEPING)  # a late redelivery
+    assert len(world.mailer.sent) == 1
+
+
+async def test_past_the_budget_it_is_dead_lettered_with_the_reason_and_a_replay_sends_it(
+    world: World,
+) -> None:
+    dead = FakeDeadLetters()
+    world.mailer.failures.append(MailTemporarilyFailedError("Connection refused"))
+    event = created()
+    await notify_user(event, ports=replace(world.ports(), dead_letters=dead), policy=KEEPING)
+
+    after = replace(world.ports(), dead_letters=dead, clock=lambda: NOW + timedelta(seconds=301))
+    world.mailer.failures.append(MailTemporarilyFailedError("Connection refused"))
+    [item] = await world.ledger.take_due(limit=10, lease_seconds=60)
+    outcome = await deliver_due(item, ports=after, policy=KEEPING)
+
+    assert outcome.status is DaprStatus.SUCCESS
+    [(envelope, key, reason)] = dead.letters
+    assert envelope["data"] == event.model_dump(mode="json")
+    assert key == event.task_id
+    assert reason == "gave up after the retry budget (300 s): SMTP: Connection refused"
+    assert world.ledger.status_of(event) is Status.REJECTED
+    assert world.mailer.sent == []
+
+    # The operator replays the dead letter: it arrives as a new delivery and is sent once.
+    replayed = await notify_user(event, ports=after, policy=KEEPING)
+    assert replayed.status is DaprStatus.SUCCESS
+    assert len(world.mailer.sent) == 1
+    assert world.ledger.status_of(event) is Status.SENT
+
+
+async def test_a_dead_letter_that_cannot_be_published_keeps_the_notification(
+    world: World,
+) -> None:
+    dead = FakeDeadLetters(broken=True)
+    world.mailer.failures.append(MailTemporarilyFailedError("Connection refused"))
+    event = created()
+    await notify_user(event, ports=world.ports(), policy=KEEPING)
+    after = replace(world.ports(), dead_letters=dead, clock=lambda: NOW + timedelta(seconds=301))
+    world.mailer.failures.append(MailTemporarilyFailedError("Connection refused"))
+    [item] = await world.ledger.take_due(limit=10, lease_seconds=60)
+
+    outcome = await deliver_due(item, ports=after, policy=KEEPING)
+
+    assert outcome.status is DaprStatus.RETRY
+    assert world.ledger.status_of(event) is Status.DEFERRED  # given up again next turn
+
+
+async def test_without_the_ledger_the_failure_is_left_to_dapr(world: World) -> None:
+    class DownLedger(FakeLedger):
+        async def retry_later(
+            self, notification: Notification, *, due_at: datetime, give_up_at: datetime,
+            reason: str,
+        ) -> bool:  # fmt: skip
+            raise LedgerUnavailableError("connection refused")
+
+    world.ledger = DownLedger()
+    world.mailer.failures.append(MailTemporarilyFailedError("Connection refused"))
+
+    outcome = await notify_user(created(), ports=world.ports(), policy=KEEPING)
+
+    assert outcome == Outcome.retry("SMTP: Connection refused")
+
+
+# --- too old to send ----------------------------------------------------------------------
+
+AGED = Policy(event_types=NOTIFYING, claim_wait_seconds=0.0, max_event_age_seconds=3600.0)
+
+
+async def test_an_event_long_on_the_topic_is_recorded_as_too_old_and_not_sent(
+    world: World,
+) -> None:
+    event = created()
+
+    outcome = await notify_user(
+        event, ports=world.ports(), policy=AGED, published_at=NOW - timedelta(hours=2)
+    )
+
+    assert outcome.status is DaprStatus.SUCCESS
+    assert world.mailer.sent == []
+    row = world.ledger.rows[(event.event_id, Channel.EMAIL)]
+    assert row.status is Status.TOO_OLD
+    assert row.reason is not None
+    assert row.reason.startswith("too old to send")
+
+
+async def test_age_counts_from_the_topic_not_from_the_event_timestamp(world: World) -> None:
+    # A replayed dead letter or a caught-up occurrence: an old timestamp, freshly published.
+    old = TaskEvent.create(
+        "task.created", task_id="task-42", user_id="user-7",
+        payload={"title": "Pay rent", "user_email": "ada@example.com"},
+        timestamp=NOW - timedelta(days=3),
+    )  # fmt: skip
+
+    outcome = await notify_user(old, ports=world.ports(), policy=AGED, published_at=NOW)
+
+    assert outcome.status is DaprStatus.SUCCESS
+    assert len(world.mailer.sent) == 1
+    # Without a record timestamp the event's own stands in.
+    other = old.model_copy(update={"event_id": str(uuid.uuid4())})
+    await notify_user(other, ports=world.ports(), policy=AGED)
+    assert world.ledger.status_of(other) is Status.TOO_OLD
+    assert len(world.mailer.sent) == 1
+
+
+def test_the_record_timestamp_daprd_passes_is_read_in_either_form() -> None:
+    moment = datetime(2026, 11, 23, 23, 30, 1, 250000, tzinfo=UTC)
+    assert record_timestamp({"__timestamp": "1795476601250"}) == moment
+    assert record_timestamp({"__timestamp": "2026-11-23T23:30:01.25Z"}) == moment
+    assert record_timestamp({"__timestamp": "2026-11-23T23:30:01.25"}) == moment
+    assert record_timestamp({}) is None
+    assert record_timestamp({"__timestamp": "soon"}) is None
+
+
+async def test_a_channel_that_just_failed_is_not_tried_again_in_the_same_round(
+    world: World,
+) -> None:
+    events = [created(), created()]
+    for event in events:
+        world.mailer.failures.append(MailTemporarilyFailedError("timed out"))
+        await notify_user(event, ports=world.ports(), policy=KEEPING)
+    relay = DeferredDelivery(
+        ports=world.ports(), policy=KEEPING, poll_seconds=1.0, batch=10, lease_seconds=60.0,
+        retention=None,
+    )  # fmt: skip
+    world.mailer.failures.append(MailTemporarilyFailedError("timed out"))
+
+    assert await relay.run_once() == 2
+
+    # One timeout for the round, not one per row: the second row waits for the next round.
+    assert world.mailer.sent == []
+    second = world.ledger.rows[(events[1].event_id, Channel.EMAIL)]
+    assert second.status is Status.DEFERRED
+    assert second.reason == "SMTP: timed out (not tried: it failed for another one just now)"
+    assert await relay.run_once() == 2
+    assert len(world.mailer.sent) == 2

@@ -9,7 +9,7 @@ from typing import Any
 
 import yaml
 
-from tests.support.cluster import NOTIFY_TEST_TOPIC, _test_scopes
+from tests.support.cluster import SUITE_TOPICS, _test_scopes
 
 COMPONENTS = Path(__file__).resolve().parents[2] / "dapr-components"
 PROTECTED = {"task-events", "task-events-dlq"}
@@ -75,10 +75,11 @@ def test_the_harness_gives_a_test_app_the_scopes_of_its_role_and_nothing_more() 
         for part in _test_scopes(value, "poison-probe", "notification-service", "publishingScopes")
         .split(";")
     )  # fmt: skip
-    assert rendered["poison-probe"] == f"task-events-dlq,{NOTIFY_TEST_TOPIC}"
-    assert rendered["notification-service"] == f"task-events-dlq,{NOTIFY_TEST_TOPIC}"
+    suite = ",".join(SUITE_TOPICS)
+    assert rendered["poison-probe"] == f"task-events-dlq,{suite}"
+    assert rendered["notification-service"] == f"task-events-dlq,{suite}"
     # The suite's publisher stands in for subscribers that dead-letter.
-    assert rendered["taskevents-cli"] == f"task-events,{NOTIFY_TEST_TOPIC},task-events-dlq"
+    assert rendered["taskevents-cli"] == f"task-events,{suite},task-events-dlq"
     # An app whose role has no scopes stays without: no protected topic for it.
     alone = _test_scopes(value, "stranger", "websocket-service", "subscriptionScopes")
     assert "stranger" not in alone

@@ -191,6 +191,10 @@ def policy_of(settings: Settings) -> Policy:
         claim_wait_seconds=settings.claim_wait_seconds,
         deferred_retry_seconds=settings.deferred_retry_seconds,
         deferred_max_attempts=settings.deferred_max_attempts,
+        retry_budget_seconds=settings.retry_budget_seconds,
+        retry_first_seconds=settings.retry_first_seconds,
+        retry_max_interval_seconds=settings.retry_max_interval_seconds,
+        max_event_age_seconds=settings.max_event_age_seconds,
     )
 
 

@@ -1,5 +1,6 @@
-"""The background task that sends what was deferred (quiet hours) and the digests of what
-went over the rate limit, when their time comes. The due items live in the ledger, so they
+"""The background task that sends what was deferred (quiet hours), what was kept while its
+channel was down (the relay of retries) and the digests of what went over the rate limit,
+when their time comes. The due items live in the ledger, so they
 survive a restart; each is leased while it is worked on, so replicas share the work and an
 item whose worker died is taken again after the lease."""
 
@@ -11,8 +12,9 @@ import time
 from datetime import timedelta
 
 from notification_service.handlers import Policy, Ports, deliver_due
-from notification_service.ports import LedgerUnavailableError
+from notification_service.ports import Channel, LedgerUnavailableError
 from taskevents.logging import get_logger
+from taskevents.status import DaprStatus
 
 log = get_logger(__name__)
 
@@ -53,13 +55,27 @@ class DeferredDelivery:
     async def run_once(self) -> int:
         """Deliver what is due now; returns how many items were handled."""
         items = await self._ledger.take_due(limit=self._batch, lease_seconds=self._lease_seconds)
+        # A channel that just failed for one kept notification is not tried again for the
+        # others of this round: with an SMTP server that times out, a batch would otherwise
+        # take a timeout per item and outlive its lease.
+        down: dict[Channel, str] = {}
         for item in items:
+            channel = item.notification.channel
+            if item.give_up_at is not None and channel in down:
+                later = self._ports.clock() + timedelta(seconds=self._policy.retry_first_seconds)
+                await self._ledger.reschedule(
+                    item.notification, due_at=min(later, item.give_up_at),
+                    reason=f"{down[channel]} (not tried: it failed for another one just now)",
+                )  # fmt: skip
+                continue
             try:
                 outcome = await deliver_due(item, ports=self._ports, policy=self._policy)
             except Exception:
                 # The lease runs out and the item is taken again.
                 log.exception("deferred delivery failed", event_id=item.notification.event_id)
                 continue
+            if outcome.status is DaprStatus.RETRY and item.give_up_at is not None:
+                down[channel] = outcome.reason or "failed"
             log.info(
                 "deferred item handled",
                 event_id=item.notification.event_id,

@@ -1,9 +1,11 @@
 """How a task event becomes notifications: for each channel the user wants, sent at most
 once per (event, channel) except after a crash between claim and send (README: "Never
-twice"), deferred during quiet hours, summarised in a digest past the rate limit."""
+twice"), deferred during quiet hours, summarised in a digest past the rate limit, kept for
+the background relay while its channel is down, not sent when the event is too old."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -72,6 +74,17 @@ class Policy:
     # (doubling per attempt) and given up after `deferred_max_attempts`.
     deferred_retry_seconds: float = 30.0
     deferred_max_attempts: int = 10
+    # A send that fails for a while (SMTP/SMS down) is kept in the ledger and retried by the
+    # background relay — `retry_first_seconds` later, doubling up to
+    # `retry_max_interval_seconds` — until `retry_budget_seconds` after the first failure,
+    # then dead-lettered with the reason. The delivery itself answers SUCCESS, so its Kafka
+    # partition moves on. 0 answers RETRY instead (Dapr's retries, then its dead letter).
+    retry_budget_seconds: float = 0.0
+    retry_first_seconds: float = 5.0
+    retry_max_interval_seconds: float = 30.0
+    # An event on the topic longer than this when it arrives (a new consumer group reading
+    # the topic's history) is recorded as too old and not sent; 0 sends whatever arrives.
+    max_event_age_seconds: float = 0.0
 
     @property
     def claim_retry(self) -> RetryPolicy:
@@ -139,14 +152,42 @@ def combine(outcomes: Iterable[Outcome]) -> Outcome:
 
 
 async def notify_user_or_dead_letter(
-    event: TaskEvent, envelope: dict[str, Any] | None, *, ports: Ports, policy: Policy
+    event: TaskEvent,
+    envelope: dict[str, Any] | None,
+    *,
+    ports: Ports,
+    policy: Policy,
+    published_at: datetime | None = None,
 ) -> Outcome:
-    """The handler of every delivered task event (`envelope`: its CloudEvent)."""
-    outcome = await notify_user(event, ports=ports, policy=policy)
+    """The handler of every delivered task event (`envelope`: its CloudEvent;
+    `published_at`: when it was appended to the topic, Kafka's record timestamp)."""
+    outcome = await notify_user(event, ports=ports, policy=policy, published_at=published_at)
     return await dead_letter_with_reason(outcome, event, envelope, ports=ports)
 
 
-async def notify_user(event: TaskEvent, *, ports: Ports, policy: Policy) -> Outcome:
+def too_old(
+    event: TaskEvent, published_at: datetime | None, now: datetime, policy: Policy
+) -> str | None:
+    """Why the event is too old to send, if it is. Its age is the time since it was appended
+    to the topic (Kafka's timestamp), not since `event.timestamp`: a dead letter replayed
+    today or a recurring occurrence caught up after a restart carry an old `timestamp` and
+    must still be sent; the topic's history, read by a new consumer group, must not. Without
+    a record timestamp, `event.timestamp` stands in."""
+    if policy.max_event_age_seconds <= 0:
+        return None
+    since = published_at or event.timestamp
+    age = (now - since).total_seconds()
+    if age <= policy.max_event_age_seconds:
+        return None
+    return (
+        f"too old to send: on the topic since {since.isoformat()} ({age:.0f} s), "
+        f"NOTIFY_MAX_EVENT_AGE_SECONDS is {policy.max_event_age_seconds:g}"
+    )
+
+
+async def notify_user(
+    event: TaskEvent, *, ports: Ports, policy: Policy, published_at: datetime | None = None
+) -> Outcome:
     """Notify the user on each channel they want, as their preferences say."""
     if event.type not in policy.event_types:
         return Outcome.success()
@@ -164,8 +205,11 @@ async def notify_user(event: TaskEvent, *, ports: Ports, policy: Policy) -> Outc
     )
     if not channels:
         return Outcome.success("no channel enabled")
+    stale = too_old(event, published_at, ports.clock(), policy)
     outcomes = [
-        await notify_on_channel(event, channel, preferences, ports=ports, policy=policy)
+        await notify_on_channel(
+            event, channel, preferences, ports=ports, policy=policy, too_old_reason=stale
+        )
         for channel in sorted(channels)
     ]
     return combine(outcomes)
@@ -215,29 +259,21 @@ async def notify_on_channel(
     ports: Ports,
     policy: Policy,
     from_deferred: bool = False,
+    too_old_reason: str | None = None,
 ) -> Outcome:
     if channel is Channel.SMS and not policy.sms_on:
         return await skip_sms(event, preferences, ports=ports)
     recipient, problem = _recipient(event, channel, preferences)
+    if too_old_reason is not None:
+        return await _skip_too_old(event, channel, recipient, too_old_reason, ports=ports)
     if problem is not None:
         return Outcome.drop(problem)
     if recipient is None:
         log.info(f"no {channel} recipient for this event; nothing sent", user_id=event.user_id)
         return Outcome.success(f"no {'email address' if channel is Channel.EMAIL else 'phone'}")
 
-    notification = Notification(
-        event_id=event.event_id,
-        channel=channel,
-        event_type=event.type,
-        user_id=event.user_id,
-        task_id=event.task_id,
-        recipient=recipient,
-    )
-    entry = LedgerEntry(
-        notification=notification,
-        title=str(event.payload.get("title") or "")[:200],
-        event=event.model_dump(mode="json"),
-    )
+    entry = ledger_entry(event, channel, recipient, with_event=True)
+    notification = entry.notification
     try:
         quiet_until = preferences.quiet_until(ports.clock()) if preferences else None
         if quiet_until is not None and not is_urgent(event, policy):
@@ -274,7 +310,73 @@ async def notify_on_channel(
         if channel is Channel.EMAIL
         else ports.texts.compose(event, recipient, zone)
     )
-    return await send_once(notification, message, ports=ports, policy=policy)
+    outcome = await send_once(notification, message, ports=ports, policy=policy)
+    if outcome.status is DaprStatus.RETRY and not from_deferred and policy.retry_budget_seconds:
+        return await _retry_later(notification, outcome, ports=ports, policy=policy)
+    return outcome
+
+
+async def _retry_later(
+    notification: Notification, failed: Outcome, *, ports: Ports, policy: Policy
+) -> Outcome:
+    """Keep the notification for the background relay instead of holding the partition in
+    Dapr's retries: once the ledger has it, the delivery is done (SUCCESS). Without the
+    ledger, Dapr retries it (RETRY)."""
+    now = ports.clock()
+    give_up_at = now + timedelta(seconds=policy.retry_budget_seconds)
+    reason = failed.reason or "retry"
+    try:
+        kept = await ports.ledger.retry_later(
+            notification,
+            due_at=now + timedelta(seconds=policy.retry_first_seconds),
+            give_up_at=give_up_at,
+            reason=reason,
+        )
+    except LedgerUnavailableError as error:
+        log.warning("could not keep it for a retry; Dapr retries it", error=str(error))
+        return failed
+    if not kept:  # sent (or refused) by another delivery meanwhile: the redelivery sees it
+        return failed
+    NOTIFICATIONS.labels(notification.channel.value, Status.DEFERRED.value).inc()
+    log.warning(
+        f"{notification.channel} kept for a retry",
+        reason=reason,
+        give_up_at=give_up_at.isoformat(),
+    )
+    return Outcome.success(f"{reason}: retried until {give_up_at.isoformat()}")
+
+
+def ledger_entry(
+    event: TaskEvent, channel: Channel, recipient: str, *, with_event: bool
+) -> LedgerEntry:
+    """The ledger's row of one notification; `with_event` keeps the event to render later."""
+    notification = Notification(
+        event_id=event.event_id,
+        channel=channel,
+        event_type=event.type,
+        user_id=event.user_id,
+        task_id=event.task_id,
+        recipient=recipient,
+    )
+    return LedgerEntry(
+        notification=notification,
+        title=str(event.payload.get("title") or "")[:200],
+        event=event.model_dump(mode="json") if with_event else None,
+    )
+
+
+async def _skip_too_old(
+    event: TaskEvent, channel: Channel, recipient: str | None, reason: str, *, ports: Ports
+) -> Outcome:
+    entry = ledger_entry(event, channel, recipient or "", with_event=False)
+    try:
+        recorded = await ports.ledger.skip(entry, status=Status.TOO_OLD, reason=reason)
+    except LedgerUnavailableError as error:
+        return Outcome.retry(f"ledger unavailable: {error}")
+    if recorded:
+        NOTIFICATIONS.labels(channel.value, Status.TOO_OLD.value).inc()
+        log.info(f"{channel} not sent: {reason}")
+    return Outcome.success(f"{channel} {reason}")
 
 
 async def skip_sms(event: TaskEvent, preferences: Preferences | None, *, ports: Ports) -> Outcome:
@@ -293,7 +395,7 @@ async def skip_sms(event: TaskEvent, preferences: Preferences | None, *, ports: 
     )
     NOTIFICATIONS.labels(Channel.SMS.value, Status.SKIPPED.value).inc()
     try:
-        await ports.ledger.skip(entry, reason=SMS_OFF_REASON)
+        await ports.ledger.switch_off(entry, reason=SMS_OFF_REASON)
     except LedgerUnavailableError as error:
         log.warning("ledger not updated", status=Status.SKIPPED.value, error=str(error))
     log.info("SMS off: not sent", user_id=event.user_id)
@@ -370,13 +472,23 @@ async def deliver_due(item: DueItem, *, ports: Ports, policy: Policy) -> Outcome
             event = TaskEvent.model_validate(item.event)
             return await dead_letter_with_reason(outcome, event, None, ports=ports)
     if outcome.status is DaprStatus.RETRY:
-        if item.attempts >= policy.deferred_max_attempts:
+        now = ports.clock()
+        if item.give_up_at is not None:
+            if now >= item.give_up_at:
+                budget = f"{policy.retry_budget_seconds:g} s"
+                reason = f"gave up after the retry budget ({budget}): {outcome.reason}"
+                return await _give_up(item, reason, ports=ports, policy=policy)
+            delay = policy.retry_first_seconds * 2 ** max(0, item.attempts - 1)
+            due_at = min(
+                now + timedelta(seconds=min(delay, policy.retry_max_interval_seconds)),
+                item.give_up_at,
+            )
+        elif item.attempts >= policy.deferred_max_attempts:
             reason = f"gave up after {item.attempts} attempts: {outcome.reason}"
-            await _record(ports.ledger, item.notification, Status.REJECTED, reason)
-            log.error("deferred notification given up", reason=reason)
-            return Outcome.drop(reason)
-        delay = policy.deferred_retry_seconds * 2 ** max(0, item.attempts - 1)
-        due_at = ports.clock() + timedelta(seconds=min(delay, 3600))
+            return await _give_up(item, reason, ports=ports, policy=policy)
+        else:
+            delay = policy.deferred_retry_seconds * 2 ** max(0, item.attempts - 1)
+            due_at = now + timedelta(seconds=min(delay, 3600))
         try:
             await ports.ledger.reschedule(
                 item.notification, due_at=due_at, reason=outcome.reason or "retry"
@@ -384,6 +496,28 @@ async def deliver_due(item: DueItem, *, ports: Ports, policy: Policy) -> Outcome
         except LedgerUnavailableError as error:
             log.warning("could not reschedule; the lease expires instead", error=str(error))
     return outcome
+
+
+async def _give_up(item: DueItem, reason: str, *, ports: Ports, policy: Policy) -> Outcome:
+    """The end of the retries of a kept notification: dead-lettered with the reason (so one
+    replay sends it), then marked refused. When the dead letter cannot be published, it stays
+    kept and is given up again on its next turn — never marked refused without one."""
+    if item.event is not None and ports.dead_letters is not None:
+        event = TaskEvent.model_validate(item.event)
+        try:
+            await ports.dead_letters.dead_letter(
+                synthetic_envelope(event), key=event.task_id, reason=reason
+            )
+        except Exception as error:
+            log.warning("could not dead-letter; trying again later", error=str(error))
+            due_at = ports.clock() + timedelta(seconds=policy.retry_first_seconds)
+            # Unavailable: the lease runs out and the item is taken again.
+            with contextlib.suppress(LedgerUnavailableError):
+                await ports.ledger.reschedule(item.notification, due_at=due_at, reason=reason)
+            return Outcome.retry(f"dead letter not published: {error}")
+    await _record(ports.ledger, item.notification, Status.REJECTED, reason)
+    log.error("kept notification given up and dead-lettered", reason=reason)
+    return Outcome.success(f"dead-lettered: {reason}")
 
 
 async def _deliver_deferred_event(item: DueItem, *, ports: Ports, policy: Policy) -> Outcome:

@@ -152,13 +152,15 @@ class Status(StrEnum):
 
     SENDING = "sending"  # reserved: counted against the rate limit, being sent
     SENT = "sent"
-    DEFERRED = "deferred"  # waits for due_at (quiet hours, or a retry of a deferred one)
+    # waits for due_at: quiet hours, or a retry while its channel is down (give_up_at set)
+    DEFERRED = "deferred"
     DIGEST_PENDING = "digest_pending"  # over the rate limit: goes into the next digest
     DIGESTED = "digested"  # summarised in a digest that was sent
     FAILED = "failed"  # a temporary failure; Dapr retries the event
     REJECTED = "rejected"  # permanently refused; dead-lettered
     CANCELLED = "cancelled"  # deferred, then muted or switched off before it was due
     SKIPPED = "skipped"  # not sent: the channel is off in this deployment (no SMS provider)
+    TOO_OLD = "too_old"  # on the topic longer than NOTIFY_MAX_EVENT_AGE_SECONDS: not sent
 
 
 class Kind(StrEnum):
@@ -194,6 +196,7 @@ class DueItem:
     notification: Notification
     attempts: int
     event: dict[str, Any] | None = None
+    give_up_at: datetime | None = None  # a retry while the channel is down: its deadline
 
 
 @dataclass(frozen=True, slots=True)
@@ -239,8 +242,21 @@ class Ledger(Protocol):
         self, notification: Notification, status: Status, *, reason: str | None = None
     ) -> None: ...
 
-    async def skip(self, entry: LedgerEntry, *, reason: str) -> None:
+    async def switch_off(self, entry: LedgerEntry, *, reason: str) -> None:
         """Record a notification that is not sent (its channel is off) unless it was sent."""
+        ...
+
+    async def retry_later(
+        self, notification: Notification, *, due_at: datetime, give_up_at: datetime, reason: str
+    ) -> bool:
+        """Keep a notification whose send failed for a while (its channel is down) for the
+        background relay: deferred until `due_at`, dead-lettered after `give_up_at`. False
+        when it is no longer waiting to be sent (sent meanwhile by another delivery)."""
+        ...
+
+    async def skip(self, entry: LedgerEntry, *, status: Status, reason: str) -> bool:
+        """Record a notification that will not be sent (too old); False when the ledger
+        already knows it (a redelivery: that row stays as it is)."""
         ...
 
     async def take_due(self, *, limit: int, lease_seconds: float) -> list[DueItem]: ...

@@ -120,6 +120,26 @@ class Settings(ServiceSettings):
     )
     deferred_retry_seconds: float = Field(default=30.0, gt=0)
     deferred_max_attempts: int = Field(default=10, ge=1)
+    retry_budget_seconds: float = Field(
+        default=300.0,
+        ge=0,
+        description="How long a notification whose channel is down (SMTP/SMS unreachable, 4xx, "
+        "timeout) is kept in the ledger and retried in the background before it is "
+        "dead-lettered with the reason; 0 leaves the retries to Dapr (seconds).",
+    )
+    retry_first_seconds: float = Field(
+        default=5.0, gt=0, description="The first wait of those retries; it doubles."
+    )
+    retry_max_interval_seconds: float = Field(
+        default=30.0, gt=0, description="The longest wait between two of those retries."
+    )
+    max_event_age_seconds: float = Field(
+        default=3600.0,
+        ge=0,
+        description="An event on the topic longer than this when it arrives (a new consumer "
+        "group reading the topic's history) is recorded as too old and not sent; 0 sends "
+        "every event.",
+    )
 
     sms_provider: SmsProvider | None = Field(
         default=None,

@@ -148,7 +148,7 @@ class PostgresLedger:
                 status.value, reason,
             )  # fmt: skip
 
-    async def skip(self, entry: LedgerEntry, *, reason: str) -> None:
+    async def switch_off(self, entry: LedgerEntry, *, reason: str) -> None:
         n = entry.notification
         async with self._connection() as conn:
             await conn.execute(
@@ -165,6 +165,41 @@ class PostgresLedger:
                 self._namespace, n.event_id, n.channel.value, n.user_id, n.task_id,
                 n.event_type, n.recipient, entry.title, reason,
             )  # fmt: skip
+
+    async def retry_later(
+        self, notification: Notification, *, due_at: datetime, give_up_at: datetime, reason: str
+    ) -> bool:
+        async with self._connection() as conn:
+            row = await conn.fetchrow(
+                """
+                UPDATE notification_ledger
+                SET status = 'deferred', due_at = $4, give_up_at = $5, reason = $6,
+                    lease_until = NULL, attempts = 0, updated_at = now()
+                WHERE namespace = $1 AND event_id = $2 AND channel = $3
+                  AND status IN ('sending', 'failed')
+                RETURNING 1
+                """,
+                self._namespace, notification.event_id, notification.channel.value,
+                due_at, give_up_at, reason,
+            )  # fmt: skip
+        return row is not None
+
+    async def skip(self, entry: LedgerEntry, *, status: Status, reason: str) -> bool:
+        n = entry.notification
+        async with self._connection() as conn:
+            row = await conn.fetchrow(
+                """
+                INSERT INTO notification_ledger
+                  (namespace, event_id, channel, kind, user_id, task_id, event_type, recipient,
+                   title, status, reason)
+                VALUES ($1, $2, $3, 'event', $4, $5, $6, $7, $8, $9, $10)
+                ON CONFLICT (namespace, event_id, channel) DO NOTHING
+                RETURNING 1
+                """,
+                self._namespace, n.event_id, n.channel.value, n.user_id, n.task_id,
+                n.event_type, n.recipient, entry.title, status.value, reason,
+            )  # fmt: skip
+        return row is not None
 
     async def take_due(self, *, limit: int, lease_seconds: float) -> list[DueItem]:
         async with self._connection() as conn:
@@ -196,6 +231,7 @@ class PostgresLedger:
                 notification=_notification(row),
                 attempts=row["attempts"],
                 event=row["event"],
+                give_up_at=row["give_up_at"],
             )
             for row in rows
         ]

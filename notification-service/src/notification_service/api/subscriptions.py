@@ -3,6 +3,9 @@ the answer to Dapr. The path is the one dapr-components/subscriptions names."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from datetime import UTC, datetime
+
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
@@ -12,7 +15,7 @@ from notification_service.settings import Settings
 from taskevents.cloudevents import CloudEvent
 from taskevents.events import TaskEvent
 from taskevents.status import Outcome
-from taskevents.web import app_token, deliver_event
+from taskevents.web import app_token, deliver_event, delivery_metadata
 
 TASK_EVENTS_ROUTE = "/events/task-events"
 
@@ -24,8 +27,30 @@ def subscriptions_router(settings: Settings) -> APIRouter:
     async def task_events(request: Request, ports: PortsDep, policy: PolicyDep) -> JSONResponse:
         async def handle(event: TaskEvent, envelope: CloudEvent) -> Outcome:
             cloud_event = envelope.model_dump(mode="json", exclude_unset=True)
-            return await notify_user_or_dead_letter(event, cloud_event, ports=ports, policy=policy)
+            return await notify_user_or_dead_letter(
+                event,
+                cloud_event,
+                ports=ports,
+                policy=policy,
+                published_at=record_timestamp(delivery_metadata()),
+            )
 
         return await deliver_event(request, handle)
 
     return router
+
+
+def record_timestamp(metadata: Mapping[str, str]) -> datetime | None:
+    """When the message was appended to the topic: daprd passes Kafka's record timestamp as
+    the `__timestamp` metadata (milliseconds since the epoch, or RFC 3339)."""
+    value = (metadata.get("__timestamp") or "").strip()
+    if not value:
+        return None
+    try:
+        if value.lstrip("-").isdigit():
+            number = int(value)
+            return datetime.fromtimestamp(number / 1000 if number > 10**11 else number, UTC)
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except (ValueError, OverflowError, OSError):
+        return None
+    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
