@@ -15,7 +15,7 @@ from recurring_task_service.firing import (
     relay_outbox,
     triggered_event,
 )
-from recurring_task_service.ports import FailedAttempt, OutboxEntry, PlannedEvent
+from recurring_task_service.ports import FailedAttempt, OutboxEntry, OutboxLease, PlannedEvent
 from recurring_task_service.schedules import (
     MissedRun,
     Rule,
@@ -143,7 +143,7 @@ class FakeStore:
 
     async def settle(
         self,
-        lease: FakeLease,
+        lease: OutboxLease,
         *,
         published: Sequence[int],
         failed: Sequence[FailedAttempt],
@@ -169,6 +169,11 @@ class RecordingPublisher:
         if event.task_id in self.failing_tasks:
             raise ConnectionError("sidecar unavailable")
         self.published.append(event)
+
+
+def occurrence(entry: OutboxEntry) -> str:
+    assert entry.event is not None
+    return str(entry.event.payload["occurrence"])
 
 
 async def fire(store: FakeStore, publisher: RecordingPublisher) -> None:
@@ -214,7 +219,7 @@ async def test_due_schedules_go_through_the_outbox_once_and_advance() -> None:
 
     assert report.queued == 1
     assert publisher.published == []  # nothing is published inside the claim
-    assert [e.event.task_id for e in store.outbox.values()] == ["due"]
+    assert [e.task_id for e in store.outbox.values()] == ["due"]
 
     relayed = await relay_outbox(store, publisher, batch_size=10, clock=lambda: NOW)
 
@@ -324,7 +329,7 @@ async def test_a_failed_publish_keeps_the_event_and_the_task_order() -> None:
     await fire(store, publisher)
 
     assert [e.task_id for e in publisher.published] == ["works"]
-    assert sorted(e.event.payload["occurrence"] for e in store.outbox.values()) == [
+    assert sorted(occurrence(e) for e in store.outbox.values()) == [
         "2026-03-01T11:59:00Z",
         "2026-03-01T12:00:00Z",
     ]
@@ -384,7 +389,9 @@ async def test_an_event_that_keeps_failing_backs_off_then_is_parked_with_its_rea
     await relay_at(store, publisher, NOW + timedelta(seconds=3))
 
     assert store.outbox[poison_id].attempts == 3
-    assert store.parked[poison_id] == "gave up after 3 attempts: ConnectionError: sidecar unavailable"
+    assert (
+        store.parked[poison_id] == "gave up after 3 attempts: ConnectionError: sidecar unavailable"
+    )
     await relay_at(store, publisher, NOW + timedelta(hours=1))
     assert store.outbox[poison_id].attempts == 3  # parked: never tried again
 

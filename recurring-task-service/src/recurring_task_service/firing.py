@@ -174,6 +174,9 @@ class RelayPolicy:
         return now + backoff
 
 
+DEFAULT_RELAY_POLICY = RelayPolicy()
+
+
 @dataclass(frozen=True, slots=True)
 class RelayedEvent:
     entry: OutboxEntry
@@ -192,7 +195,7 @@ async def relay_outbox(
     *,
     batch_size: int,
     clock: Clock = utc_now,
-    policy: RelayPolicy = RelayPolicy(),
+    policy: RelayPolicy = DEFAULT_RELAY_POLICY,
 ) -> list[RelayedEvent]:
     """Publish what waits in the outbox, in batches, until it is empty or publishing
     fails (the rest waits for the next tick)."""
@@ -213,7 +216,7 @@ async def relay_one_batch(
     *,
     batch_size: int,
     clock: Clock,
-    policy: RelayPolicy = RelayPolicy(),
+    policy: RelayPolicy = DEFAULT_RELAY_POLICY,
 ) -> list[RelayedEvent]:
     lease = await outbox.lease(limit=batch_size, lease_seconds=policy.lease.total_seconds())
     # The events of one task in order, different tasks side by side; no transaction is

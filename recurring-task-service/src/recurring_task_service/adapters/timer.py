@@ -10,7 +10,12 @@ from datetime import UTC, datetime, timedelta
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
-from recurring_task_service.firing import RelayPolicy, claim_due_occurrences, relay_outbox
+from recurring_task_service.firing import (
+    DEFAULT_RELAY_POLICY,
+    RelayPolicy,
+    claim_due_occurrences,
+    relay_outbox,
+)
 from recurring_task_service.metrics import (
     BROKEN_SCHEDULES,
     OCCURRENCES,
@@ -44,7 +49,7 @@ class FiringTimer:
         batch_size: int,
         grace: timedelta,
         sidecar_ready: ReadinessCheck,
-        relay_policy: RelayPolicy = RelayPolicy(),
+        relay_policy: RelayPolicy = DEFAULT_RELAY_POLICY,
     ) -> None:
         self._due = due
         self._outbox = outbox
