@@ -24,7 +24,7 @@ from audit_log_service.ports import (
 from taskevents.cloudevents import CloudEvent, parse_cloud_event
 from taskevents.events import InvalidEventError, TaskEvent
 from taskevents.logging import get_logger
-from taskevents.status import DEAD_LETTER_REASON_HEADER, Outcome
+from taskevents.status import DEAD_LETTER_REASON_HEADER, DEAD_LETTER_SOURCE_HEADER, Outcome
 
 log = get_logger(__name__)
 
@@ -34,6 +34,10 @@ OFFSET_METADATA = "__offset"
 # On a dead letter, the original message's metadata comes along as Kafka headers and wins
 # over the dead-letter topic's own, so __topic names the topic where it failed.
 TOPIC_METADATA = "__topic"
+# daprd adds the name of the component a message came through to its metadata, and so to the
+# headers of a dead letter it makes; a component only one app subscribes through names it.
+PUBSUB_METADATA = "pubsubname"
+APP_OF_PUBSUB = {"websocket-pubsub": "websocket-service"}
 # Ids are indexed; a B-tree entry has a size limit, and a valid id is at most 200 characters.
 MAX_ID_CHARS = 200
 EVENT_FIELDS = ("event_id", "type", "task_id", "user_id")
@@ -186,8 +190,9 @@ def dead_letter_of_event(
     raw = json.dumps(
         envelope.model_dump(mode="json", exclude_unset=True), sort_keys=True, ensure_ascii=False
     )
+    app = app_that_gave_up(metadata)
     return DeadLetter(
-        message_id=_message_id(envelope.id, raw.encode()),
+        message_id=_message_id(envelope.id, raw.encode(), app),
         topic=topic,
         original_topic=_original_topic(envelope, metadata, topic),
         raw=_clean(raw),
@@ -196,7 +201,8 @@ def dead_letter_of_event(
         type=_clean_id(event.type),
         task_id=_clean_id(event.task_id),
         user_id=_clean_id(event.user_id),
-        reason=_reason_in(metadata),
+        reason=_reason_in(metadata) or _reason_unknown(metadata, app),
+        app=app,
     )
 
 
@@ -204,6 +210,25 @@ def _reason_in(metadata: Mapping[str, str]) -> str | None:
     """The reason a service gave when it dead-lettered the message itself."""
     reason = metadata.get(DEAD_LETTER_REASON_HEADER)
     return _clean(reason) if reason else None
+
+
+def app_that_gave_up(metadata: Mapping[str, str]) -> str | None:
+    """The app that dead-lettered the message: the one that says so (it published the dead
+    letter itself), else the one app that uses the component daprd names on its dead
+    letter. None: daprd of some subscriber of a shared component — it names no app."""
+    source = metadata.get(DEAD_LETTER_SOURCE_HEADER)
+    if source:
+        return _clean_id(source)
+    return APP_OF_PUBSUB.get(metadata.get(PUBSUB_METADATA, ""))
+
+
+def _reason_unknown(metadata: Mapping[str, str], app: str | None) -> str:
+    """What can be said of a dead letter daprd made: its retries ran out, or the app
+    answered DROP (or 404) — daprd records neither, nor why."""
+    by = f"daprd of {app}" if app else "daprd (which names no app on its dead letters)"
+    pubsub = metadata.get(PUBSUB_METADATA)
+    through = f" through {_clean(pubsub)}" if pubsub and not app else ""
+    return f"reason unknown: dropped by {by}{through}"
 
 
 def raw_payload_of(body: bytes) -> bytes:
@@ -248,8 +273,9 @@ def dead_letter_of_body(
     """A dead letter that is not a valid event, or not even a CloudEvent: keep it all, with
     whatever ids can still be read from it."""
     fields = _readable_event_fields(envelope)
+    app = app_that_gave_up(metadata)
     return DeadLetter(
-        message_id=_message_id(envelope.id if envelope else "", body),
+        message_id=_message_id(envelope.id if envelope else "", body, app),
         topic=topic,
         original_topic=_original_topic(envelope, metadata, topic),
         raw=_clean(body.decode("utf-8", errors="replace")),
@@ -258,7 +284,8 @@ def dead_letter_of_body(
         type=fields.get("type"),
         task_id=fields.get("task_id"),
         user_id=fields.get("user_id"),
-        reason=_clean(reason),
+        reason=_reason_in(metadata) or _clean(reason),
+        app=app,
     )
 
 
@@ -271,11 +298,14 @@ def _original_topic(
     return _clean(topic) if topic and topic != dead_letter_topic else None
 
 
-def _message_id(cloud_event_id: str, body: bytes) -> str:
+def _message_id(cloud_event_id: str, body: bytes, app: str | None = None) -> str:
+    """The dead letter's identity: the same message given up on again by the same app is
+    one row; given up on by two apps, two rows (each says why)."""
+    by = f"@{app}" if app else ""
     if cloud_event_id and len(cloud_event_id) <= MAX_ID_CHARS and "\x00" not in cloud_event_id:
-        return cloud_event_id
+        return cloud_event_id + by
     # No usable id: the same bytes delivered again must map to the same row.
-    return "sha256:" + hashlib.sha256(cloud_event_id.encode() or body).hexdigest()
+    return "sha256:" + hashlib.sha256(cloud_event_id.encode() or body).hexdigest() + by
 
 
 def _readable_event_fields(envelope: CloudEvent | None) -> dict[str, str | None]:

@@ -17,8 +17,9 @@ from recurring_task_service.adapters.postgres import MIGRATION_LEDGER, PostgresS
 from recurring_task_service.adapters.timer import FiringTimer
 from recurring_task_service.firing import RelayPolicy
 from recurring_task_service.ports import ParkedOutbox, ScheduleStore, TaskSchedules, Waker
-from recurring_task_service.settings import PACKAGE, Settings
+from recurring_task_service.settings import APP_ID, PACKAGE, Settings
 from taskevents.auth import TokenVerifier, start_verifier
+from taskevents.dead_letters import DeadLetterSink, start_dead_letters
 from taskevents.logging import get_logger
 from taskevents.postgres import (
     Migrations,
@@ -48,6 +49,10 @@ class Services(RunningServices):
     database_ready: ReadinessCheck
     sidecar_ready: ReadinessCheck
     tokens: TokenVerifier
+    dead_letters: DeadLetterSink | None = None
+
+    def dead_letter_sink(self) -> DeadLetterSink | None:
+        return self.dead_letters
 
     def readiness_checks(self) -> Mapping[str, ReadinessCheck]:
         return {"database": self.database_ready, "sidecar": self.sidecar_ready}
@@ -131,6 +136,7 @@ async def bootstrap(settings: Settings) -> AsyncIterator[Services]:
             database_ready=database_ready,
             sidecar_ready=sidecar_ready,
             tokens=tokens,
+            dead_letters=start_dead_letters(settings, APP_ID, stack),
         )
 
 

@@ -12,7 +12,7 @@ from notification_service.settings import Settings
 from taskevents.cloudevents import CloudEvent
 from taskevents.events import TaskEvent
 from taskevents.status import Outcome
-from taskevents.web import app_token, deliver_event
+from taskevents.web import DeadLettersDep, app_token, deliver_event
 
 TASK_EVENTS_ROUTE = "/events/task-events"
 
@@ -21,11 +21,15 @@ def subscriptions_router(settings: Settings) -> APIRouter:
     router = APIRouter(dependencies=[app_token(settings.app_api_token)], include_in_schema=False)
 
     @router.post(TASK_EVENTS_ROUTE)
-    async def task_events(request: Request, ports: PortsDep, policy: PolicyDep) -> JSONResponse:
+    async def task_events(
+        request: Request, ports: PortsDep, policy: PolicyDep, dead_letters: DeadLettersDep
+    ) -> JSONResponse:
         async def handle(event: TaskEvent, envelope: CloudEvent) -> Outcome:
             cloud_event = envelope.model_dump(mode="json", exclude_unset=True)
             return await notify_user_or_dead_letter(event, cloud_event, ports=ports, policy=policy)
 
-        return await deliver_event(request, handle)
+        # The handler dead-letters its own drops with their reasons; the edge does so for
+        # a message it cannot read.
+        return await deliver_event(request, handle, dead_letters=dead_letters)
 
     return router
