@@ -2,7 +2,8 @@
 the real dead-letter topic and in the audit log's API, with the session's four services and
 their sidecars: an event every subscriber refuses becomes one reasoned dead letter per app
 (each app publishes its own), and a message daprd itself dead-letters (not even JSON) keeps
-its key and says what can be told of it."""
+its key and says what can be told of it (not which sidecar made it: see
+audit_log_service.handlers.app_that_gave_up)."""
 
 from __future__ import annotations
 
@@ -121,10 +122,12 @@ async def test_a_message_daprd_dead_letters_itself_keeps_its_key_and_says_what_i
         )
         response.raise_for_status()
         ours = [i for i in response.json()["items"] if i["raw"] == body.decode()]
-        return ours if len(ours) >= 2 else None
+        return ours if ours and ours[0]["seen_count"] >= len(SUBSCRIBERS) else None
 
-    items = {i["app"]: i for i in await eventually(filed, what="the letters in the audit log")}
-    # websocket-pubsub has one subscriber, so its daprd is named; kafka-pubsub's are not.
-    assert set(items) == {"websocket-service", None}
-    for item in items.values():
-        assert item["reason"].startswith("body is not JSON"), json.dumps(item)
+    # The sidecar that delivers a dead letter to the audit log puts its own component in
+    # pubsubName, so the copies cannot be told apart there: one letter, seen four times,
+    # with the reason the audit log finds and no app.
+    [item] = await eventually(filed, what="the letter in the audit log")
+    assert item["app"] is None
+    assert item["reason"].startswith("body is not JSON"), json.dumps(item)
+    assert item["metadata"]["__key"] == key

@@ -34,10 +34,6 @@ OFFSET_METADATA = "__offset"
 # On a dead letter, the original message's metadata comes along as Kafka headers and wins
 # over the dead-letter topic's own, so __topic names the topic where it failed.
 TOPIC_METADATA = "__topic"
-# daprd adds the name of the component a message came through to its metadata, and so to the
-# headers of a dead letter it makes; a component only one app subscribes through names it.
-PUBSUB_METADATA = "pubsubname"
-APP_OF_PUBSUB = {"websocket-pubsub": "websocket-service"}
 # Ids are indexed; a B-tree entry has a size limit, and a valid id is at most 200 characters.
 MAX_ID_CHARS = 200
 EVENT_FIELDS = ("event_id", "type", "task_id", "user_id")
@@ -213,22 +209,21 @@ def _reason_in(metadata: Mapping[str, str]) -> str | None:
 
 
 def app_that_gave_up(metadata: Mapping[str, str]) -> str | None:
-    """The app that dead-lettered the message: the one that says so (it published the dead
-    letter itself), else the one app that uses the component daprd names on its dead
-    letter. None: daprd of some subscriber of a shared component — it names no app."""
+    """The app that dead-lettered the message, when it says so (it published the dead
+    letter itself). None: daprd did. Its dead letter carries the original message's
+    metadata as headers, `pubsubName` among them — the component, which would name
+    websocket-service — but the sidecar that delivers it here overwrites `pubsubName` with
+    its own component's name, so nothing that reaches this app tells which daprd it was."""
     source = metadata.get(DEAD_LETTER_SOURCE_HEADER)
-    if source:
-        return _clean_id(source)
-    return APP_OF_PUBSUB.get(metadata.get(PUBSUB_METADATA, ""))
+    return _clean_id(source) if source else None
 
 
 def _reason_unknown(metadata: Mapping[str, str], app: str | None) -> str:
     """What can be said of a dead letter daprd made: its retries ran out, or the app
-    answered DROP (or 404) — daprd records neither, nor why."""
-    by = f"daprd of {app}" if app else "daprd (which names no app on its dead letters)"
-    pubsub = metadata.get(PUBSUB_METADATA)
-    through = f" through {_clean(pubsub)}" if pubsub and not app else ""
-    return f"reason unknown: dropped by {by}{through}"
+    answered DROP (or 404) — daprd records neither which, nor why, nor whose."""
+    if app:
+        return f"reason unknown: dead-lettered by {app}"
+    return "reason unknown: dropped by daprd of a subscriber (Dapr's dead letters name no app)"
 
 
 def raw_payload_of(body: bytes) -> bytes:

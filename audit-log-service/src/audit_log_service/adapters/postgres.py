@@ -24,6 +24,7 @@ from audit_log_service.ports import (
 )
 from taskevents.events import TaskEvent
 from taskevents.postgres import MigrationLedger, SchemaStatus, translated_db_errors
+from taskevents.status import DEAD_LETTER_SOURCE_HEADER
 
 # Where the audit log records its migrations, and the advisory lock its replicas take to
 # apply them ("audit_lg" in ASCII): the names older releases used, so their databases
@@ -37,7 +38,9 @@ EVENT_COLUMNS = (
 # Only these columns can be filtered on; their names never come from a request.
 EVENT_FILTER_COLUMNS = ("task_id", "user_id", "type")
 DEAD_LETTER_COLUMNS = (
-    "id, message_id, topic, original_topic, event_id, type, task_id, user_id, reason, app, "
+    "id, message_id, topic, original_topic, event_id, type, task_id, user_id, reason, "
+    # The app that gave up, as it said in its dead letter's headers (kept in metadata).
+    f"metadata->>'{DEAD_LETTER_SOURCE_HEADER}' AS app, "
     "first_seen, last_seen, seen_count, status, replay_count, replayed_at, replayed_by, "
     "discarded_at, discarded_by, metadata, raw"
 )
@@ -70,8 +73,8 @@ RETURNING event_id
 """
 UPSERT_DEAD_LETTER = """
 INSERT INTO dead_letters (message_id, topic, original_topic, raw, metadata, event_id, type,
-                          task_id, user_id, reason, app)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+                          task_id, user_id, reason)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
 ON CONFLICT (message_id) DO UPDATE
    SET last_seen = now(),
        seen_count = dead_letters.seen_count + 1,
@@ -259,7 +262,6 @@ class PostgresAuditLog:
                 letter.task_id,
                 letter.user_id,
                 letter.reason,
-                letter.app,
             )
         return seen_count
 
