@@ -2,31 +2,18 @@
 
 from __future__ import annotations
 
-import uuid
-from datetime import datetime
-
 from fastapi import APIRouter, HTTPException, Query, status
 from pydantic import BaseModel
 
 from recurring_task_service.bootstrap import ParkedOutboxDep
+from recurring_task_service.ports import ParkedEvent
 from taskevents.auth import Operator
 
 MAX_PARKED_LISTED = 500
 
 
-class ParkedView(BaseModel):
-    id: int
-    event_id: str
-    schedule_id: uuid.UUID
-    task_id: str
-    due_at: datetime
-    attempts: int
-    reason: str
-    parked_at: datetime
-
-
 class ParkedList(BaseModel):
-    parked: list[ParkedView]
+    parked: list[ParkedEvent]
 
 
 def outbox_router() -> APIRouter:
@@ -39,8 +26,7 @@ def outbox_router() -> APIRouter:
         limit: int = Query(default=100, ge=1, le=MAX_PARKED_LISTED),
     ) -> ParkedList:
         """Triggered events that were never published, oldest first, with the reason."""
-        parked = await outbox.parked(limit=limit)
-        return ParkedList(parked=[ParkedView(**vars_of(p)) for p in parked])
+        return ParkedList(parked=await outbox.parked(limit=limit))
 
     @router.post(
         "/parked/{entry_id}/requeue",
@@ -53,7 +39,3 @@ def outbox_router() -> APIRouter:
             raise HTTPException(status.HTTP_404_NOT_FOUND, f"no parked outbox event {entry_id}")
 
     return router
-
-
-def vars_of(parked: object) -> dict[str, object]:
-    return {name: getattr(parked, name) for name in ParkedView.model_fields}
