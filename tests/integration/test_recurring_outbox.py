@@ -104,6 +104,9 @@ def triggered_on(messages: list[dict[str, object]], prefix: str) -> Counter[str]
     return found
 
 
+PROBE_NAME = "outbox-lock-probe"
+
+
 class LockProbe(EventPublisher):
     """Publishes for real; before each publish, checks from a connection of its own that
     nothing holds the outbox row locked or a transaction open in the database."""
@@ -114,7 +117,11 @@ class LockProbe(EventPublisher):
         self.problems: list[str] = []
 
     async def publish(self, event: TaskEvent, *, topic: str | None = None) -> None:
-        connection = await asyncpg.connect(self._url)
+        # Named, so that the probes of events published side by side do not count each
+        # other's short transactions.
+        connection = await asyncpg.connect(
+            self._url, server_settings={"application_name": PROBE_NAME}
+        )
         try:
             async with connection.transaction():
                 locked = await connection.fetch(
@@ -123,8 +130,9 @@ class LockProbe(EventPublisher):
                 )
             in_transaction = await connection.fetchval(
                 """SELECT count(*) FROM pg_stat_activity
-                    WHERE datname = current_database() AND pid <> pg_backend_pid()
-                      AND state LIKE 'idle in transaction%'"""
+                    WHERE datname = current_database() AND application_name <> $1
+                      AND state LIKE 'idle in transaction%'""",
+                PROBE_NAME,
             )
             if not locked:
                 self.problems.append(f"{event.event_id}: no outbox row while publishing")
