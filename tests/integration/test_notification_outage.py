@@ -19,10 +19,10 @@ import yaml
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from notification_service.adapters.dead_letters import SOURCE_HEADER
 from taskevents.events import EventType, TaskEvent
 from taskevents.kafka import kafka_client_options
 from taskevents.publisher import EventPublisher
+from taskevents.status import DEAD_LETTER_SOURCE_HEADER as SOURCE_HEADER
 from tests.conftest import Cluster
 from tests.support.authorization import bearer
 from tests.support.cluster import (

@@ -301,7 +301,10 @@ def test_a_readable_dead_letter_keeps_the_envelope_and_the_event_ids() -> None:
         "task-1",
         "user-1",
     )
-    assert letter.reason is None
+    assert letter.reason == (
+        "reason unknown: dropped by daprd of a subscriber (Dapr's dead letters name no app)"
+    )
+    assert letter.app is None
     assert letter.metadata == metadata
     assert parse_cloud_event(letter.raw) == envelope
 
@@ -414,4 +417,40 @@ def test_a_dead_letter_keeps_the_reason_its_service_gave() -> None:
         event, envelope, topic=DLQ, metadata={"dead-letter-reason": "550 5.1.1 no such user"}
     )
     assert letter.reason == "550 5.1.1 no such user"
-    assert dead_letter_of_event(event, envelope, topic=DLQ, metadata={}).reason is None
+    assert dead_letter_of_event(event, envelope, topic=DLQ, metadata={}).reason == (
+        "reason unknown: dropped by daprd of a subscriber (Dapr's dead letters name no app)"
+    )
+
+
+def test_a_dead_letter_names_the_app_that_published_it_and_is_its_own_per_app() -> None:
+    event = an_event()
+    envelope = envelope_of(event.model_dump(mode="json"), id="ce-8")
+
+    def by(app: str) -> DeadLetter:
+        metadata = {"dead-letter-reason": "no", "dead-letter-source": app}
+        return dead_letter_of_event(event, envelope, topic=DLQ, metadata=metadata)
+
+    recurring, audit = by("recurring-task-service"), by("audit-log-service")
+
+    assert (recurring.app, recurring.reason) == ("recurring-task-service", "no")
+    # Two apps that gave up on one message: two letters, each with its reason.
+    assert (recurring.message_id, audit.message_id) == (
+        "ce-8@recurring-task-service",
+        "ce-8@audit-log-service",
+    )
+
+
+def test_a_dead_letter_daprd_made_says_that_its_reason_and_app_are_unknown() -> None:
+    event = an_event()
+    envelope = envelope_of(event.model_dump(mode="json"), id="ce-9")
+    # As delivered here: pubsubName is the delivering sidecar's own component, whichever
+    # daprd made the letter.
+    metadata = {"pubsubname": "kafka-pubsub", "__key": "task-1", "__partition": "3"}
+
+    letter = dead_letter_of_event(event, envelope, topic=DLQ, metadata=metadata)
+
+    assert (letter.app, letter.message_id, letter.reason) == (
+        None,
+        "ce-9",
+        "reason unknown: dropped by daprd of a subscriber (Dapr's dead letters name no app)",
+    )

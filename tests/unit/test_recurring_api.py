@@ -18,6 +18,7 @@ from recurring_task_service.app import create_app
 from recurring_task_service.bootstrap import Services
 from recurring_task_service.ports import (
     MissedRecord,
+    ParkedEvent,
     ScheduleExistsError,
     ScheduleUpdate,
     StoreRefusedError,
@@ -36,7 +37,16 @@ class FakeSchedules:
         self.by_id: dict[uuid.UUID, Schedule] = {}
         self.outbox: list[TaskEvent] = []
         self.missed_runs: list[MissedRecord] = []
+        self.parked_events: dict[int, ParkedEvent] = {}
         self.down = False
+
+    async def parked(self, *, limit: int) -> list[ParkedEvent]:
+        self._check()
+        return list(self.parked_events.values())[:limit]
+
+    async def requeue(self, entry_id: int) -> bool:
+        self._check()
+        return self.parked_events.pop(entry_id, None) is not None
 
     async def create(self, new: NewSchedule) -> Schedule:
         self._check()
@@ -168,6 +178,7 @@ def app(schedules: FakeSchedules, waker: RecordingWaker) -> FastAPI:
             schedules=schedules,
             task_schedules=schedules,
             waker=waker,
+            parked_outbox=schedules,
             database_ready=database_fine,
             sidecar_ready=database_fine,
             tokens=verifier_from(settings),
@@ -515,3 +526,32 @@ async def test_a_completion_schedule_waits_for_a_completion(client: httpx.AsyncC
     assert body["after_completion_days"] == 2
     assert body["next_fire_at"] is None
     assert body["state"] == "waiting_for_completion"
+
+
+async def test_parked_outbox_events_are_listed_with_their_reason_and_can_be_requeued(
+    schedules: FakeSchedules, client: httpx.AsyncClient
+) -> None:
+    schedules.parked_events[7] = ParkedEvent(
+        id=7,
+        event_id="e-7",
+        schedule_id=uuid.UUID(int=7),
+        task_id="t-7",
+        due_at=datetime(2026, 3, 1, tzinfo=UTC),
+        attempts=20,
+        reason="gave up after 20 attempts: RpcError: message too large",
+        parked_at=datetime(2026, 3, 1, 0, 30, tzinfo=UTC),
+    )
+
+    listed = await client.get("/outbox/parked")
+    requeued = await client.post("/outbox/parked/7/requeue")
+    again = await client.post("/outbox/parked/7/requeue")
+
+    assert listed.status_code == 200
+    [parked] = listed.json()["parked"]
+    assert (parked["event_id"], parked["attempts"], parked["reason"]) == (
+        "e-7",
+        20,
+        "gave up after 20 attempts: RpcError: message too large",
+    )
+    assert (requeued.status_code, again.status_code) == (204, 404)
+    assert schedules.parked_events == {}

@@ -16,6 +16,7 @@ from pydantic import SecretStr
 
 from recurring_task_service.app import create_app
 from recurring_task_service.bootstrap import Services
+from recurring_task_service.ports import ParkedEvent
 from recurring_task_service.schedules import NewSchedule, rule_from_fields
 from recurring_task_service.settings import Settings
 from taskevents.auth import verifier_from
@@ -34,6 +35,7 @@ OWNER = "ada"
 STRANGER = "bob"
 SCHEDULE = uuid.UUID("00000000-0000-4000-8000-000000000001")
 ONE = f"/schedules/{SCHEDULE}"
+PARKED_ID = 3
 
 RULES: dict[RouteKey, Rule] = {
     ("POST", "/schedules"): Rule(
@@ -51,6 +53,10 @@ RULES: dict[RouteKey, Rule] = {
     ("GET", "/schedules/{schedule_id}/occurrences"): Rule(Access.OWNER, f"{ONE}/occurrences"),
     ("POST", "/schedules/{schedule_id}/trigger"): Rule(Access.OWNER, f"{ONE}/trigger", success=202),
     ("GET", "/schedules/{schedule_id}/missed"): Rule(Access.OWNER, f"{ONE}/missed"),
+    ("GET", "/outbox/parked"): Rule(Access.OPERATOR, "/outbox/parked"),
+    ("POST", "/outbox/parked/{entry_id}/requeue"): Rule(
+        Access.OPERATOR, f"/outbox/parked/{PARKED_ID}/requeue", success=204
+    ),
 }
 
 
@@ -61,6 +67,7 @@ def app_of(schedules: FakeSchedules) -> FastAPI:
             schedules=schedules,
             task_schedules=schedules,
             waker=RecordingWaker(),
+            parked_outbox=schedules,
             database_ready=database_fine,
             sidecar_ready=database_fine,
             tokens=verifier_from(settings),
@@ -72,6 +79,16 @@ def app_of(schedules: FakeSchedules) -> FastAPI:
 def with_a_schedule_of(user_id: str, schedule_id: uuid.UUID = SCHEDULE) -> FakeSchedules:
     schedules = FakeSchedules()
     add_schedule(schedules, user_id, schedule_id)
+    schedules.parked_events[PARKED_ID] = ParkedEvent(
+        id=PARKED_ID,
+        event_id="e-3",
+        schedule_id=schedule_id,
+        task_id="t-3",
+        due_at=datetime(2026, 3, 1, tzinfo=UTC),
+        attempts=1,
+        reason="unreadable outbox row",
+        parked_at=datetime(2026, 3, 1, tzinfo=UTC),
+    )
     return schedules
 
 

@@ -12,11 +12,12 @@ from datetime import UTC, datetime, timedelta
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from recurring_task_service.firing import (
+    RelayPolicy,
     claim_due_occurrences,
     relay_outbox,
     triggered_event,
 )
-from recurring_task_service.ports import OutboxEntry, PlannedEvent
+from recurring_task_service.ports import FailedAttempt, OutboxEntry, OutboxLease, PlannedEvent
 from recurring_task_service.schedules import (
     MissedRun,
     Rule,
@@ -61,6 +62,7 @@ class FakeClaim:
     settled: list[tuple[Schedule, list[PlannedEvent], list[MissedRun], datetime | None, bool]] = (
         field(default_factory=list)
     )
+    broken_count: int = 0
 
     def settle(
         self,
@@ -75,12 +77,8 @@ class FakeClaim:
 
 
 @dataclass
-class FakeBatch:
+class FakeLease:
     entries: Sequence[OutboxEntry]
-    done: list[int] = field(default_factory=list)
-
-    def published(self, entry: OutboxEntry) -> None:
-        self.done.append(entry.id)
 
 
 class FakeStore:
@@ -92,6 +90,8 @@ class FakeStore:
         self.outbox: dict[int, OutboxEntry] = {}
         self.missed: list[MissedRun] = []
         self.crash_before_commit = False
+        self.parked: dict[int, str] = {}
+        self.retry_at: dict[int, datetime] = {}
 
     @asynccontextmanager
     async def claim_due(self, *, limit: int) -> AsyncIterator[FakeClaim]:
@@ -104,13 +104,16 @@ class FakeStore:
             key=lambda s: s.next_fire_at or self.now,
         )[:limit]
         claim = FakeClaim(self.now, due)
+        claim.broken_count = 0
         yield claim
         if self.crash_before_commit:
             raise ConnectionResetError("the replica died before the commit")
         for claimed, events, missed, next_fire_at, finished in claim.settled:
             for planned in events:
                 entry_id = len(self.outbox) + 1 + max(self.outbox, default=0)
-                self.outbox[entry_id] = OutboxEntry(entry_id, planned.event, planned.due_at)
+                self.outbox[entry_id] = OutboxEntry(
+                    entry_id, planned.event, planned.due_at, planned.event.task_id
+                )
             self.missed.extend(missed)
             self.by_id[claimed.id] = replace(
                 claimed,
@@ -125,12 +128,38 @@ class FakeStore:
             default=None,
         )
 
-    @asynccontextmanager
-    async def take(self, *, limit: int) -> AsyncIterator[FakeBatch]:
-        batch = FakeBatch([self.outbox[i] for i in sorted(self.outbox)[:limit]])
-        yield batch
-        for entry_id in batch.done:
+    async def lease(self, *, limit: int, lease_seconds: float) -> FakeLease:
+        """Like the adapter: waiting rows in order; none behind a row of its task that
+        waits for its retry (a parked one holds nothing up)."""
+        waiting: list[OutboxEntry] = []
+        blocked: set[str] = set()
+        for entry_id in sorted(self.outbox):
+            entry = self.outbox[entry_id]
+            if entry_id in self.parked or entry.task_id in blocked:
+                continue
+            if self.retry_at.get(entry_id, self.now) > self.now:
+                blocked.add(entry.task_id)
+                continue
+            waiting.append(entry)
+        return FakeLease(waiting[:limit])
+
+    async def settle(
+        self,
+        lease: OutboxLease,
+        *,
+        published: Sequence[int],
+        failed: Sequence[FailedAttempt],
+        released: Sequence[int],
+    ) -> None:
+        for entry_id in published:
             del self.outbox[entry_id]
+        for attempt in failed:
+            entry = self.outbox[attempt.entry_id]
+            self.outbox[attempt.entry_id] = replace(entry, attempts=entry.attempts + 1)
+            if attempt.retry_at is None:
+                self.parked[attempt.entry_id] = attempt.error
+            else:
+                self.retry_at[attempt.entry_id] = attempt.retry_at
 
 
 class RecordingPublisher:
@@ -142,6 +171,11 @@ class RecordingPublisher:
         if event.task_id in self.failing_tasks:
             raise ConnectionError("sidecar unavailable")
         self.published.append(event)
+
+
+def occurrence(entry: OutboxEntry) -> str:
+    assert entry.event is not None
+    return str(entry.event.payload["occurrence"])
 
 
 async def fire(store: FakeStore, publisher: RecordingPublisher) -> None:
@@ -187,7 +221,7 @@ async def test_due_schedules_go_through_the_outbox_once_and_advance() -> None:
 
     assert report.queued == 1
     assert publisher.published == []  # nothing is published inside the claim
-    assert [e.event.task_id for e in store.outbox.values()] == ["due"]
+    assert [e.task_id for e in store.outbox.values()] == ["due"]
 
     relayed = await relay_outbox(store, publisher, batch_size=10, clock=lambda: NOW)
 
@@ -297,12 +331,13 @@ async def test_a_failed_publish_keeps_the_event_and_the_task_order() -> None:
     await fire(store, publisher)
 
     assert [e.task_id for e in publisher.published] == ["works"]
-    assert sorted(e.event.payload["occurrence"] for e in store.outbox.values()) == [
+    assert sorted(occurrence(e) for e in store.outbox.values()) == [
         "2026-03-01T11:59:00Z",
         "2026-03-01T12:00:00Z",
     ]
 
     publisher.failing_tasks.clear()
+    store.now += timedelta(seconds=1)  # its back-off
     await fire(store, publisher)
 
     assert [e.payload["occurrence"] for e in publisher.published if e.task_id == "fails"] == [
@@ -333,3 +368,78 @@ async def test_a_relay_that_publishes_is_one_span_and_an_empty_tick_none(
     assert len(relays) == 1
     assert relays[0].attributes is not None
     assert relays[0].attributes["taskevents.batch_size"] == 1
+
+
+POLICY = RelayPolicy(
+    max_attempts=3, first_backoff=timedelta(seconds=1), max_backoff=timedelta(seconds=4)
+)
+
+
+async def relay_at(store: FakeStore, publisher: RecordingPublisher, at: datetime) -> None:
+    store.now = at
+    await relay_outbox(store, publisher, batch_size=10, clock=lambda: at, policy=POLICY)
+
+
+async def test_an_event_that_keeps_failing_backs_off_then_is_parked_with_its_reason() -> None:
+    store = FakeStore(
+        [
+            schedule("poison", interval_rule(3600), NOW - timedelta(seconds=2)),
+            schedule("fine", interval_rule(3600), NOW),
+        ]
+    )
+    publisher = RecordingPublisher(failing_tasks={"poison"})
+    await claim_due_occurrences(store, batch_size=10, grace=GRACE)
+    [poison_id] = [i for i, e in store.outbox.items() if e.task_id == "poison"]
+
+    await relay_at(store, publisher, NOW)
+    # Within its back-off the failing event is not taken again, so it is not the head of
+    # every batch; the others went out meanwhile.
+    assert store.retry_at[poison_id] == NOW + timedelta(seconds=1)
+    assert [e.task_id for e in publisher.published] == ["fine"]
+    await relay_at(store, publisher, NOW + timedelta(milliseconds=500))
+    assert store.outbox[poison_id].attempts == 1
+
+    await relay_at(store, publisher, NOW + timedelta(seconds=1))
+    assert store.retry_at[poison_id] == NOW + timedelta(seconds=3)  # doubled
+    await relay_at(store, publisher, NOW + timedelta(seconds=3))
+
+    assert store.outbox[poison_id].attempts == 3
+    assert (
+        store.parked[poison_id] == "gave up after 3 attempts: ConnectionError: sidecar unavailable"
+    )
+    await relay_at(store, publisher, NOW + timedelta(hours=1))
+    assert store.outbox[poison_id].attempts == 3  # parked: never tried again
+
+
+async def test_a_parked_event_does_not_hold_up_the_later_events_of_its_task() -> None:
+    store = FakeStore([schedule("task-1", interval_rule(60), NOW - timedelta(minutes=1))])
+    publisher = RecordingPublisher()
+    await claim_due_occurrences(store, batch_size=10, grace=GRACE)
+    first, second = sorted(store.outbox)
+    store.outbox[first] = replace(store.outbox[first], event=None, unreadable="not JSON")
+
+    relayed = await relay_outbox(store, publisher, batch_size=10, clock=lambda: NOW)
+
+    assert store.parked == {first: "unreadable outbox row: not JSON"}  # at once
+    assert [(r.parked, r.error) for r in relayed] == [
+        (True, "unreadable outbox row: not JSON"),
+        (False, None),  # waited for the one before it, no attempt counted
+    ]
+    await relay_outbox(store, publisher, batch_size=10, clock=lambda: NOW)
+    assert [e.payload["occurrence"] for e in publisher.published] == ["2026-03-01T12:00:00Z"]
+    assert list(store.outbox) == [first]
+    assert second not in store.outbox
+
+
+def test_the_back_off_doubles_up_to_its_cap_and_the_attempts_are_bounded() -> None:
+    policy = RelayPolicy(
+        max_attempts=5, first_backoff=timedelta(seconds=1), max_backoff=timedelta(seconds=4)
+    )
+
+    assert [policy.retry_at(n, NOW) for n in range(1, 6)] == [
+        NOW + timedelta(seconds=1),
+        NOW + timedelta(seconds=2),
+        NOW + timedelta(seconds=4),
+        NOW + timedelta(seconds=4),
+        None,
+    ]

@@ -24,5 +24,4 @@ async def test_the_store_is_unavailable_until_the_schema_is_migrated() -> None:
         async with store.claim_due(limit=10):
             pass
     with pytest.raises(StoreUnavailableError, match="not migrated yet"):
-        async with store.take(limit=10):
-            pass
+        await store.lease(limit=10, lease_seconds=30)

@@ -240,3 +240,78 @@ def test_api_bodies_over_the_limit_are_answered_413_however_they_are_sent() -> N
         assert streamed.status_code == 413
         # The sidecar's routes check each event's size instead.
         assert client.post("/events/task-events", content=b"x" * 4096).status_code == 200
+
+
+class RecordingDeadLetters:
+    """A DeadLetterSink that keeps what it was given, or refuses (the sidecar is away)."""
+
+    def __init__(self, *, refusing: bool = False) -> None:
+        self.letters: list[tuple[bytes, str | None, str]] = []
+        self.refusing = refusing
+
+    async def dead_letter(self, message: bytes, *, key: str | None, reason: str) -> None:
+        if self.refusing:
+            raise ConnectionError("sidecar unavailable")
+        self.letters.append((message, key, reason))
+
+
+def dead_lettering_app(sink: RecordingDeadLetters, handler: EventHandler) -> TestClient:
+    app = FastAPI()
+
+    @app.post("/events")
+    async def events(request: Request) -> JSONResponse:
+        return await deliver_event(request, handler, dead_letters=sink)
+
+    @app.post("/events/bulk")
+    async def bulk(request: Request) -> JSONResponse:
+        async def handle(entries: Sequence[BulkEntry]) -> list[Outcome]:
+            return [await handler(e.event, e.envelope) for e in entries]
+
+        return await deliver_bulk(request, handle, dead_letters=sink)
+
+    return TestClient(app)
+
+
+def test_a_drop_is_dead_lettered_by_the_app_with_its_reason_and_key_then_succeeds() -> None:
+    sink = RecordingDeadLetters()
+    client = dead_lettering_app(sink, RecordingHandler(Outcome.drop("no such recipient")))
+    body = envelope(EVENT)
+
+    answer = client.post("/events", content=body, headers={"__key": "t-1"})
+    unreadable = client.post("/events", content="not json", headers={"__key": "t-9"})
+
+    assert answer.json() == unreadable.json() == {"status": "SUCCESS"}
+    assert sink.letters[0] == (body.encode(), "t-1", "no such recipient")
+    assert sink.letters[1][:2] == (b"not json", "t-9")
+    assert sink.letters[1][2].startswith("body is not JSON")
+
+
+def test_a_drop_stays_a_drop_when_the_dead_letter_cannot_be_published() -> None:
+    sink = RecordingDeadLetters(refusing=True)
+    client = dead_lettering_app(sink, RecordingHandler(Outcome.drop("no such recipient")))
+
+    assert client.post("/events", content=envelope(EVENT)).json() == {"status": "DROP"}
+
+
+def test_bulk_drops_are_dead_lettered_each_with_its_reason_and_key() -> None:
+    sink = RecordingDeadLetters()
+    client = dead_lettering_app(sink, RecordingHandler(Outcome.drop("refused")))
+    good = json.loads(envelope(EVENT))
+    bad = json.loads(envelope({**EVENT, "task_id": ""}))
+    body = {
+        "entries": [
+            {"entryId": "a", "event": good, "metadata": {"__key": "t-1"}},
+            {"entryId": "b", "event": bad, "metadata": {"__key": "t-2"}},
+        ]
+    }
+
+    statuses = client.post("/events/bulk", json=body).json()["statuses"]
+
+    assert statuses == [
+        {"entryId": "a", "status": "SUCCESS"},
+        {"entryId": "b", "status": "SUCCESS"},
+    ]
+    by_key = {key: (json.loads(message), reason) for message, key, reason in sink.letters}
+    assert by_key["t-1"] == (good, "refused")
+    assert by_key["t-2"][0] == bad
+    assert "task_id" in by_key["t-2"][1]

@@ -23,9 +23,10 @@ from audit_log_service.ports import (
     EventRepublisher,
     StorageUnavailableError,
 )
-from audit_log_service.settings import Settings
+from audit_log_service.settings import APP_ID, Settings
 from taskevents.auth import TokenVerifier, start_verifier
 from taskevents.background import in_background
+from taskevents.dead_letters import DeadLetterSink, start_dead_letters
 from taskevents.logging import get_logger
 from taskevents.postgres import (
     Migrations,
@@ -49,6 +50,10 @@ class Services(RunningServices):
     database_check: ReadinessCheck
     sidecar_check: ReadinessCheck
     tokens: TokenVerifier
+    dead_letters: DeadLetterSink | None = None
+
+    def dead_letter_sink(self) -> DeadLetterSink | None:
+        return self.dead_letters
 
     def readiness_checks(self) -> Mapping[str, ReadinessCheck]:
         return {"database": self.database_check, "sidecar": self.sidecar_check}
@@ -104,6 +109,7 @@ async def bootstrap(settings: Settings) -> AsyncIterator[Services]:
             database_check=database_check,
             sidecar_check=sidecar_check(settings.dapr_http_port),
             tokens=tokens,
+            dead_letters=start_dead_letters(settings, APP_ID, stack),
         )
 
 

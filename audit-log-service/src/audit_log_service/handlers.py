@@ -24,7 +24,7 @@ from audit_log_service.ports import (
 from taskevents.cloudevents import CloudEvent, parse_cloud_event
 from taskevents.events import InvalidEventError, TaskEvent
 from taskevents.logging import get_logger
-from taskevents.status import DEAD_LETTER_REASON_HEADER, Outcome
+from taskevents.status import DEAD_LETTER_REASON_HEADER, DEAD_LETTER_SOURCE_HEADER, Outcome
 
 log = get_logger(__name__)
 
@@ -186,8 +186,9 @@ def dead_letter_of_event(
     raw = json.dumps(
         envelope.model_dump(mode="json", exclude_unset=True), sort_keys=True, ensure_ascii=False
     )
+    app = app_that_gave_up(metadata)
     return DeadLetter(
-        message_id=_message_id(envelope.id, raw.encode()),
+        message_id=_message_id(envelope.id, raw.encode(), app),
         topic=topic,
         original_topic=_original_topic(envelope, metadata, topic),
         raw=_clean(raw),
@@ -196,7 +197,8 @@ def dead_letter_of_event(
         type=_clean_id(event.type),
         task_id=_clean_id(event.task_id),
         user_id=_clean_id(event.user_id),
-        reason=_reason_in(metadata),
+        reason=_reason_in(metadata) or _reason_unknown(metadata, app),
+        app=app,
     )
 
 
@@ -204,6 +206,24 @@ def _reason_in(metadata: Mapping[str, str]) -> str | None:
     """The reason a service gave when it dead-lettered the message itself."""
     reason = metadata.get(DEAD_LETTER_REASON_HEADER)
     return _clean(reason) if reason else None
+
+
+def app_that_gave_up(metadata: Mapping[str, str]) -> str | None:
+    """The app that dead-lettered the message, when it says so (it published the dead
+    letter itself). None: daprd did. Its dead letter carries the original message's
+    metadata as headers, `pubsubName` among them — the component, which would name
+    websocket-service — but the sidecar that delivers it here overwrites `pubsubName` with
+    its own component's name, so nothing that reaches this app tells which daprd it was."""
+    source = metadata.get(DEAD_LETTER_SOURCE_HEADER)
+    return _clean_id(source) if source else None
+
+
+def _reason_unknown(metadata: Mapping[str, str], app: str | None) -> str:
+    """What can be said of a dead letter daprd made: its retries ran out, or the app
+    answered DROP (or 404) — daprd records neither which, nor why, nor whose."""
+    if app:
+        return f"reason unknown: dead-lettered by {app}"
+    return "reason unknown: dropped by daprd of a subscriber (Dapr's dead letters name no app)"
 
 
 def raw_payload_of(body: bytes) -> bytes:
@@ -248,8 +268,9 @@ def dead_letter_of_body(
     """A dead letter that is not a valid event, or not even a CloudEvent: keep it all, with
     whatever ids can still be read from it."""
     fields = _readable_event_fields(envelope)
+    app = app_that_gave_up(metadata)
     return DeadLetter(
-        message_id=_message_id(envelope.id if envelope else "", body),
+        message_id=_message_id(envelope.id if envelope else "", body, app),
         topic=topic,
         original_topic=_original_topic(envelope, metadata, topic),
         raw=_clean(body.decode("utf-8", errors="replace")),
@@ -258,7 +279,8 @@ def dead_letter_of_body(
         type=fields.get("type"),
         task_id=fields.get("task_id"),
         user_id=fields.get("user_id"),
-        reason=_clean(reason),
+        reason=_reason_in(metadata) or _clean(reason),
+        app=app,
     )
 
 
@@ -271,11 +293,14 @@ def _original_topic(
     return _clean(topic) if topic and topic != dead_letter_topic else None
 
 
-def _message_id(cloud_event_id: str, body: bytes) -> str:
+def _message_id(cloud_event_id: str, body: bytes, app: str | None = None) -> str:
+    """The dead letter's identity: the same message given up on again by the same app is
+    one row; given up on by two apps, two rows (each says why)."""
+    by = f"@{app}" if app else ""
     if cloud_event_id and len(cloud_event_id) <= MAX_ID_CHARS and "\x00" not in cloud_event_id:
-        return cloud_event_id
+        return cloud_event_id + by
     # No usable id: the same bytes delivered again must map to the same row.
-    return "sha256:" + hashlib.sha256(cloud_event_id.encode() or body).hexdigest()
+    return "sha256:" + hashlib.sha256(cloud_event_id.encode() or body).hexdigest() + by
 
 
 def _readable_event_fields(envelope: CloudEvent | None) -> dict[str, str | None]:

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal, Protocol
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from taskevents.events import TaskEvent
 
@@ -42,6 +42,7 @@ class DeadLetter:
     task_id: str | None = None
     user_id: str | None = None
     reason: str | None = None
+    app: str | None = None  # the app that gave up on it, when that can be told
 
 
 class AuditLog(Protocol):
@@ -94,6 +95,11 @@ class StoredDeadLetter(BaseModel):
     task_id: str | None
     user_id: str | None
     reason: str | None
+    app: str | None = Field(
+        default=None,
+        description="The app that gave up on the message; null when daprd of a subscriber of "
+        "a shared component dead-lettered it (Dapr's dead letters name no app).",
+    )
     first_seen: datetime
     last_seen: datetime
     seen_count: int

@@ -13,7 +13,7 @@ from fastapi import Depends
 from starlette.requests import HTTPConnection
 
 from notification_service.adapters.dapr_state import DaprNotificationLog, DaprPreferenceStore
-from notification_service.adapters.dead_letters import DaprDeadLetters
+from notification_service.adapters.dead_letters import EnvelopeDeadLetters
 from notification_service.adapters.postgres import MIGRATIONS, PACKAGE, PostgresLedger
 from notification_service.adapters.sms import (
     LogSmsSender,
@@ -29,6 +29,7 @@ from notification_service.ports import Channel, Ledger, PreferenceStore, RateLim
 from notification_service.settings import APP_ID, Settings
 from notification_service.sms import SmsComposer
 from taskevents.auth import TokenVerifier, start_verifier
+from taskevents.dead_letters import DeadLetterSink, start_dead_letters
 from taskevents.logging import get_logger
 from taskevents.postgres import (
     Migrations,
@@ -53,6 +54,10 @@ class Services(RunningServices):
     # sidecar, smtp, database: each None when it answers, else what is wrong.
     checks: Mapping[str, ReadinessCheck]
     tokens: TokenVerifier
+    dead_letters: DeadLetterSink | None = None
+
+    def dead_letter_sink(self) -> DeadLetterSink | None:
+        return self.dead_letters
 
     def readiness_checks(self) -> Mapping[str, ReadinessCheck]:
         return self.checks
@@ -84,14 +89,11 @@ async def bootstrap(settings: Settings) -> AsyncIterator[Services]:
             pool_size=settings.smtp_pool_size,
         )
         stack.push_async_callback(mailer.close)
-        dead_letters = DaprDeadLetters(
-            pubsub_name=settings.pubsub_name,
-            topic=settings.dead_letter_topic,
-            source=APP_ID,
-            http_port=settings.dapr_http_port,
-            grpc_port=settings.dapr_grpc_port,
+        sink = (
+            start_dead_letters(settings, APP_ID, stack)
+            if settings.dead_letter_with_reason
+            else None
         )
-        stack.push_async_callback(dead_letters.close)
         claims = DaprNotificationLog(
             store_name=settings.state_store_name,
             http_port=settings.dapr_http_port,
@@ -150,7 +152,7 @@ async def bootstrap(settings: Settings) -> AsyncIterator[Services]:
                 link_base_url=str(settings.link_base_url),
                 include_link=settings.sms_include_link,
             ),
-            dead_letters=dead_letters if settings.dead_letter_with_reason else None,
+            dead_letters=EnvelopeDeadLetters(sink) if sink is not None else None,
         )
         policy = policy_of(settings)
         deferred = DeferredDelivery(
@@ -176,6 +178,7 @@ async def bootstrap(settings: Settings) -> AsyncIterator[Services]:
                 "database": database,
             },
             tokens=tokens,
+            dead_letters=sink,
         )
 
 

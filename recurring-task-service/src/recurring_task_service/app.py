@@ -3,6 +3,7 @@ from __future__ import annotations
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
+from recurring_task_service.api.outbox import outbox_router
 from recurring_task_service.api.schedules import schedules_router
 from recurring_task_service.api.subscriptions import subscriptions_router
 from recurring_task_service.bootstrap import Bootstrap, Services, bootstrap
@@ -17,6 +18,7 @@ def create_app(settings: Settings, *, bootstrap: Bootstrap = bootstrap) -> FastA
     app = service_app(APP_ID, SUMMARY, lambda: bootstrap(settings), Services, settings)
     app.include_router(subscriptions_router(settings))
     app.include_router(schedules_router())
+    app.include_router(outbox_router())
 
     @app.exception_handler(StoreUnavailableError)
     async def store_unavailable(_request: Request, error: StoreUnavailableError) -> JSONResponse:

@@ -15,9 +15,11 @@ from starlette.requests import HTTPConnection
 
 from recurring_task_service.adapters.postgres import MIGRATION_LEDGER, PostgresSchedules
 from recurring_task_service.adapters.timer import FiringTimer
-from recurring_task_service.ports import ScheduleStore, TaskSchedules, Waker
-from recurring_task_service.settings import PACKAGE, Settings
+from recurring_task_service.firing import RelayPolicy
+from recurring_task_service.ports import ParkedOutbox, ScheduleStore, TaskSchedules, Waker
+from recurring_task_service.settings import APP_ID, PACKAGE, Settings
 from taskevents.auth import TokenVerifier, start_verifier
+from taskevents.dead_letters import DeadLetterSink, start_dead_letters
 from taskevents.logging import get_logger
 from taskevents.postgres import (
     Migrations,
@@ -43,9 +45,14 @@ class Services(RunningServices):
     schedules: ScheduleStore
     task_schedules: TaskSchedules
     waker: Waker
+    parked_outbox: ParkedOutbox
     database_ready: ReadinessCheck
     sidecar_ready: ReadinessCheck
     tokens: TokenVerifier
+    dead_letters: DeadLetterSink | None = None
+
+    def dead_letter_sink(self) -> DeadLetterSink | None:
+        return self.dead_letters
 
     def readiness_checks(self) -> Mapping[str, ReadinessCheck]:
         return {"database": self.database_ready, "sidecar": self.sidecar_ready}
@@ -100,6 +107,11 @@ async def bootstrap(settings: Settings) -> AsyncIterator[Services]:
             batch_size=settings.claim_batch_size,
             grace=timedelta(seconds=settings.catch_up_grace_seconds),
             sidecar_ready=sidecar_ready,
+            relay_policy=RelayPolicy(
+                max_attempts=settings.outbox_max_attempts,
+                max_backoff=timedelta(seconds=settings.outbox_max_backoff_seconds),
+                lease=timedelta(seconds=settings.outbox_lease_seconds),
+            ),
         )
         stack.push_async_callback(timer.stop)
         migrations = Migrations(
@@ -120,9 +132,11 @@ async def bootstrap(settings: Settings) -> AsyncIterator[Services]:
             schedules=schedules,
             task_schedules=schedules,
             waker=timer,
+            parked_outbox=schedules,
             database_ready=database_ready,
             sidecar_ready=sidecar_ready,
             tokens=tokens,
+            dead_letters=start_dead_letters(settings, APP_ID, stack),
         )
 
 
@@ -143,6 +157,11 @@ async def _waker(connection: HTTPConnection) -> Waker:
     return _services(connection).waker
 
 
+async def _parked_outbox(connection: HTTPConnection) -> ParkedOutbox:
+    return _services(connection).parked_outbox
+
+
 ScheduleStoreDep = Annotated[ScheduleStore, Depends(_schedule_store)]
 TaskSchedulesDep = Annotated[TaskSchedules, Depends(_task_schedules)]
 WakerDep = Annotated[Waker, Depends(_waker)]
+ParkedOutboxDep = Annotated[ParkedOutbox, Depends(_parked_outbox)]

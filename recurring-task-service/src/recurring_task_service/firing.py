@@ -1,8 +1,12 @@
 """Firing due occurrences exactly once. A claim (row lock) plans each due schedule and
 writes its events into the outbox in the transaction that advances the schedule; the relay
-publishes the outbox afterwards and deletes what was published. A crash between the two
-loses nothing (the outbox row stays for any replica) and a crash after a publish but
-before its delete publishes the same event id again, which consumers recognise."""
+leases outbox rows (a short transaction), publishes them with no transaction open, then
+deletes what was published. A crash between claim and publish loses nothing (the row waits
+for any replica once its lease runs out) and a crash after a publish but before its delete
+publishes the same event id again, which every consumer recognises (DESIGN.md, "Delivery
+semantics"). A row that keeps failing is retried with back-off, then parked with its reason
+— it never holds up the rows behind it. A schedule that can no longer be read (its time zone
+left the tz database) is marked broken with the reason; the others keep firing."""
 
 from __future__ import annotations
 
@@ -15,6 +19,7 @@ from typing import Any
 
 from recurring_task_service.ports import (
     DueSchedules,
+    FailedAttempt,
     Outbox,
     OutboxEntry,
     PlannedEvent,
@@ -84,6 +89,7 @@ class ClaimReport:
     queued: int = 0  # events written to the outbox
     skipped: int = 0  # occurrences missed beyond the grace period
     coalesced: int = 0  # occurrences folded into a coalesced event
+    broken: int = 0  # due schedules that could not be read: marked broken
     finished: list[str] = field(default_factory=list)
 
     def add(self, other: ClaimReport) -> None:
@@ -91,6 +97,7 @@ class ClaimReport:
         self.queued += other.queued
         self.skipped += other.skipped
         self.coalesced += other.coalesced
+        self.broken += other.broken
         self.finished.extend(other.finished)
 
 
@@ -102,7 +109,7 @@ async def claim_due_occurrences(
     for _ in range(MAX_ROUNDS_PER_TICK):
         batch = await claim_one_batch(due, batch_size=batch_size, grace=grace)
         report.add(batch)
-        if batch.schedules < batch_size:
+        if batch.schedules + batch.broken < batch_size:
             break
     return report
 
@@ -110,6 +117,7 @@ async def claim_due_occurrences(
 async def claim_one_batch(due: DueSchedules, *, batch_size: int, grace: timedelta) -> ClaimReport:
     report = ClaimReport()
     async with due.claim_due(limit=batch_size) as claimed:
+        report.broken = claimed.broken_count
         for schedule in claimed.schedules:
             assert schedule.next_fire_at is not None  # only due schedules are claimed
             plan = plan_claim(
@@ -149,10 +157,33 @@ async def claim_one_batch(due: DueSchedules, *, batch_size: int, grace: timedelt
 
 
 @dataclass(frozen=True, slots=True)
+class RelayPolicy:
+    """How the relay treats a row that fails: retried after `first_backoff`, doubling up
+    to `max_backoff`, and parked after `max_attempts` failed attempts (the defaults ride
+    out about a quarter of an hour of broker or sidecar trouble)."""
+
+    max_attempts: int = 20
+    first_backoff: timedelta = timedelta(seconds=1)
+    max_backoff: timedelta = timedelta(seconds=60)
+    lease: timedelta = timedelta(seconds=30)
+
+    def retry_at(self, attempts: int, now: datetime) -> datetime | None:
+        """When to try again after `attempts` failed attempts; None: give up."""
+        if attempts >= self.max_attempts:
+            return None
+        backoff: timedelta = min(self.first_backoff * 2 ** max(attempts - 1, 0), self.max_backoff)
+        return now + backoff
+
+
+DEFAULT_RELAY_POLICY = RelayPolicy()
+
+
+@dataclass(frozen=True, slots=True)
 class RelayedEvent:
     entry: OutboxEntry
-    published_at: datetime | None  # None: publishing failed; it stays in the outbox
+    published_at: datetime | None  # None: not published; it stays in the outbox
     error: str | None = None
+    parked: bool = False  # given up on (or can never succeed): parked, `error` the reason
 
     @property
     def lateness(self) -> timedelta | None:
@@ -160,13 +191,20 @@ class RelayedEvent:
 
 
 async def relay_outbox(
-    outbox: Outbox, publisher: Publisher, *, batch_size: int, clock: Clock = utc_now
+    outbox: Outbox,
+    publisher: Publisher,
+    *,
+    batch_size: int,
+    clock: Clock = utc_now,
+    policy: RelayPolicy = DEFAULT_RELAY_POLICY,
 ) -> list[RelayedEvent]:
     """Publish what waits in the outbox, in batches, until it is empty or publishing
     fails (the rest waits for the next tick)."""
     relayed: list[RelayedEvent] = []
     for _ in range(MAX_ROUNDS_PER_TICK):
-        batch = await relay_one_batch(outbox, publisher, batch_size=batch_size, clock=clock)
+        batch = await relay_one_batch(
+            outbox, publisher, batch_size=batch_size, clock=clock, policy=policy
+        )
         relayed.extend(batch)
         if len(batch) < batch_size or any(r.published_at is None for r in batch):
             break
@@ -174,32 +212,66 @@ async def relay_outbox(
 
 
 async def relay_one_batch(
-    outbox: Outbox, publisher: Publisher, *, batch_size: int, clock: Clock
+    outbox: Outbox,
+    publisher: Publisher,
+    *,
+    batch_size: int,
+    clock: Clock,
+    policy: RelayPolicy = DEFAULT_RELAY_POLICY,
 ) -> list[RelayedEvent]:
-    async with outbox.take(limit=batch_size) as batch:
-        if not batch.entries:
-            return []
-        # A span only for a relay with something to publish: the poller ticks often.
-        with span("outbox relay", attributes={"taskevents.batch_size": len(batch.entries)}):
-            # The events of one task in order, different tasks side by side.
-            by_task: dict[str, list[OutboxEntry]] = defaultdict(list)
-            for entry in batch.entries:
-                by_task[entry.event.task_id].append(entry)
-            outcomes = await asyncio.gather(
-                *(_publish_in_order(entries, publisher, clock) for entries in by_task.values())
-            )
-            relayed = [r for task_outcomes in outcomes for r in task_outcomes]
-            for r in relayed:
-                if r.published_at is not None:
-                    batch.published(r.entry)
-                else:
-                    log.warning(
-                        "publishing a triggered event failed; it stays in the outbox",
-                        event_id=r.entry.event.event_id,
-                        task_id=r.entry.event.task_id,
-                        error=r.error,
-                    )
-            return relayed
+    lease = await outbox.lease(limit=batch_size, lease_seconds=policy.lease.total_seconds())
+    if not lease.entries:
+        return []
+    # A span only for a relay with something to publish: the poller ticks often.
+    with span("outbox relay", attributes={"taskevents.batch_size": len(lease.entries)}):
+        # The events of one task in order, different tasks side by side; no transaction is
+        # open while the sidecar is called.
+        by_task: dict[str, list[OutboxEntry]] = defaultdict(list)
+        for entry in lease.entries:
+            by_task[entry.task_id].append(entry)
+        outcomes = await asyncio.gather(
+            *(_publish_in_order(entries, publisher, clock) for entries in by_task.values())
+        )
+    relayed: list[RelayedEvent] = []
+    published: list[int] = []
+    failed: list[FailedAttempt] = []
+    released: list[int] = []
+    now = clock()
+    for r in (r for task_outcomes in outcomes for r in task_outcomes):
+        if r.published_at is not None:
+            published.append(r.entry.id)
+        elif r.error is None:
+            released.append(r.entry.id)  # an earlier event of its task failed: it waits
+        else:
+            attempts = r.entry.attempts + 1
+            retry_at = None if r.parked else policy.retry_at(attempts, now)
+            reason = r.error
+            if retry_at is None and not r.parked:
+                reason = f"gave up after {attempts} attempts: {r.error}"
+            failed.append(FailedAttempt(r.entry.id, reason, retry_at))
+            r = RelayedEvent(r.entry, None, reason, parked=retry_at is None)
+            _log_failure(r, attempts, retry_at)
+        relayed.append(r)
+    await outbox.settle(lease, published=published, failed=failed, released=released)
+    return relayed
+
+
+def _log_failure(r: RelayedEvent, attempts: int, retry_at: datetime | None) -> None:
+    context = {
+        "outbox_id": r.entry.id,
+        "event_id": r.entry.event.event_id if r.entry.event is not None else None,
+        "task_id": r.entry.task_id,
+        "attempts": attempts,
+        "error": r.error,
+    }
+    if retry_at is None:
+        log.error("a triggered event is parked: it will not be published", **context)
+    else:
+        log.warning(
+            "publishing a triggered event failed; it stays in the outbox",
+            retry_at=retry_at.isoformat(),
+            **context,
+        )
 
 
 async def _publish_in_order(
@@ -208,11 +280,23 @@ async def _publish_in_order(
     results: list[RelayedEvent] = []
     for position, entry in enumerate(entries):
         try:
+            if entry.event is None:
+                raise UnpublishableError(entry.unreadable or "no event")
             await publisher.publish(entry.event)
+        except UnpublishableError as error:
+            # Can never be published: every attempt left is spent at once.
+            results.append(RelayedEvent(entry, None, f"unreadable outbox row: {error}", True))
+            results.extend(RelayedEvent(e, None) for e in entries[position + 1 :])
+            break
         except Exception as error:  # the sidecar or the broker; the row stays
             message = f"{type(error).__name__}: {error}"
             # Later events of the task wait too, so they stay in order.
-            results.extend(RelayedEvent(e, None, message) for e in entries[position:])
+            results.append(RelayedEvent(entry, None, message))
+            results.extend(RelayedEvent(e, None) for e in entries[position + 1 :])
             break
         results.append(RelayedEvent(entry, clock()))
     return results
+
+
+class UnpublishableError(ValueError):
+    """An outbox row that no attempt can publish."""

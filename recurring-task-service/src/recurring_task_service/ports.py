@@ -126,6 +126,11 @@ class ClaimedSchedules(Protocol):
     @property
     def schedules(self) -> Sequence[Schedule]: ...
 
+    @property
+    def broken_count(self) -> int:
+        """Due schedules this claim found unreadable: marked broken at commit, left out."""
+        ...
+
     def settle(
         self,
         schedule: Schedule,
@@ -154,22 +159,70 @@ class DueSchedules(Protocol):
 @dataclass(frozen=True, slots=True)
 class OutboxEntry:
     id: int
-    event: TaskEvent
+    event: TaskEvent | None  # None: the stored bytes are no event (`unreadable` says why)
     due_at: datetime
+    task_id: str
+    attempts: int = 0  # failed attempts before this one
+    unreadable: str | None = None
 
 
-class OutboxBatch(Protocol):
+@dataclass(frozen=True, slots=True)
+class FailedAttempt:
+    entry_id: int
+    error: str
+    retry_at: datetime | None  # None: give up and park the row with `error` as the reason
+
+
+class OutboxLease(Protocol):
+    """Entries leased to this replica, outside any transaction: nobody else takes them
+    until the lease runs out (a crash: another replica publishes them, same event id)."""
+
     @property
     def entries(self) -> Sequence[OutboxEntry]: ...
 
-    def published(self, entry: OutboxEntry) -> None:
-        """Remove the entry at commit."""
-
 
 class Outbox(Protocol):
-    def take(self, *, limit: int) -> AbstractAsyncContextManager[OutboxBatch]:
-        """Lock up to `limit` waiting events, oldest first, skipping those another replica
-        is publishing. Leaving the block deletes those marked published."""
+    async def lease(self, *, limit: int, lease_seconds: float) -> OutboxLease:
+        """Lease up to `limit` waiting events, oldest first: not parked, due for an
+        attempt, not under a live lease, and not behind an event of the same task that
+        waits for its retry or another replica's lease (one task's events go out in
+        order; parked ones hold nothing up). The lease commits before anything is
+        published."""
+        ...
+
+    async def settle(
+        self,
+        lease: OutboxLease,
+        *,
+        published: Sequence[int],
+        failed: Sequence[FailedAttempt],
+        released: Sequence[int],
+    ) -> None:
+        """After publishing: delete the published rows; count a failed attempt (retry at
+        its time, or park); hand back the rest untouched. Rows whose lease was taken
+        over by another replica meanwhile are left to it, except for the deletes."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class ParkedEvent:
+    id: int
+    event_id: str
+    schedule_id: uuid.UUID
+    task_id: str
+    due_at: datetime
+    attempts: int
+    reason: str
+    parked_at: datetime
+
+
+class ParkedOutbox(Protocol):
+    """Outbox rows given up on, for operators: listed with their reason, requeued."""
+
+    async def parked(self, *, limit: int) -> list[ParkedEvent]: ...
+
+    async def requeue(self, entry_id: int) -> bool:
+        """Make a parked row wait for publishing again, with a fresh attempt count."""
         ...
 
 

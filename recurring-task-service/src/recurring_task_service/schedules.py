@@ -492,6 +492,7 @@ class Schedule:
     options: ScheduleOptions = ScheduleOptions()
     paused: bool = False
     last_completed_at: datetime | None = None
+    broken: str | None = None  # why it can no longer fire (its rule cannot be read)
 
 
 def _weekdays_by_name(day_of_week: str, expression: str) -> str:

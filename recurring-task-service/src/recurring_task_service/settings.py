@@ -36,6 +36,19 @@ class Settings(ServiceSettings):
     claim_batch_size: int = Field(
         default=100, ge=1, description="Due schedules claimed (and published) per transaction."
     )
+    outbox_max_attempts: int = Field(
+        default=20,
+        ge=1,
+        description="Failed publishes of one outbox event before it is parked (with its "
+        "reason, GET /outbox/parked); retried with back-off in between.",
+    )
+    outbox_max_backoff_seconds: float = Field(default=60.0, gt=0)
+    outbox_lease_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        description="How long a replica holds the outbox events it is publishing; a crashed "
+        "replica's events go out from another one after this.",
+    )
     catch_up_grace_seconds: float = Field(
         default=300.0,
         ge=1,

@@ -15,12 +15,13 @@ from fastapi import Depends
 from starlette.requests import HTTPConnection
 
 from taskevents.auth import TokenVerifier, start_verifier
+from taskevents.dead_letters import DeadLetterSink, start_dead_letters
 from taskevents.logging import get_logger
 from taskevents.web import ReadinessCheck, RunningServices, services_of, sidecar_check
 from websocket_service.adapters.audit_log import DaprAuditLog
 from websocket_service.hub import Close, CloseCode, Hub
 from websocket_service.ports import AuditLog, Fanout
-from websocket_service.settings import Settings
+from websocket_service.settings import APP_ID, Settings
 
 log = get_logger(__name__)
 
@@ -34,6 +35,10 @@ class Services(RunningServices):
     audit_log: AuditLog
     sidecar: ReadinessCheck
     shutdown_grace_seconds: float
+    dead_letters: DeadLetterSink | None = None
+
+    def dead_letter_sink(self) -> DeadLetterSink | None:
+        return self.dead_letters
 
     def readiness_checks(self) -> Mapping[str, ReadinessCheck]:
         return {"sidecar": self.sidecar, "token_key": self._token_key}
@@ -84,6 +89,11 @@ async def bootstrap(settings: Settings) -> AsyncIterator[Services]:
             audit_log=audit_log,
             sidecar=sidecar_check(settings.dapr_http_port),
             shutdown_grace_seconds=settings.shutdown_grace_seconds,
+            # Through the component it subscribes with: the one its scopes let it publish
+            # dead letters to.
+            dead_letters=start_dead_letters(
+                settings, APP_ID, stack, pubsub_name=settings.dead_letter_pubsub_name
+            ),
         )
         stack.push_async_callback(services.close_all_clients)
         yield services

@@ -16,6 +16,11 @@ class Settings(ServiceSettings):
     port: int = Field(
         default=8004, ge=1, le=65535, validation_alias=AliasChoices("APP_PORT", "WEBSOCKET_PORT")
     )
+    dead_letter_pubsub_name: str = Field(
+        default="websocket-pubsub",
+        description="The component this service subscribes through; its scopes let it "
+        "publish the dead letters it gives reasons for.",
+    )
     dev_token_ttl_seconds: int = Field(
         default=8 * 3600, ge=60, description="Lifetime of tokens from POST /dev/token."
     )

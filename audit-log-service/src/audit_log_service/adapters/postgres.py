@@ -24,6 +24,7 @@ from audit_log_service.ports import (
 )
 from taskevents.events import TaskEvent
 from taskevents.postgres import MigrationLedger, SchemaStatus, translated_db_errors
+from taskevents.status import DEAD_LETTER_SOURCE_HEADER
 
 # Where the audit log records its migrations, and the advisory lock its replicas take to
 # apply them ("audit_lg" in ASCII): the names older releases used, so their databases
@@ -38,6 +39,8 @@ EVENT_COLUMNS = (
 EVENT_FILTER_COLUMNS = ("task_id", "user_id", "type")
 DEAD_LETTER_COLUMNS = (
     "id, message_id, topic, original_topic, event_id, type, task_id, user_id, reason, "
+    # The app that gave up, as it said in its dead letter's headers (kept in metadata).
+    f"metadata->>'{DEAD_LETTER_SOURCE_HEADER}' AS app, "
     "first_seen, last_seen, seen_count, status, replay_count, replayed_at, replayed_by, "
     "discarded_at, discarded_by, metadata, raw"
 )

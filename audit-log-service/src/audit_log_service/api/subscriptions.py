@@ -18,7 +18,14 @@ from audit_log_service.settings import Settings
 from taskevents.cloudevents import CloudEvent
 from taskevents.events import TaskEvent
 from taskevents.status import Outcome
-from taskevents.web import BulkEntry, app_token, deliver_bulk, deliver_event, delivery_metadata
+from taskevents.web import (
+    BulkEntry,
+    DeadLettersDep,
+    app_token,
+    deliver_bulk,
+    deliver_event,
+    delivery_metadata,
+)
 
 TASK_EVENTS_ROUTE = "/events/task-events"
 # The route of the bulk subscription (dapr-components/subscriptions/audit-log-service.yaml);
@@ -31,20 +38,24 @@ def subscriptions_router(settings: Settings) -> APIRouter:
     router = APIRouter(dependencies=[app_token(settings.app_api_token)], include_in_schema=False)
 
     @router.post(TASK_EVENTS_ROUTE)
-    async def task_event(request: Request, audit_log: AuditLogDep) -> JSONResponse:
+    async def task_event(
+        request: Request, audit_log: AuditLogDep, dead_letters: DeadLettersDep
+    ) -> JSONResponse:
         async def handle(event: TaskEvent, envelope: CloudEvent) -> Outcome:
             delivery = delivery_of(envelope, delivery_metadata())
             return await record_event(event, delivery=delivery, audit_log=audit_log)
 
-        return await deliver_event(request, handle)
+        return await deliver_event(request, handle, dead_letters=dead_letters)
 
     @router.post(TASK_EVENTS_BULK_ROUTE)
-    async def task_events(request: Request, audit_log: AuditLogDep) -> JSONResponse:
+    async def task_events(
+        request: Request, audit_log: AuditLogDep, dead_letters: DeadLettersDep
+    ) -> JSONResponse:
         async def handle(entries: Sequence[BulkEntry]) -> list[Outcome]:
             batch = [(e.event, delivery_of(e.envelope, e.metadata)) for e in entries]
             return await record_events(batch, audit_log=audit_log)
 
-        return await deliver_bulk(request, handle)
+        return await deliver_bulk(request, handle, dead_letters=dead_letters)
 
     @router.post(DEAD_LETTERS_ROUTE)
     async def dead_letter(request: Request, audit_log: AuditLogDep) -> JSONResponse:

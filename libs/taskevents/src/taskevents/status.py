@@ -6,9 +6,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
-# A service that dead-letters a message itself (to say why; Dapr's own dead-lettering on
-# DROP carries no reason) puts the reason in this Kafka header; the audit log files it.
+# A service that dead-letters a message itself (to say why and who; Dapr's own
+# dead-lettering names neither) puts the reason and its app id in these Kafka headers; the
+# audit log files them (taskevents.dead_letters).
 DEAD_LETTER_REASON_HEADER = "dead-letter-reason"
+DEAD_LETTER_SOURCE_HEADER = "dead-letter-source"
 
 
 class DaprStatus(StrEnum):

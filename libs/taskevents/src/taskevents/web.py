@@ -13,7 +13,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass, replace
 from importlib.metadata import PackageNotFoundError, version
 from types import MappingProxyType
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import structlog
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request, Response
@@ -26,6 +26,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from taskevents.auth import VERIFIER_KEY, TokenVerifier
 from taskevents.cloudevents import CloudEvent, parse_cloud_event
+from taskevents.dead_letters import DeadLetterSink
 from taskevents.events import InvalidEventError, TaskEvent
 from taskevents.logging import configure_logging, get_logger
 from taskevents.metrics import DELIVERIES, DELIVERY_SECONDS, render_latest
@@ -49,6 +50,9 @@ log = get_logger(__name__)
 # a NUL, and no id, type or topic has a reason to carry one (the API fuzzer found them as
 # 500s).
 WITHOUT_CONTROL_CHARACTERS = r"^[^\x00-\x1f\x7f]+$"
+
+# The delivered message's Kafka key (its partition key), as daprd's Kafka component names it.
+KEY_METADATA = "__key"
 
 # Headers of every HTTP call rather than metadata of the message; the app token is secret.
 NOT_METADATA = frozenset(
@@ -102,6 +106,11 @@ class RunningServices:
     def token_verifier(self) -> TokenVerifier | None:
         """The verifier of the callers' bearer tokens (taskevents.auth), if the service
         has routes for people."""
+        return None
+
+    def dead_letter_sink(self) -> DeadLetterSink | None:
+        """Where the subscription edge dead-letters what it drops, with the reason and the
+        app id (taskevents.dead_letters); None: Dapr does, reasonless."""
         return None
 
 
@@ -283,6 +292,14 @@ def sidecar_check(http_port: int) -> ReadinessCheck:
     return check
 
 
+async def _dead_letter_sink(connection: HTTPConnection) -> DeadLetterSink | None:
+    return services_of(connection, RunningServices).dead_letter_sink()
+
+
+# What a subscription route takes to hand the edge its dead-letter sink.
+DeadLettersDep = Annotated[DeadLetterSink | None, Depends(_dead_letter_sink)]
+
+
 def app_token(token: SecretStr | None) -> Any:
     """The dependency that guards every route daprd calls (subscriptions)."""
     return Depends(app_token_guard(token))
@@ -293,10 +310,12 @@ async def deliver_event(
     handler: EventHandler,
     *,
     on_invalid: Callable[[bytes, CloudEvent | None, str], Awaitable[Outcome]] | None = None,
+    dead_letters: DeadLetterSink | None = None,
 ) -> JSONResponse:
     """The edge of one delivered message: parse the CloudEvent, call the handler, answer
-    with the handler's outcome. An event that cannot be parsed is dropped (so Dapr
-    dead-letters it) unless `on_invalid` says otherwise; an unexpected exception is a RETRY."""
+    with the handler's outcome. An event that cannot be parsed is dropped unless
+    `on_invalid` says otherwise; an unexpected exception is a RETRY. A drop goes to
+    `dead_letters` with its reason (then SUCCESS), else Dapr dead-letters it, reasonless."""
     path = request.url.path
     started = time.perf_counter()
     body = await request.body()
@@ -336,6 +355,10 @@ async def deliver_event(
                 outcome = Outcome.retry(f"{type(error).__name__}: {error}")
             mark_outcome(handling, outcome.status.value, outcome.reason)
     DELIVERIES.labels(path, event_type, outcome.status.value).inc()
+    if dead_letters is not None:
+        outcome = await dead_letter_with_reason(
+            dead_letters, outcome, body, key=metadata.get(KEY_METADATA)
+        )
     DELIVERY_SECONDS.labels(path).observe(time.perf_counter() - started)
     if outcome.reason:
         log.info("delivery handled", status=outcome.status.value, reason=outcome.reason)
@@ -361,12 +384,32 @@ class BulkEntry:
 BulkEventHandler = Callable[[Sequence[BulkEntry]], Awaitable[Sequence[Outcome]]]
 
 
-async def deliver_bulk(request: Request, handler: BulkEventHandler) -> JSONResponse:
+async def dead_letter_with_reason(
+    sink: DeadLetterSink, outcome: Outcome, message: bytes, *, key: str | None
+) -> Outcome:
+    """A DROP becomes a dead letter that says why and who, published by the app, then
+    SUCCESS. When that publish fails the DROP stands and Dapr dead-letters it (reasonless)."""
+    if outcome.status is not DaprStatus.DROP:
+        return outcome
+    reason = outcome.reason or "dropped"
+    try:
+        await sink.dead_letter(message, key=key, reason=reason)
+    except Exception as error:
+        log.warning("could not dead-letter with the reason; Dapr will", error=str(error))
+        return outcome
+    log.warning("dead-lettered", reason=reason, key=key)
+    return Outcome.success(f"dead-lettered: {reason}")
+
+
+async def deliver_bulk(
+    request: Request, handler: BulkEventHandler, *, dead_letters: DeadLetterSink | None = None
+) -> JSONResponse:
     """The edge of a bulk delivery (a subscription with `bulkSubscribe.enabled`):
     {"entries": [{"entryId", "event", "metadata", …}]}, answered with
     {"statuses": [{"entryId", "status"}]} — one status per entry. An entry that is not a
-    valid event is dropped with its reason logged (Dapr dead-letters it); the readable ones
-    go to the handler together; an unexpected exception is a RETRY of those."""
+    valid event is dropped with its reason logged; the readable ones go to the handler
+    together; an unexpected exception is a RETRY of those. Drops go to `dead_letters` with
+    their reasons (then SUCCESS), else Dapr dead-letters them, reasonless."""
     path = request.url.path
     started = time.perf_counter()
     limit = _max_event_bytes(request)
@@ -382,6 +425,8 @@ async def deliver_bulk(request: Request, handler: BulkEventHandler) -> JSONRespo
         return JSONResponse({"detail": f"not a bulk delivery: {error}"}, status_code=400)
     statuses: dict[str, DaprStatus] = {}
     readable: list[BulkEntry] = []
+    dropped: dict[str, Outcome] = {}
+    messages: dict[str, tuple[bytes, str | None]] = {}  # as delivered, with the Kafka key
     for position, raw_entry in enumerate(entries):
         entry = raw_entry if isinstance(raw_entry, Mapping) else {}
         entry_id = str(entry.get("entryId") or f"#{position}")
@@ -390,6 +435,7 @@ async def deliver_bulk(request: Request, handler: BulkEventHandler) -> JSONRespo
         if not isinstance(metadata, Mapping):
             metadata = {}
         envelope: CloudEvent | None = None
+        messages[entry_id] = (_entry_bytes(entry.get("event")), metadata.get(KEY_METADATA))
         try:
             entry_event = _entry_event(entry)
             # No entry can be larger than the whole body: measure only when that is.
@@ -404,6 +450,7 @@ async def deliver_bulk(request: Request, handler: BulkEventHandler) -> JSONRespo
                 "bulk entry dropped: not a valid event", entry_id=entry_id, reason=str(error)
             )
             statuses[entry_id] = DaprStatus.DROP
+            dropped[entry_id] = Outcome.drop(str(error))
             DELIVERIES.labels(path, "unparsed", DaprStatus.DROP.value).inc()
             continue
         readable.append(
@@ -449,6 +496,8 @@ async def deliver_bulk(request: Request, handler: BulkEventHandler) -> JSONRespo
             DELIVERIES.labels(path, item.event.type, outcome.status.value).inc()
             if outcome.status is not DaprStatus.SUCCESS:
                 unsuccessful.setdefault(outcome.status, []).append(outcome)
+            if outcome.status is DaprStatus.DROP:
+                dropped[item.entry_id] = outcome
         for status, failed in unsuccessful.items():
             log.info(
                 "bulk entries not stored",
@@ -457,6 +506,11 @@ async def deliver_bulk(request: Request, handler: BulkEventHandler) -> JSONRespo
                 of=len(entries),
                 reason=failed[0].reason,
             )
+    if dead_letters is not None:
+        for entry_id, outcome in dropped.items():
+            message, key = messages[entry_id]
+            answer = await dead_letter_with_reason(dead_letters, outcome, message, key=key)
+            statuses[entry_id] = answer.status
     DELIVERY_SECONDS.labels(path).observe(time.perf_counter() - started)
     return JSONResponse(
         {"statuses": [{"entryId": k, "status": v.value} for k, v in statuses.items()]}
@@ -480,6 +534,13 @@ def type_label(event: TaskEvent) -> str:
     """An event type as a metric label: the known types, else `other` — a producer that
     invents types must not invent time series."""
     return event.type if event.known_type is not None else "other"
+
+
+def _entry_bytes(event: Any) -> bytes:
+    """A bulk entry's message as bytes again, for its dead letter."""
+    if isinstance(event, str):
+        return event.encode()
+    return json.dumps(event, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 def _entry_event(entry: Mapping[str, Any]) -> bytes | str | Mapping[str, Any]:

@@ -15,7 +15,7 @@ from notification_service.settings import Settings
 from taskevents.cloudevents import CloudEvent
 from taskevents.events import TaskEvent
 from taskevents.status import Outcome
-from taskevents.web import app_token, deliver_event, delivery_metadata
+from taskevents.web import DeadLettersDep, app_token, deliver_event, delivery_metadata
 
 TASK_EVENTS_ROUTE = "/events/task-events"
 
@@ -24,7 +24,9 @@ def subscriptions_router(settings: Settings) -> APIRouter:
     router = APIRouter(dependencies=[app_token(settings.app_api_token)], include_in_schema=False)
 
     @router.post(TASK_EVENTS_ROUTE)
-    async def task_events(request: Request, ports: PortsDep, policy: PolicyDep) -> JSONResponse:
+    async def task_events(
+        request: Request, ports: PortsDep, policy: PolicyDep, dead_letters: DeadLettersDep
+    ) -> JSONResponse:
         async def handle(event: TaskEvent, envelope: CloudEvent) -> Outcome:
             cloud_event = envelope.model_dump(mode="json", exclude_unset=True)
             return await notify_user_or_dead_letter(
@@ -35,7 +37,9 @@ def subscriptions_router(settings: Settings) -> APIRouter:
                 published_at=record_timestamp(delivery_metadata()),
             )
 
-        return await deliver_event(request, handle)
+        # The handler dead-letters its own drops with their reasons; the edge does so for
+        # a message it cannot read.
+        return await deliver_event(request, handle, dead_letters=dead_letters)
 
     return router
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
@@ -12,8 +13,11 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 import asyncpg
 
 from recurring_task_service.ports import (
+    FailedAttempt,
     MissedRecord,
     OutboxEntry,
+    OutboxLease,
+    ParkedEvent,
     PlannedEvent,
     ScheduleExistsError,
     ScheduleUpdate,
@@ -25,6 +29,7 @@ from recurring_task_service.schedules import (
     AfterCompletionRule,
     CronRule,
     IntervalRule,
+    InvalidScheduleError,
     MissedReason,
     MissedRun,
     NewSchedule,
@@ -35,6 +40,7 @@ from recurring_task_service.schedules import (
     rule_from_fields,
 )
 from taskevents.events import TaskEvent
+from taskevents.logging import get_logger
 from taskevents.postgres import MigrationLedger, SchemaStatus, translated_db_errors
 
 # The ledger this service has always kept, so existing databases upgrade in place. The lock
@@ -43,6 +49,8 @@ from taskevents.postgres import MigrationLedger, SchemaStatus, translated_db_err
 MIGRATION_LEDGER = MigrationLedger(
     table="recurring_schema_migrations", lock_key=2066258197461214137
 )
+
+log = get_logger(__name__)
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -144,7 +152,8 @@ class PostgresSchedules:
                        cron = $2, interval_seconds = $3, after_completion_seconds = $4,
                        timezone = $5, payload = $6, next_fire_at = $7, starts_at = $8,
                        ends_at = $9, max_count = $10, coalesce_missed = $11, paused = $12,
-                       active = $13, updated_at = now()
+                       active = $13, broken_reason = NULL, broken_at = NULL,
+                       updated_at = now()
                    WHERE id = $1
                    RETURNING *""",
                 schedule_id,
@@ -221,7 +230,8 @@ class PostgresSchedules:
                        user_id = $2, cron = $3, interval_seconds = $4,
                        after_completion_seconds = $5, timezone = $6, payload = $7,
                        next_fire_at = $8, starts_at = $9, ends_at = $10, max_count = $11,
-                       coalesce_missed = $12, active = $13, updated_at = now()
+                       coalesce_missed = $12, active = $13, broken_reason = NULL,
+                       broken_at = NULL, updated_at = now()
                    WHERE id = $1""",
                 row["id"],
                 new.user_id,
@@ -276,7 +286,8 @@ class PostgresSchedules:
     @_translating_outages
     async def next_fire_at(self) -> datetime | None:
         earliest: datetime | None = await self._pool.fetchval(
-            "SELECT min(next_fire_at) FROM recurring_schedules WHERE active AND NOT paused"
+            """SELECT min(next_fire_at) FROM recurring_schedules
+                WHERE active AND NOT paused AND broken_reason IS NULL"""
         )
         return earliest
 
@@ -286,15 +297,24 @@ class PostgresSchedules:
             async with self._pool.acquire() as connection, connection.transaction():
                 rows = await connection.fetch(
                     """SELECT *, now() AS claimed_at FROM recurring_schedules
-                        WHERE active AND NOT paused AND next_fire_at <= now()
+                        WHERE active AND NOT paused AND broken_reason IS NULL
+                          AND next_fire_at <= now()
                         ORDER BY next_fire_at
                         LIMIT $1
                         FOR UPDATE SKIP LOCKED""",
                     limit,
                 )
                 now = rows[0]["claimed_at"] if rows else datetime.now(UTC)
-                claimed = _Claimed(now, [_schedule(row) for row in rows])
+                readable, broken = _readable_schedules(rows)
+                claimed = _Claimed(now, readable, broken=broken)
                 yield claimed
+                if claimed.broken:
+                    await connection.executemany(
+                        """UPDATE recurring_schedules SET broken_reason = $2,
+                               broken_at = now(), updated_at = now()
+                           WHERE id = $1""",
+                        claimed.broken,
+                    )
                 if claimed.outbox:
                     await connection.executemany(
                         """INSERT INTO recurring_outbox
@@ -321,30 +341,134 @@ class PostgresSchedules:
                         claimed.advances,
                     )
 
-    @asynccontextmanager
-    async def take(self, *, limit: int) -> AsyncIterator[_OutboxBatch]:
-        with self._outages_translated():
-            async with self._pool.acquire() as connection, connection.transaction():
-                rows = await connection.fetch(
-                    """SELECT id, event, due_at FROM recurring_outbox
-                        ORDER BY id
-                        LIMIT $1
-                        FOR UPDATE SKIP LOCKED""",
-                    limit,
+    @_translating_outages
+    async def lease(self, *, limit: int, lease_seconds: float) -> _Lease:
+        token = uuid.uuid4()
+        rows = await self._pool.fetch(
+            """WITH waiting AS (
+                   SELECT o.id FROM recurring_outbox o
+                    WHERE o.parked_at IS NULL
+                      AND o.next_attempt_at <= now()
+                      AND (o.leased_until IS NULL OR o.leased_until < now())
+                      AND NOT EXISTS (
+                          SELECT 1 FROM recurring_outbox earlier
+                           WHERE earlier.task_id = o.task_id AND earlier.id < o.id
+                             AND earlier.parked_at IS NULL
+                             AND (earlier.next_attempt_at > now()
+                                  OR earlier.leased_until >= now()))
+                    ORDER BY o.id
+                    LIMIT $1
+                    FOR UPDATE OF o SKIP LOCKED)
+               UPDATE recurring_outbox o
+                  SET leased_until = now() + make_interval(secs => $2), lease_token = $3
+                 FROM waiting
+                WHERE o.id = waiting.id
+            RETURNING o.id, o.event, o.due_at, o.task_id, o.attempts""",
+            limit,
+            lease_seconds,
+            token,
+        )
+        return _Lease(token, [_outbox_entry(row) for row in sorted(rows, key=lambda r: r["id"])])
+
+    @_translating_outages
+    async def settle(
+        self,
+        lease: OutboxLease,
+        *,
+        published: Sequence[int],
+        failed: Sequence[FailedAttempt],
+        released: Sequence[int],
+    ) -> None:
+        assert isinstance(lease, _Lease)
+        async with self._pool.acquire() as connection, connection.transaction():
+            if published:
+                await connection.execute(
+                    "DELETE FROM recurring_outbox WHERE id = ANY($1::bigint[])", list(published)
                 )
-                batch = _OutboxBatch(
-                    [
-                        OutboxEntry(
-                            row["id"], TaskEvent.model_validate_json(row["event"]), row["due_at"]
-                        )
-                        for row in rows
-                    ]
+            if failed:
+                await connection.executemany(
+                    """UPDATE recurring_outbox SET
+                           attempts = attempts + 1,
+                           last_error = $2,
+                           next_attempt_at = coalesce($3, next_attempt_at),
+                           parked_at = CASE WHEN $3::timestamptz IS NULL THEN now() END,
+                           park_reason = CASE WHEN $3::timestamptz IS NULL THEN $2 END,
+                           leased_until = NULL, lease_token = NULL
+                       WHERE id = $1 AND lease_token = $4""",
+                    [(f.entry_id, f.error, f.retry_at, lease.token) for f in failed],
                 )
-                yield batch
-                if batch.done:
-                    await connection.execute(
-                        "DELETE FROM recurring_outbox WHERE id = ANY($1::bigint[])", batch.done
-                    )
+            if released:
+                await connection.execute(
+                    """UPDATE recurring_outbox SET leased_until = NULL, lease_token = NULL
+                        WHERE id = ANY($1::bigint[]) AND lease_token = $2""",
+                    list(released),
+                    lease.token,
+                )
+
+    @_translating_outages
+    async def parked(self, *, limit: int) -> list[ParkedEvent]:
+        rows = await self._pool.fetch(
+            """SELECT id, event_id, schedule_id, task_id, due_at, attempts, park_reason,
+                      parked_at
+                 FROM recurring_outbox WHERE parked_at IS NOT NULL
+                ORDER BY id LIMIT $1""",
+            limit,
+        )
+        return [
+            ParkedEvent(
+                id=row["id"],
+                event_id=row["event_id"],
+                schedule_id=row["schedule_id"],
+                task_id=row["task_id"],
+                due_at=row["due_at"],
+                attempts=row["attempts"],
+                reason=row["park_reason"],
+                parked_at=row["parked_at"],
+            )
+            for row in rows
+        ]
+
+    @_translating_outages
+    async def requeue(self, entry_id: int) -> bool:
+        requeued = await self._pool.fetchval(
+            """UPDATE recurring_outbox SET parked_at = NULL, park_reason = NULL, attempts = 0,
+                      next_attempt_at = now(), leased_until = NULL, lease_token = NULL
+                WHERE id = $1 AND parked_at IS NOT NULL
+            RETURNING id""",
+            entry_id,
+        )
+        return requeued is not None
+
+
+def _outbox_entry(row: asyncpg.Record) -> OutboxEntry:
+    common = {"id": row["id"], "due_at": row["due_at"], "task_id": row["task_id"]}
+    try:
+        event = TaskEvent.model_validate_json(row["event"])
+    except ValueError as error:
+        return OutboxEntry(event=None, attempts=row["attempts"], unreadable=str(error), **common)
+    return OutboxEntry(event=event, attempts=row["attempts"], **common)
+
+
+def _readable_schedules(
+    rows: Sequence[asyncpg.Record],
+) -> tuple[list[Schedule], list[tuple[uuid.UUID, str]]]:
+    """The claimed rows as schedules, and those that cannot be read any more (a time zone
+    that left the tz database, say) with the reason: marked broken, never claimed again,
+    so one of them cannot stop the others from firing."""
+    readable: list[Schedule] = []
+    broken: list[tuple[uuid.UUID, str]] = []
+    for row in rows:
+        try:
+            readable.append(_schedule(row, strict=True))
+        except InvalidScheduleError as error:
+            broken.append((row["id"], str(error)))
+            log.error(
+                "schedule is broken: it cannot be read and will not fire",
+                schedule_id=str(row["id"]),
+                task_id=row["task_id"],
+                reason=str(error),
+            )
+    return readable, broken
 
 
 async def _newest_task_event(
@@ -373,9 +497,14 @@ async def _newest_task_event(
 class _Claimed:
     now: datetime
     schedules: Sequence[Schedule]
+    broken: list[tuple[uuid.UUID, str]] = field(default_factory=list)
     outbox: list[tuple[Any, ...]] = field(default_factory=list)
     missed: list[tuple[Any, ...]] = field(default_factory=list)
     advances: list[tuple[Any, ...]] = field(default_factory=list)
+
+    @property
+    def broken_count(self) -> int:
+        return len(self.broken)
 
     def settle(
         self,
@@ -394,13 +523,10 @@ class _Claimed:
         self.advances.append((schedule.id, next_fire_at, not finished, len(events), self.now))
 
 
-@dataclass(slots=True)
-class _OutboxBatch:
+@dataclass(frozen=True, slots=True)
+class _Lease:
+    token: uuid.UUID
     entries: Sequence[OutboxEntry]
-    done: list[int] = field(default_factory=list)
-
-    def published(self, entry: OutboxEntry) -> None:
-        self.done.append(entry.id)
 
 
 def _outbox_values(schedule_id: uuid.UUID, planned: PlannedEvent) -> tuple[Any, ...]:
@@ -444,15 +570,27 @@ def _new_values(
     )
 
 
-def _schedule(row: asyncpg.Record) -> Schedule:
+def _rule(row: asyncpg.Record, timezone: str) -> Rule:
     after_completion = row["after_completion_seconds"]
-    rule: Rule
     if after_completion is not None:
-        rule = AfterCompletionRule(after_completion, row["timezone"])
-    else:
-        rule = rule_from_fields(
-            cron=row["cron"], interval_seconds=row["interval_seconds"], timezone=row["timezone"]
-        )
+        return AfterCompletionRule(after_completion, timezone)
+    return rule_from_fields(
+        cron=row["cron"], interval_seconds=row["interval_seconds"], timezone=timezone
+    )
+
+
+def _schedule(row: asyncpg.Record, *, strict: bool = False) -> Schedule:
+    """The row as a schedule. Not strict (the API's reads): a row that can no longer be
+    read — its time zone left the tz database — is shown with its rule in UTC, its stored
+    time zone, and why it is broken."""
+    broken: str | None = row["broken_reason"]
+    try:
+        rule = _rule(row, row["timezone"])
+    except InvalidScheduleError as error:
+        if strict:
+            raise
+        broken = broken or str(error)
+        rule = dataclasses.replace(_rule(row, "UTC"), timezone=row["timezone"])
     return Schedule(
         id=row["id"],
         task_id=row["task_id"],
@@ -473,4 +611,5 @@ def _schedule(row: asyncpg.Record) -> Schedule:
         ),
         paused=row["paused"],
         last_completed_at=row["last_completed_at"],
+        broken=broken,
     )

@@ -10,8 +10,18 @@ from datetime import UTC, datetime, timedelta
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
-from recurring_task_service.firing import claim_due_occurrences, relay_outbox
-from recurring_task_service.metrics import OCCURRENCES, RELAYED, TRIGGER_LATENESS_SECONDS
+from recurring_task_service.firing import (
+    DEFAULT_RELAY_POLICY,
+    RelayPolicy,
+    claim_due_occurrences,
+    relay_outbox,
+)
+from recurring_task_service.metrics import (
+    BROKEN_SCHEDULES,
+    OCCURRENCES,
+    RELAYED,
+    TRIGGER_LATENESS_SECONDS,
+)
 from recurring_task_service.ports import ConnectingPublisher, DueSchedules, Outbox
 from taskevents.logging import get_logger
 from taskevents.metrics import PUBLISHED
@@ -39,6 +49,7 @@ class FiringTimer:
         batch_size: int,
         grace: timedelta,
         sidecar_ready: ReadinessCheck,
+        relay_policy: RelayPolicy = DEFAULT_RELAY_POLICY,
     ) -> None:
         self._due = due
         self._outbox = outbox
@@ -48,6 +59,7 @@ class FiringTimer:
         self._batch_size = batch_size
         self._grace = grace
         self._sidecar_ready = sidecar_ready
+        self._relay_policy = relay_policy
         self._sidecar_seen = False
         self._ticking = asyncio.Lock()
         self._scheduler: AsyncIOScheduler | None = None
@@ -121,24 +133,33 @@ class FiringTimer:
         OCCURRENCES.labels("queued").inc(claimed.queued)
         OCCURRENCES.labels("skipped").inc(claimed.skipped)
         OCCURRENCES.labels("coalesced").inc(claimed.coalesced)
+        BROKEN_SCHEDULES.inc(claimed.broken)
         claim_seconds = time.monotonic() - started
-        published = failed = 0
+        published = failed = parked = 0
         if self._sidecar_seen:
             for relayed in await relay_outbox(
-                self._outbox, self._publisher, batch_size=self._batch_size
+                self._outbox,
+                self._publisher,
+                batch_size=self._batch_size,
+                policy=self._relay_policy,
             ):
                 lateness = relayed.lateness
+                if relayed.parked:
+                    parked += 1
+                    continue
                 if lateness is None:
-                    failed += 1
+                    failed += 1 if relayed.error is not None else 0
                     continue
                 published += 1
-                PUBLISHED.labels(self._topic, relayed.entry.event.type).inc()
+                event = relayed.entry.event
+                PUBLISHED.labels(self._topic, event.type if event is not None else "other").inc()
                 TRIGGER_LATENESS_SECONDS.observe(max(lateness.total_seconds(), 0.0))
             RELAYED.labels("published").inc(published)
             RELAYED.labels("failed").inc(failed)
+            RELAYED.labels("parked").inc(parked)
             if failed:
                 self._sidecar_seen = False  # wait for it again instead of failing each tick
-        if claimed.queued or claimed.skipped or published or failed:
+        if claimed.queued or claimed.skipped or claimed.broken or published or failed or parked:
             log.info(
                 "fired due schedules",
                 queued=claimed.queued,
@@ -146,6 +167,8 @@ class FiringTimer:
                 coalesced=claimed.coalesced,
                 published=published,
                 failed=failed,
+                parked=parked,
+                broken=claimed.broken,
                 claim_seconds=round(claim_seconds, 3),
                 relay_seconds=round(time.monotonic() - started - claim_seconds, 3),
             )

@@ -187,7 +187,7 @@ def settled(
     )
 
 
-ScheduleState = Literal["active", "paused", "waiting_for_completion", "finished"]
+ScheduleState = Literal["active", "paused", "waiting_for_completion", "finished", "broken"]
 
 
 class ScheduleView(BaseModel):
@@ -210,13 +210,20 @@ class ScheduleView(BaseModel):
     last_completed_at: datetime | None
     fire_count: int
     active: bool = Field(description="False once the schedule is over (end or count reached).")
+    broken: str | None = Field(
+        default=None,
+        description="Why the schedule cannot fire (its stored rule no longer reads, e.g. a "
+        "time zone that left the tz database); a PATCH with a valid rule mends it.",
+    )
     created_at: datetime
     updated_at: datetime
 
     @classmethod
     def of(cls, schedule: Schedule) -> ScheduleView:
         state: ScheduleState
-        if not schedule.active:
+        if schedule.broken is not None:
+            state = "broken"
+        elif not schedule.active:
             state = "finished"
         elif schedule.paused:
             state = "paused"
@@ -242,6 +249,7 @@ class ScheduleView(BaseModel):
             last_completed_at=schedule.last_completed_at,
             fire_count=schedule.fire_count,
             active=schedule.active,
+            broken=schedule.broken,
             created_at=schedule.created_at,
             updated_at=schedule.updated_at,
         )

@@ -16,7 +16,7 @@ from taskevents.events import TaskEvent
 from taskevents.logging import get_logger
 from taskevents.status import Outcome
 from taskevents.tracing import within
-from taskevents.web import BulkEntry, app_token, deliver_bulk, deliver_event
+from taskevents.web import BulkEntry, DeadLettersDep, app_token, deliver_bulk, deliver_event
 
 log = get_logger(__name__)
 
@@ -30,14 +30,18 @@ def subscriptions_router(settings: Settings) -> APIRouter:
     router = APIRouter(dependencies=[app_token(settings.app_api_token)], include_in_schema=False)
 
     @router.post(TASK_EVENTS_ROUTE)
-    async def task_event(request: Request, schedules: TaskSchedulesDep) -> JSONResponse:
+    async def task_event(
+        request: Request, schedules: TaskSchedulesDep, dead_letters: DeadLettersDep
+    ) -> JSONResponse:
         async def handle(event: TaskEvent, _envelope: CloudEvent) -> Outcome:
             return await sync_task_schedule(event, schedules=schedules)
 
-        return await deliver_event(request, handle)
+        return await deliver_event(request, handle, dead_letters=dead_letters)
 
     @router.post(TASK_EVENTS_BULK_ROUTE)
-    async def task_events(request: Request, schedules: TaskSchedulesDep) -> JSONResponse:
+    async def task_events(
+        request: Request, schedules: TaskSchedulesDep, dead_letters: DeadLettersDep
+    ) -> JSONResponse:
         async def handle(entries: Sequence[BulkEntry]) -> list[Outcome]:
             # In order: the entries of one batch come from one partition, so one task's
             # events are applied as they were published. Most are this service's own
@@ -49,7 +53,7 @@ def subscriptions_router(settings: Settings) -> APIRouter:
                     outcomes.append(await _one(entry.event, schedules))
             return outcomes
 
-        return await deliver_bulk(request, handle)
+        return await deliver_bulk(request, handle, dead_letters=dead_letters)
 
     return router
 

@@ -13,7 +13,7 @@ from taskevents.cloudevents import CloudEvent
 from taskevents.events import TaskEvent
 from taskevents.status import Outcome
 from taskevents.tracing import within
-from taskevents.web import BulkEntry, app_token, deliver_bulk, deliver_event
+from taskevents.web import BulkEntry, DeadLettersDep, app_token, deliver_bulk, deliver_event
 from websocket_service.bootstrap import FanoutDep
 from websocket_service.handlers import push_event_to_clients
 from websocket_service.settings import Settings
@@ -26,14 +26,18 @@ def subscriptions_router(settings: Settings) -> APIRouter:
     router = APIRouter(include_in_schema=False, dependencies=[app_token(settings.app_api_token)])
 
     @router.post(TASK_EVENTS_ROUTE)
-    async def task_event(request: Request, fanout: FanoutDep) -> JSONResponse:
+    async def task_event(
+        request: Request, fanout: FanoutDep, dead_letters: DeadLettersDep
+    ) -> JSONResponse:
         async def handle(event: TaskEvent, envelope: CloudEvent) -> Outcome:
             return await push_event_to_clients(event, fanout=fanout)
 
-        return await deliver_event(request, handle)
+        return await deliver_event(request, handle, dead_letters=dead_letters)
 
     @router.post(TASK_EVENTS_BULK_ROUTE)
-    async def task_events(request: Request, fanout: FanoutDep) -> JSONResponse:
+    async def task_events(
+        request: Request, fanout: FanoutDep, dead_letters: DeadLettersDep
+    ) -> JSONResponse:
         async def handle(entries: Sequence[BulkEntry]) -> list[Outcome]:
             outcomes = []
             for entry in entries:
@@ -41,6 +45,6 @@ def subscriptions_router(settings: Settings) -> APIRouter:
                     outcomes.append(await push_event_to_clients(entry.event, fanout=fanout))
             return outcomes
 
-        return await deliver_bulk(request, handle)
+        return await deliver_bulk(request, handle, dead_letters=dead_letters)
 
     return router
