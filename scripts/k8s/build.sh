@@ -304,7 +304,7 @@ if k8s_built; then info "etcd, Kubernetes $K8S_VERSION and kwok already built: $
 if dapr_built; then info "Dapr $DAPR_VERSION control plane already built: $DAPR_BIN"; else build_dapr_control_plane; fi
 [ -f "$DAPR_CHART/.complete" ] || copy_dapr_chart
 if [ "${1:-}" = node ] && { ! node_built || [ ! -x "$COREDNS_DIR/bin/coredns" ]; }; then
-  # The machine-wide lock of the project's Go builds, too (scripts/dapr-runtime.sh, helm.sh).
+  # And the machine-wide lock of Go builds (/tmp/taskevents-go-build.lock): one at a time.
   exec 8>/tmp/taskevents-go-build.lock
   flock 8
   node_built || build_node

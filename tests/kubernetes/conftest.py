@@ -17,6 +17,15 @@ from tests.support.stack import ROOT
 from tests.support.waiting import eventually_sync
 
 CLUSTER = ROOT / "scripts" / "k8s" / "cluster.sh"
+CHART = ROOT / "helm-chart"
+RELEASE = "taskevents"
+APP_IDS = (
+    "notification-service",
+    "recurring-task-service",
+    "audit-log-service",
+    "websocket-service",
+)
+DAPRD_IMAGE = "ghcr.io/dapr/daprd:1.18.2"  # scripts/k8s/versions.sh
 IMAGES = ROOT / "scripts" / "k8s" / "images.sh"
 Doc = dict[str, Any]
 T = TypeVar("T")

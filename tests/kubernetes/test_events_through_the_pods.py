@@ -19,20 +19,12 @@ from typing import Any
 
 import pytest
 
-from tests.kubernetes.conftest import Doc, Lab, wait_for
+from tests.kubernetes.conftest import APP_IDS, CHART, DAPRD_IMAGE, RELEASE, Doc, Lab, wait_for
 from tests.support.authorization import token
 from tests.support.mailbox import mails_to
 from tests.support.stack import ROOT, STATE
 
-CHART = ROOT / "helm-chart"
 NAMESPACE = "flow"
-RELEASE = "taskevents"
-APP_IDS = (
-    "notification-service",
-    "recurring-task-service",
-    "audit-log-service",
-    "websocket-service",
-)
 PYTHON = str(ROOT / ".venv" / "bin" / "python")
 CLI = str(ROOT / ".venv" / "bin" / "taskevents")
 API_TOKEN = "minikube-development-api-token"  # values-minikube.yaml's dapr.apiToken
@@ -143,7 +135,7 @@ def test_every_service_pod_runs_on_the_real_node_with_its_sidecar(release: Lab) 
         assert ready(pod), pod["status"]
         containers = {c["name"]: c for c in pod["spec"]["containers"]}
         assert set(containers) == {app_id, "daprd"}
-        assert containers["daprd"]["image"] == "ghcr.io/dapr/daprd:1.18.2"
+        assert containers["daprd"]["image"] == DAPRD_IMAGE
         statuses = {c["name"]: c for c in pod["status"]["containerStatuses"]}
         assert statuses["daprd"]["ready"]
         assert statuses[app_id]["ready"]

@@ -15,10 +15,8 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.kubernetes.conftest import Doc, Lab, wait_for
-from tests.support.stack import ROOT
+from tests.kubernetes.conftest import CHART, Doc, Lab, wait_for
 
-CHART = ROOT / "helm-chart"
 NAMESPACE = "images"
 # Settings that stand in for the chart's Secrets and the missing dependencies.
 DEVELOPMENT_ENV = {
