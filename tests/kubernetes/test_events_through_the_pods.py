@@ -222,9 +222,11 @@ def test_a_pod_killed_mid_stream_is_replaced_and_nothing_is_lost(release: Lab) -
             character = demo.stderr.read(1)
             assert character, f"the demo ended before publishing: {progress}"
             progress += character
+        # One second's grace: the kubelet then kills the containers, events in flight too.
         release.kubectl(
-            "-n", NAMESPACE, "delete", "pod", victim["metadata"]["name"], "--wait=false"
-        )
+            "-n", NAMESPACE, "delete", "pod", victim["metadata"]["name"],
+            "--grace-period=1", "--wait=false",
+        )  # fmt: skip
         stdout, stderr = demo.communicate(timeout=300)
         assert demo.returncode == 0, stderr
     finally:
