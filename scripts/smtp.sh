@@ -8,7 +8,8 @@
 # Environment:
 #   PYTHON              interpreter with aiosmtpd installed (default python3; the Makefile
 #                       passes the project venv's python)
-#   SMTP_PORT           SMTP port on 127.0.0.1 (default 1025)
+#   SMTP_HOST           address both ports listen on (default 127.0.0.1)
+#   SMTP_PORT           SMTP port on $SMTP_HOST (default 1025)
 #   MAILSINK_HTTP_PORT  web inbox port (default 1080; 0 disables it)
 #   MAILSINK_DIR        where mails are stored (default $TASKEVENTS_STATE/mail)
 #   MAILSINK_REJECT     comma-separated recipients refused with a permanent 550, read at start
@@ -19,29 +20,31 @@ set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 
 PYTHON="${PYTHON:-python3}"
+SMTP_HOST="${SMTP_HOST:-127.0.0.1}"
 SMTP_PORT="${SMTP_PORT:-1025}"
 MAILSINK_HTTP_PORT="${MAILSINK_HTTP_PORT:-1080}"
 MAILSINK_DIR="${MAILSINK_DIR:-$TASKEVENTS_STATE/mail}"
 MAILSINK_REJECT="${MAILSINK_REJECT-rejected@example.com}"
-export SMTP_PORT MAILSINK_HTTP_PORT MAILSINK_DIR MAILSINK_REJECT
+MAILSINK_HOST="$SMTP_HOST"
+export MAILSINK_HOST SMTP_PORT MAILSINK_HTTP_PORT MAILSINK_DIR MAILSINK_REJECT
 SCRIPT="$(cd "$(dirname "$0")" && pwd)/mailsink.py"
 STATE="$TASKEVENTS_STATE/smtp"
 LOG="$STATE/mailsink.log"
 PIDFILE="$STATE/mailsink.pid"
 
 inbox_url() {
-  if [ "$MAILSINK_HTTP_PORT" != 0 ]; then echo "http://127.0.0.1:$MAILSINK_HTTP_PORT/"; else echo "(disabled)"; fi
+  if [ "$MAILSINK_HTTP_PORT" != 0 ]; then echo "http://$SMTP_HOST:$MAILSINK_HTTP_PORT/"; else echo "(disabled)"; fi
 }
 
 cmd_start() {
   local pid start
   if pid=$(live_pid "$PIDFILE" mailsink.py); then
-    info "SMTP sink already running (pid $pid) on 127.0.0.1:$SMTP_PORT, inbox $(inbox_url)"
+    info "SMTP sink already running (pid $pid) on $SMTP_HOST:$SMTP_PORT, inbox $(inbox_url)"
     return
   fi
   for port in "$SMTP_PORT" "$MAILSINK_HTTP_PORT"; do
-    if [ "$port" != 0 ] && port_open 127.0.0.1 "$port"; then
-      fail "port $port on 127.0.0.1 is taken by another process (not a mail sink started by this script).
+    if [ "$port" != 0 ] && port_open "$SMTP_HOST" "$port"; then
+      fail "port $port on $SMTP_HOST is taken by another process (not a mail sink started by this script).
        Stop it, or choose other ports with SMTP_PORT / MAILSINK_HTTP_PORT."
     fi
   done
@@ -51,14 +54,14 @@ cmd_start() {
        (or pip install aiosmtpd into the interpreter PYTHON names)"
   mkdir -p "$STATE" "$MAILSINK_DIR"
   start=$(now)
-  step "Starting the SMTP sink on 127.0.0.1:$SMTP_PORT (mails in $MAILSINK_DIR)"
+  step "Starting the SMTP sink on $SMTP_HOST:$SMTP_PORT (mails in $MAILSINK_DIR)"
   info "log: $LOG"
   setsid "$PYTHON" "$SCRIPT" </dev/null >>"$LOG" 2>&1 &
   pid=$!
   echo "$pid" >"$PIDFILE"
   local deadline=$(( $(now) + 20 ))
-  until port_open 127.0.0.1 "$SMTP_PORT" \
-        && { [ "$MAILSINK_HTTP_PORT" = 0 ] || port_open 127.0.0.1 "$MAILSINK_HTTP_PORT"; }; do
+  until port_open "$SMTP_HOST" "$SMTP_PORT" \
+        && { [ "$MAILSINK_HTTP_PORT" = 0 ] || port_open "$SMTP_HOST" "$MAILSINK_HTTP_PORT"; }; do
     if ! kill -0 "$pid" 2>/dev/null; then
       rm -f "$PIDFILE"
       fail "the SMTP sink exited during start-up; the end of $LOG:
@@ -87,7 +90,7 @@ cmd_stop() {
 cmd_status() {
   local pid
   if pid=$(live_pid "$PIDFILE" mailsink.py); then
-    echo "smtp      running   127.0.0.1:$SMTP_PORT, inbox $(inbox_url), mails in $MAILSINK_DIR (pid $pid)"
+    echo "smtp      running   $SMTP_HOST:$SMTP_PORT, inbox $(inbox_url), mails in $MAILSINK_DIR (pid $pid)"
   else
     echo "smtp      stopped"; return 1
   fi

@@ -5,7 +5,9 @@
 # Dapr's sentry, operator and sidecar injector, deployed from Dapr's own Helm chart.
 #
 #   scripts/k8s/cluster.sh up             build when missing (scripts/k8s/build.sh), start
-#   scripts/k8s/cluster.sh node-up        add a real node: kubelet, containerd, runc (node.sh)
+#   scripts/k8s/cluster.sh node-up        add a real node: kubelet, containerd, runc, kube-proxy,
+#                                         CoreDNS (node.sh)
+#   scripts/k8s/cluster.sh services-up    Kafka, Postgres and an SMTP sink on the lab's address
 #   scripts/k8s/cluster.sh down           stop every process, drop the namespace and state
 #   scripts/k8s/cluster.sh status         what runs
 #   scripts/k8s/cluster.sh kubectl ARGS   kubectl as cluster admin, inside the namespace
@@ -41,7 +43,7 @@ API_PORT=6443
 NODE_NAME=kwok-node-0
 ADMIN_KUBECONFIG="$PKI/admin.kubeconfig"
 # What `status` reports, in start order.
-COMPONENTS=(etcd kube-apiserver kube-controller-manager kube-scheduler kwok sentry operator injector containerd kubelet)
+COMPONENTS=(etcd kube-apiserver kube-controller-manager kube-scheduler kwok sentry operator injector containerd kubelet kube-proxy coredns)
 
 holder_pid() { live_pid "$PIDS/namespace.pid" "sleep"; }
 in_ns() {
@@ -49,6 +51,12 @@ in_ns() {
   nsenter -t "$holder" -n -m --wd="$PWD" -- env KUBECONFIG="$ADMIN_KUBECONFIG" "$@"
 }
 kctl() { in_ns "$K8S_BIN/kubectl" "$@"; }
+# The same as the script's last act: the command replaces this shell (nsenter and env exec),
+# so a signal to the script's pid reaches it (a port-forward or client a test stops).
+exec_in_ns() {
+  local holder; holder=$(holder_pid) || fail "the cluster is not up (scripts/k8s/cluster.sh up)"
+  exec nsenter -t "$holder" -n -m --wd="$PWD" -- env KUBECONFIG="$ADMIN_KUBECONFIG" "$@"
+}
 
 # Succeeds when "$@" succeeds and prints something.
 nonempty() { local out; out=$("$@") && [ -n "$out" ]; }
@@ -261,7 +269,13 @@ start_dapr() {
   local show=() t
   for t in "${DAPR_TEMPLATES[@]}"; do show+=(--show-only "$t"); done
   # global.tag: the daprd image the injector puts into pods; the chart's default is "edge".
-  "$HELM" template dapr "$chart" --namespace dapr-system --set global.tag="$DAPR_VERSION" "${show[@]}" \
+  # Sentry's Service targets the port the process listens on (443, below), so sidecars on
+  # the real node reach it through kube-proxy as in a cluster. No placement and scheduler
+  # (actors, workflows, jobs): the services use pub/sub, state and invocation only, as in
+  # `make run`; with them on, sidecars stay unready until they answer.
+  "$HELM" template dapr "$chart" --namespace dapr-system --set global.tag="$DAPR_VERSION" \
+    --set dapr_sentry.ports.targetPort=443 --set global.actors.enabled=false \
+    --set global.scheduler.enabled=false "${show[@]}" \
     >"$STATE/dapr-control-plane.yaml"
   kctl apply -f "$STATE/dapr-control-plane.yaml" >/dev/null
   wait_until 60 "Dapr's control-plane pods Running on $NODE_NAME" \
@@ -381,9 +395,10 @@ cmd_status() {
 case "${1:-}" in
   up) cmd_up ;;
   node-up) node_up ;;
+  services-up) services_up ;;
   down) cmd_down ;;
   status) cmd_status ;;
-  kubectl) shift; kctl "$@" ;;
-  exec) shift; in_ns "$@" ;;
-  *) echo "usage: $0 up|node-up|down|status|kubectl ARGS|exec CMD ARGS" >&2; exit 2 ;;
+  kubectl) shift; exec_in_ns "$K8S_BIN/kubectl" "$@" ;;
+  exec) shift; exec_in_ns "$@" ;;
+  *) echo "usage: $0 up|node-up|services-up|down|status|kubectl ARGS|exec CMD ARGS" >&2; exit 2 ;;
 esac

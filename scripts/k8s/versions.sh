@@ -8,3 +8,5 @@ ETCD_VERSION="${ETCD_VERSION:-3.6.16}"
 KWOK_VERSION="${KWOK_VERSION:-0.8.0}"
 # The same release as the local daprd (scripts/dapr-runtime.sh), so compiled packages are shared.
 DAPR_VERSION="${DAPR_VERSION:-1.18.2}"
+# The cluster DNS of the lab node (scripts/k8s/node.sh).
+COREDNS_VERSION="${COREDNS_VERSION:-1.14.7}"

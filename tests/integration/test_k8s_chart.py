@@ -822,3 +822,18 @@ def test_k8s_manifests_are_rendered_from_the_chart(helm: str) -> None:
     for document in manifests:
         if document["kind"] != "Namespace":
             assert document["metadata"]["namespace"] == "taskevents"
+
+
+def test_migration_job_runs_where_the_audit_log_may_run(helm: str) -> None:
+    # Found on the lab's real node: pods pinned to a tainted node, the hook Job elsewhere.
+    documents = render_with(
+        helm, ROOT / "helm-chart",
+        "serviceDefaults.nodeSelector.pool=events",
+        "serviceDefaults.tolerations[0].key=dedicated",
+        "serviceDefaults.tolerations[0].operator=Exists",
+    )  # fmt: skip
+    job = of_kind(documents, "Job")[f"{RELEASE}-audit-migrate"]["spec"]["template"]["spec"]
+    audit = of_kind(documents, "Deployment")["audit-log-service"]["spec"]["template"]["spec"]
+    assert job["nodeSelector"] == audit["nodeSelector"] == {"pool": "events"}
+    assert job["tolerations"] == audit["tolerations"]
+    assert job["tolerations"] == [{"key": "dedicated", "operator": "Exists"}]

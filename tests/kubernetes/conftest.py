@@ -17,6 +17,15 @@ from tests.support.stack import ROOT
 from tests.support.waiting import eventually_sync
 
 CLUSTER = ROOT / "scripts" / "k8s" / "cluster.sh"
+CHART = ROOT / "helm-chart"
+RELEASE = "taskevents"
+APP_IDS = (
+    "notification-service",
+    "recurring-task-service",
+    "audit-log-service",
+    "websocket-service",
+)
+DAPRD_IMAGE = "ghcr.io/dapr/daprd:1.18.2"  # scripts/k8s/versions.sh
 IMAGES = ROOT / "scripts" / "k8s" / "images.sh"
 Doc = dict[str, Any]
 T = TypeVar("T")
@@ -31,6 +40,7 @@ class Lab:
     helm_binary: str
     # The real node (images, then `cluster.sh node-up`), started beside the first tests.
     node_up: subprocess.Popen[str] | None = None
+    node_up_errors: str = ""
 
     def run(self, *argv: str, stdin: str | None = None, timeout: float = 300) -> str:
         result = subprocess.run(
@@ -40,6 +50,13 @@ class Lab:
         if result.returncode != 0:
             raise CommandError(f"{' '.join(argv)} exited {result.returncode}:\n{result.stderr}")
         return result.stdout
+
+    def popen(self, *argv: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+        """A long-running command inside the lab's namespace (a port-forward, a client)."""
+        return subprocess.Popen(
+            ["bash", str(CLUSTER), "exec", *argv], env=env, text=True,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        )  # fmt: skip
 
     def kubectl(self, *args: str, stdin: str | None = None) -> str:
         return self.run("kubectl", *args, stdin=stdin)
@@ -85,9 +102,11 @@ def lab() -> Iterator[Lab]:
                             check=False, timeout=1800)  # fmt: skip
         assert up.returncode == 0, f"cluster.sh up failed:\n{up.stderr}"
         # The real node takes ~20 s to start (image imports) and is tainted, so the chart's
-        # pods never land there: start it now, test_images_on_a_real_node waits for it.
+        # pods never land there, and the broker, database and mail server its pods use
+        # ~20 s more: start them now, the `real_node` fixture waits for them.
         node_up = subprocess.Popen(
-            ["bash", "-c", f"bash {IMAGES} && bash {CLUSTER} node-up"],
+            ["bash", "-c",
+             f"bash {IMAGES} && bash {CLUSTER} node-up && bash {CLUSTER} services-up"],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
         )  # fmt: skip
         yield Lab(helm.stdout.strip().splitlines()[-1], node_up)
@@ -97,3 +116,16 @@ def lab() -> Iterator[Lab]:
         down = subprocess.run(["bash", str(CLUSTER), "down"], capture_output=True, text=True,
                               check=False, timeout=300)  # fmt: skip
         assert down.returncode == 0, f"cluster.sh down failed:\n{down.stderr}"
+
+
+@pytest.fixture(scope="session")
+def real_node(lab: Lab) -> Lab:
+    """The lab with its real node (kubelet, containerd, kube-proxy, CoreDNS) and the
+    broker, database and mail server on the lab's address, which the session started."""
+    assert lab.node_up is not None
+    if lab.node_up.returncode is None:
+        _, lab.node_up_errors = lab.node_up.communicate(timeout=1800)
+    assert lab.node_up.returncode == 0, (
+        f"images.sh, cluster.sh node-up or services-up failed:\n{lab.node_up_errors}"
+    )
+    return lab

@@ -18,22 +18,12 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.kubernetes.conftest import Doc, Lab, wait_for
-from tests.support.stack import ROOT
+from tests.kubernetes.conftest import APP_IDS, CHART, DAPRD_IMAGE, RELEASE, Doc, Lab, wait_for
 
-CHART = ROOT / "helm-chart"
 VALUES = {
     "minikube": CHART / "values-minikube.yaml",
     "production": CHART / "values-production.yaml",
 }
-RELEASE = "taskevents"
-APP_IDS = (
-    "notification-service",
-    "recurring-task-service",
-    "audit-log-service",
-    "websocket-service",
-)
-DAPRD_IMAGE = "ghcr.io/dapr/daprd:1.18.2"  # scripts/k8s/versions.sh
 # What an operator creates before installing with values-production.yaml (its comments).
 PRODUCTION_SECRETS = {
     "taskevents-secrets": {

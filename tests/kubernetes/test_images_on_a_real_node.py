@@ -15,10 +15,8 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.kubernetes.conftest import Doc, Lab, wait_for
-from tests.support.stack import ROOT
+from tests.kubernetes.conftest import CHART, Doc, Lab, wait_for
 
-CHART = ROOT / "helm-chart"
 NAMESPACE = "images"
 # Settings that stand in for the chart's Secrets and the missing dependencies.
 DEVELOPMENT_ENV = {
@@ -41,14 +39,10 @@ SERVES_HEALTH_WITHOUT_DATABASE = {
 
 
 @pytest.fixture(scope="module")
-def node(lab: Lab) -> Iterator[Lab]:
-    """The node the session started (conftest.lab): wait until `node-up` is done."""
-    assert lab.node_up is not None
-    _, errors = lab.node_up.communicate(timeout=1800)
-    assert lab.node_up.returncode == 0, f"images.sh or cluster.sh node-up failed:\n{errors}"
-    lab.kubectl("create", "namespace", NAMESPACE)
-    yield lab
-    lab.kubectl("delete", "namespace", NAMESPACE, "--wait=false")
+def node(real_node: Lab) -> Iterator[Lab]:
+    real_node.kubectl("create", "namespace", NAMESPACE)
+    yield real_node
+    real_node.kubectl("delete", "namespace", NAMESPACE, "--wait=false")
 
 
 def chart_deployment(lab: Lab, app_id: str) -> Doc:
