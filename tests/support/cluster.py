@@ -162,12 +162,14 @@ def service_spec(
     extra_resources: Iterable[dict[str, Any]] = (),
     with_app: bool = True,
     role: str | None = None,
+    consumer_id: str | None = None,
 ) -> tuple[AppSpec, str]:
     """`role`: the production app a test-only app-id stands in for (its configuration and
-    topic scopes); the app-id itself by default."""
+    topic scopes); the app-id itself by default. `consumer_id`: the consumer group, for
+    replicas that share one (a group per app-id and replica by default)."""
     role = role or app_id
     suffix = f"{RUN_ID}-{replica}" if replica else RUN_ID
-    consumer_id = f"{app_id}-{suffix}"
+    consumer_id = consumer_id or f"{app_id}-{suffix}"
     resources = stack.log_dir / "resources" / f"{app_id}-{replica}"
     if resources.exists():
         shutil.rmtree(resources)
