@@ -51,7 +51,7 @@ def production_offsets(resources: Path) -> None:
         if not path.exists():
             continue
         original = yaml.safe_load((COMPONENTS / f"{name}.yaml").read_text())
-        wanted = {m["name"]: m["value"] for m in original["spec"]["metadata"]}["initialOffset"]
+        wanted = {m["name"]: m.get("value") for m in original["spec"]["metadata"]}["initialOffset"]
         document = yaml.safe_load(path.read_text())
         for entry in document["spec"]["metadata"]:
             if entry["name"] == "initialOffset":
