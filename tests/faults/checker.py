@@ -7,6 +7,7 @@ from __future__ import annotations
 import email
 import email.policy
 import json
+import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,19 +30,30 @@ class Message:
     raw: dict[str, Any]
 
 
-async def read_topic(brokers: str, topic: str) -> list[Message]:
+async def read_topic(brokers: str, topic: str, *, timeout: float = 120.0) -> list[Message]:
+    """Every message on the topic, from each partition's first offset to its end offset
+    at the call."""
     consumer = AIOKafkaConsumer(bootstrap_servers=brokers, enable_auto_commit=False)
     try:
         await consumer.start()
         partitions = [TopicPartition(topic, p) for p in range(6)]
         consumer.assign(partitions)
+        begins = await consumer.beginning_offsets(partitions)
         ends = await consumer.end_offsets(partitions)
-        await consumer.seek_to_beginning(*partitions)
+        for tp in partitions:
+            consumer.seek(tp, begins[tp])
+        reached = dict(begins)
+        deadline = time.monotonic() + timeout
         messages: list[Message] = []
-        while await _behind(consumer, ends):
+        while any(reached[tp] < ends[tp] for tp in partitions):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{topic}: read up to {reached}, the end is {ends}")
             batch = await consumer.getmany(timeout_ms=2000)
             for tp, records in batch.items():
                 for record in records:
+                    reached[tp] = record.offset + 1
+                    if record.offset >= ends[tp]:
+                        continue
                     try:
                         raw = json.loads(record.value or b"null")
                     except json.JSONDecodeError:
@@ -60,13 +72,6 @@ async def read_topic(brokers: str, topic: str) -> list[Message]:
         return messages
     finally:
         await consumer.stop()
-
-
-async def _behind(consumer: AIOKafkaConsumer, ends: dict[TopicPartition, int]) -> bool:
-    for tp, end in ends.items():
-        if await consumer.position(tp) < end:
-            return True
-    return False
 
 
 def read_mails(mail_dir: Path) -> list[tuple[str, list[str]]]:

@@ -31,6 +31,33 @@ def _effects(run: Run) -> tuple[set[str], set[str]]:
     return lost, doubled
 
 
+def problems(run: Run) -> dict[str, list[str]]:
+    """What each check found, by event id (dead-lettered ones marked), for the record."""
+    findings = run.findings
+    marked = run.dead_lettered
+
+    def mark(items: list[str]) -> list[str]:
+        return [f"{x} (dead-lettered)" if any(e in x for e in marked) else x for x in items]
+
+    audit_lost, audit_doubled = checker.audit_problems(findings)
+    note_lost, note_doubled, unreasoned = checker.notification_problems(findings)
+    ws_missing, ws_doubled, ws_disordered = checker.websocket_problems(findings, run.clients)
+    rec_missing, rec_doubled = checker.recurring_problems(findings, run.schedules)
+    return {
+        "audit_lost": mark(audit_lost),
+        "audit_duplicated": mark(audit_doubled),
+        "notification_lost": mark(note_lost),
+        "notification_duplicated": mark(note_doubled),
+        "dead_letters_without_reason": [str(len(unreasoned))],
+        "websocket_missing": mark(ws_missing),
+        "websocket_duplicated": mark(ws_doubled),
+        "websocket_out_of_order": mark(ws_disordered),
+        "recurring_missing": rec_missing,
+        "recurring_duplicated": rec_doubled,
+        "dead_letter_key": checker.dead_letter_key_problems(findings),
+    }
+
+
 def rows(run: Run) -> list[dict[str, Any]]:
     lost, doubled = _effects(run)
     table = []
@@ -73,6 +100,7 @@ def write_report(run: Run) -> Path:
         "lost_total": len(lost),
         "duplicated_total": len(doubled),
         "faults": table,
+        "problems": problems(run),
         "dead_letter_samples": [
             {k: str(v)[:300] for k, v in d.items()} for d in run.findings.dead_letters[:5]
         ],

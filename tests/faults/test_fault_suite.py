@@ -53,7 +53,7 @@ SCHEDULES = 2
 SCHEDULE_INTERVAL = 4
 SHORT_SMTP_DOWN = 10.0
 SOAK_SMTP_DOWN = 120.0
-DRAIN_SECONDS = 120.0
+DRAIN_SECONDS = 60.0
 PAUSE_BETWEEN_FAULTS = 1.0
 
 
@@ -88,6 +88,17 @@ async def run(request: pytest.FixtureRequest) -> AsyncIterator[Run]:
     sms = SmsSink()
     sms.start()
     system: System | None = None
+
+    async def look() -> checker.Findings:
+        """What the checker sees now."""
+        return await checker.gather(
+            brokers=infra.brokers,
+            database_url=infra.database_url,
+            mail_dir=infra.mail_dir,
+            sms=sms.received,
+            prefix=prefix,
+        )
+
     try:
         await asyncio.to_thread(infra.up)
         stack = await asyncio.to_thread(
@@ -148,25 +159,13 @@ async def run(request: pytest.FixtureRequest) -> AsyncIterator[Run]:
             await eventually(
                 lambda: monitor.caught_up(targets), timeout=RECOVERY_BOUND_SECONDS, what="catch-up"
             )
-        before_replay = await checker.gather(
-            brokers=infra.brokers,
-            database_url=infra.database_url,
-            mail_dir=infra.mail_dir,
-            sms=sms.received,
-            prefix=prefix,
-        )
+        before_replay = await look()
         replayed = await replay_dead_letters(system)
         log.warning("replayed %d dead letters", replayed)
 
         # Drain: every occurrence fired and every consumer caught up, within a bound.
         async def drained() -> bool:
-            found = await checker.gather(
-                brokers=infra.brokers,
-                database_url=infra.database_url,
-                mail_dir=infra.mail_dir,
-                sms=sms.received,
-                prefix=prefix,
-            )
+            found = await look()
             audit_lost, _ = checker.audit_problems(found)
             occurrences_missing, _ = checker.recurring_problems(found, schedules)
             ws_missing, _, _ = checker.websocket_problems(
@@ -183,13 +182,7 @@ async def run(request: pytest.FixtureRequest) -> AsyncIterator[Run]:
             client.stopped.set()
             await client.cut()
         await asyncio.gather(*client_tasks)
-        findings = await checker.gather(
-            brokers=infra.brokers,
-            database_url=infra.database_url,
-            mail_dir=infra.mail_dir,
-            sms=sms.received,
-            prefix=prefix,
-        )
+        findings = await look()
         result = Run(
             seed=seed,
             soak_minutes=soak,
@@ -229,16 +222,51 @@ def test_every_notifiable_event_is_delivered_once_per_channel_or_dead_lettered(r
     assert not doubled, f"{len(doubled)} notifications sent twice: {doubled[:10]}"
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="hole (issue 14 §1, dead letters without a reason): daprd sends none and the dead "
+    "letter does not name the app that gave up; fixed on branch recurring-dl",
+)
 def test_every_dead_letter_says_why(run: Run) -> None:
-    _, _, unreasoned = checker.notification_problems(run.findings)
+    letters = run.findings.dead_letters
+    assert letters, "the poison message at least must be a dead letter"
+    unreasoned = [d["event_id"] for d in letters if not d["reason"]]
     assert not unreasoned, f"{len(unreasoned)} dead letters without a reason: {unreasoned[:10]}"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="hole (issue 14 §1, outages longer than the retry budget): notification-service "
+    "dead-letters what arrives during an SMTP or state-store outage of more than ~7 s; "
+    "fixed on branch notify-outage",
+)
+def test_an_outage_of_seconds_dead_letters_nothing(run: Run) -> None:
+    """SMTP down ~10 s and Postgres stopped for 20 s are ridden out: nothing but the poison
+    message becomes a dead letter (the replay at the end is for what can never succeed)."""
+    poison = {str(r.detail["key"]) for r in run.records if r.name == "poison"}
+    needless = sorted(run.dead_lettered - poison)
+    assert not needless, f"{len(needless)} events dead-lettered by an outage: {needless[:10]}"
 
 
 def test_every_websocket_client_got_its_events_once_in_task_order(run: Run) -> None:
     missing, doubled, disordered = checker.websocket_problems(run.findings, run.clients)
+    doubled = [d for d in doubled if d.split(":")[1] not in run.dead_lettered]
     assert not missing, f"{len(missing)} events never reached their client: {missing[:10]}"
     assert not doubled, f"{len(doubled)} events reached a client twice: {doubled[:10]}"
     assert not disordered, f"{len(disordered)} events out of task order: {disordered[:10]}"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="found by the fault suite, not yet fixed: a replayed dead letter is published to "
+    "task-events again and websocket-service sends it a second time to a client that "
+    "already had it (DESIGN: no second WebSocket frame to the same client)",
+)
+def test_a_replayed_dead_letter_reaches_no_websocket_client_twice(run: Run) -> None:
+    _, doubled, _ = checker.websocket_problems(run.findings, run.clients)
+    replayed = [d for d in doubled if d.split(":")[1] in run.dead_lettered]
+    assert run.replayed, "nothing was replayed"
+    assert not replayed, f"{len(replayed)} replayed events reached a client twice: {replayed[:10]}"
 
 
 def test_every_recurring_occurrence_is_published_exactly_once(run: Run) -> None:
