@@ -22,3 +22,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=int(os.environ["FAULTS_SEED"]) if os.environ.get("FAULTS_SEED") else None,
         help="the seed of the fault schedule (printed by every run) to replay",
     )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """A soak outlasts the suite's default timeout: give it the soak and a quarter hour."""
+    soak = float(config.getoption("--soak-minutes"))
+    if soak:
+        for item in items:
+            if "tests/faults/" in str(item.path).replace("\\", "/"):
+                item.add_marker(pytest.mark.timeout(int(soak * 60 + 900)))
