@@ -180,8 +180,12 @@ def websocket_problems(
         doubled += [f"{user}:{e}" for e, n in got.items() if n > 1]
         position = {e: i for ids in order.values() for i, e in enumerate(ids)}
         last: dict[str, int] = {}
+        first: set[str] = set()
         for event in events:
             task, event_id = str(event["task_id"]), str(event["event_id"])
+            if event_id in first:
+                continue  # a second copy: counted as duplicated above, not as out of order
+            first.add(event_id)
             here = position.get(event_id, -1)
             if here < last.get(task, -1):
                 disordered.append(f"{user}:{task}:{event_id}")
