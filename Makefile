@@ -121,7 +121,7 @@ migrate: deps ## apply the audit database migrations by hand
 .PHONY: test
 test: setup helm kubernetes ## set up whatever is missing, then run every test tier
 	@$(UV) run --frozen python -m taskevents.schema --check docs/event-schema.json
-	@$(UV) run --frozen pytest tests/unit tests/integration tests/e2e tests/kubernetes
+	@$(UV) run --frozen pytest tests/unit tests/integration tests/e2e tests/kubernetes tests/faults
 
 .PHONY: lint
 lint: deps ## ruff check, ruff format --check, mypy --strict

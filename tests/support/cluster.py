@@ -104,7 +104,7 @@ def render_resources(
                 "scopes" in document
                 and app_id not in document["scopes"]
                 and source.parent == COMPONENTS
-                and _joins_resiliency(document, app_id)
+                and _joins_resiliency(document, app_id, role or app_id)
             ):
                 document["scopes"].append(app_id)
         (target / source.name).write_text(yaml.safe_dump_all(documents, sort_keys=False))
@@ -142,16 +142,23 @@ def configuration_path(role: str) -> Path:
 SHARED_RESILIENCY = "taskevents-resiliency"
 
 
-def _joins_resiliency(document: dict[str, Any], app_id: str) -> bool:
-    """Whether a scoped document may take in `app_id`: any component, but of the Resiliency
-    resources only the shared one, and only for an app that has none of its own."""
+def _joins_resiliency(document: dict[str, Any], app_id: str, role: str) -> bool:
+    """Whether a scoped document may take in `app_id`: any component; of the Resiliency
+    resources the one of its `role` (an app-id standing in for audit-log-service gets the
+    audit log's own), else the shared one for an app whose role has none of its own."""
     if document.get("kind") != "Resiliency":
+        return True
+    if role in document.get("scopes", ()):
         return True
     if document["metadata"]["name"] != SHARED_RESILIENCY:
         return False
     for source in COMPONENTS.glob("*.yaml"):
         for other in yaml.safe_load_all(source.read_text()):
-            if other and other.get("kind") == "Resiliency" and app_id in other.get("scopes", ()):
+            if (
+                other
+                and other.get("kind") == "Resiliency"
+                and {app_id, role} & set(other.get("scopes", ()))
+            ):
                 return False
     return True
 
@@ -166,12 +173,14 @@ def service_spec(
     extra_resources: Iterable[dict[str, Any]] = (),
     with_app: bool = True,
     role: str | None = None,
+    consumer_id: str | None = None,
 ) -> tuple[AppSpec, str]:
     """`role`: the production app a test-only app-id stands in for (its configuration and
-    topic scopes); the app-id itself by default."""
+    topic scopes); the app-id itself by default. `consumer_id`: the consumer group, for
+    replicas that share one (a group per app-id and replica by default)."""
     role = role or app_id
     suffix = f"{RUN_ID}-{replica}" if replica else RUN_ID
-    consumer_id = f"{app_id}-{suffix}"
+    consumer_id = consumer_id or f"{app_id}-{suffix}"
     resources = stack.log_dir / "resources" / f"{app_id}-{replica}"
     if resources.exists():
         shutil.rmtree(resources)

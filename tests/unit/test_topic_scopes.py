@@ -83,3 +83,33 @@ def test_the_harness_gives_a_test_app_the_scopes_of_its_role_and_nothing_more() 
     # An app whose role has no scopes stays without: no protected topic for it.
     alone = _test_scopes(value, "stranger", "websocket-service", "subscriptionScopes")
     assert "stranger" not in alone
+
+
+def _resiliency_scopes(app_id: str, role: str | None, tmp_path: Path) -> dict[str, list[str]]:
+    from tests.support.cluster import render_resources
+
+    render_resources(tmp_path, app_id, consumer_id="group", role=role)
+    return {
+        d["metadata"]["name"]: d["scopes"]
+        for path in sorted(tmp_path.glob("resiliency*.yaml"))
+        for d in yaml.safe_load_all(path.read_text())
+        if d
+    }
+
+
+def test_an_app_id_standing_in_for_the_audit_log_gets_the_audit_logs_resiliency(
+    tmp_path: Path,
+) -> None:
+    """Its minutes of retries while the database is away, not the other apps' seconds (the
+    fault suite found events dead-lettered by a 20 s Postgres stop through this)."""
+    scopes = _resiliency_scopes("audit-stand-in", "audit-log-service", tmp_path)
+    assert "audit-stand-in" in scopes["audit-log-resiliency"]
+    assert "audit-stand-in" not in scopes["taskevents-resiliency"]
+
+
+def test_a_test_only_app_id_without_a_role_of_its_own_gets_the_shared_resiliency(
+    tmp_path: Path,
+) -> None:
+    scopes = _resiliency_scopes("probe-app", None, tmp_path)
+    assert "probe-app" in scopes["taskevents-resiliency"]
+    assert "probe-app" not in scopes["audit-log-resiliency"]
