@@ -46,9 +46,11 @@ def machine() -> dict[str, Any]:
             if line.startswith("model name"):
                 cpu = line.split(":", 1)[1].strip()
                 break
+    memory_kib = int(Path("/proc/meminfo").read_text().splitlines()[0].split()[1])
     return {
         "cpus": os.cpu_count(),
         "cpu": cpu,
+        "memory_gib": round(memory_kib / 1024 / 1024, 1),
         "system": platform.platform(),
         "load_average_at_start": os.getloadavg(),
     }
