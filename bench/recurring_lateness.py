@@ -571,6 +571,7 @@ def markdown(result: dict[str, Any]) -> str:
         f"Dapr Python SDK {v['dapr_python_sdk']}, asyncpg {v['asyncpg']}, "
         f"APScheduler {v['apscheduler']}.",
         "",
+        *([f"Note: {result['note']}", ""] if result.get("note") else []),
     ]
     return "\n".join(lines)
 
@@ -580,8 +581,10 @@ def main() -> None:
     parser.add_argument("--schedules", type=int, default=10_000)
     parser.add_argument("--window", type=int, default=120, help="seconds of firing measured")
     parser.add_argument("--no-record", action="store_true", help="print only")
+    parser.add_argument("--note", default="", help="recorded with the results")
     args = parser.parse_args()
     result = asyncio.run(run(args.schedules, args.window))
+    result["note"] = args.note
     text = markdown(result)
     sys.stdout.write(text)
     if not args.no_record:
