@@ -195,6 +195,20 @@ async def ensure_topic(brokers: str) -> None:
         await admin.close()
 
 
+def allow_subscription(component: Path, app_id: str, topic: str) -> None:
+    """The component's `subscriptionScopes` let `app_id` subscribe to `topic` too (daprd
+    refuses a subscription its scopes do not name)."""
+    import yaml
+
+    document = yaml.safe_load(component.read_text())
+    for entry in document["spec"]["metadata"]:
+        if entry["name"] == "subscriptionScopes":
+            scopes = dict(part.split("=", 1) for part in entry["value"].split(";") if part)
+            scopes[app_id] = ",".join(filter(None, [topic, scopes.get(app_id, "")]))
+            entry["value"] = ";".join(f"{app}={topics}" for app, topics in scopes.items())
+    component.write_text(yaml.safe_dump(document, sort_keys=False))
+
+
 def start_service(stack: Stack, env: dict[str, str]) -> Service:
     from taskevents_cli.devrun import start_app
 
@@ -211,6 +225,7 @@ def start_service(stack: Stack, env: dict[str, str]) -> Service:
                 path.write_text(text.replace("topic: task-events\n", f"topic: {BENCH_TOPIC}\n"))
             else:
                 path.unlink()
+    allow_subscription(resources / "websocket-pubsub.yaml", "websocket-service", BENCH_TOPIC)
     app = start_app(
         spec, daprd=stack.daprd, log_dir=stack.log_dir / "bench", daprd_env=daprd_env(stack)
     )
