@@ -61,15 +61,24 @@ def kafka_pids() -> list[int]:
 
 class CpuMeter:
     """CPU seconds used by named groups of processes between two readings. A group is a
-    function returning its pids now, so that processes started meanwhile count too (those
-    that end meanwhile are not)."""
+    function returning its pids now, so that processes started meanwhile count too (whole);
+    one that ended meanwhile is left out, rather than taking its past CPU off the sum (other
+    people's brokers and databases come and go on a shared machine)."""
 
     def __init__(self, groups: Mapping[str, Callable[[], Iterable[int]]]) -> None:
         self._groups = dict(groups)
 
-    def read(self) -> dict[str, float]:
-        return {name: sum(map(cpu_seconds, pids())) for name, pids in self._groups.items()}
+    def read(self) -> dict[str, dict[int, float]]:
+        return {name: {p: cpu_seconds(p) for p in pids()} for name, pids in self._groups.items()}
 
     @staticmethod
-    def used(before: Mapping[str, float], after: Mapping[str, float]) -> dict[str, float]:
-        return {name: after[name] - before[name] for name in before}
+    def used(
+        before: Mapping[str, Mapping[int, float]], after: Mapping[str, Mapping[int, float]]
+    ) -> dict[str, float]:
+        return {
+            name: sum(
+                max(0.0, seconds - before[name].get(pid, 0.0))
+                for pid, seconds in after[name].items()
+            )
+            for name in before
+        }

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from bench.common import compare_turns, cpu_table, cpu_us_per_event, percentile, ratio
+from bench.procfs import CpuMeter
 
 
 def test_turns_are_compared_by_their_medians_and_turn_by_turn() -> None:
@@ -53,3 +54,10 @@ def test_percentile_is_the_nearest_rank() -> None:
     assert percentile(values, 0.5) == 51.0
     assert percentile(values, 0.99) == 100.0
     assert percentile([7.0], 0.99) == 7.0
+
+
+def test_cpu_of_a_process_that_ended_between_readings_is_not_taken_off() -> None:
+    before = {"kafka": {10: 5.0, 11: 100.0}}
+    after = {"kafka": {10: 6.5, 12: 0.25}}  # 11 ended; 12 started meanwhile
+
+    assert CpuMeter.used(before, after) == {"kafka": 1.75}
