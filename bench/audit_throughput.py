@@ -51,12 +51,20 @@ from taskevents_cli.devrun import AppSpec, RunningApp, start_app
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.common import cpu_table, daprd_path, free_port, machine, say  # noqa: E402
+from bench.common import (  # noqa: E402
+    Batches,
+    consume_until,
+    cpu_table,
+    daprd_path,
+    free_port,
+    machine,
+    record_results,
+    say,
+)
 from bench.procfs import CpuMeter, kafka_pids, one_process, postgres_pids  # noqa: E402
 from bench.tokens import operator_headers  # noqa: E402
 
 COMPONENTS = ROOT / "dapr-components"
-RESULTS = ROOT / "bench" / "results"
 # KAFKA_BROKERS and the other client settings (TLS, SASL) of taskevents.kafka.
 KAFKA = KafkaSettings()
 BROKERS = KAFKA.brokers
@@ -294,27 +302,23 @@ async def direct_consumer(
         auto_offset_reset="earliest",
         max_poll_records=500,
     )
-    await consumer.start()
+
+    async def handle(batches: Batches) -> None:
+        for records in batches.values():
+            batch = []
+            for record in records:
+                envelope = parse_cloud_event(record.value or b"")
+                delivery = Delivery(
+                    source=envelope.source,
+                    kafka_partition=record.partition,
+                    kafka_offset=record.offset,
+                )
+                batch.append((envelope.task_event(), delivery))
+            await writer.record_events(batch)
+
     try:
-        while not stop.is_set():
-            batches = await consumer.getmany(timeout_ms=100, max_records=500)
-            if consumer.assignment():
-                ready.set()
-            for records in batches.values():
-                batch = []
-                for record in records:
-                    envelope = parse_cloud_event(record.value or b"")
-                    delivery = Delivery(
-                        source=envelope.source,
-                        kafka_partition=record.partition,
-                        kafka_offset=record.offset,
-                    )
-                    batch.append((envelope.task_event(), delivery))
-                await writer.record_events(batch)
-            if batches:
-                await consumer.commit()
+        await consume_until(consumer, stop, ready, handle)
     finally:
-        await consumer.stop()
         await close_pool(pool)
 
 
@@ -569,12 +573,7 @@ async def main() -> int:
             await admin.delete_topics(topics)
         await admin.close()
         shutil.rmtree(work, ignore_errors=True)
-    table = markdown(record)
-    if not args.no_record:
-        RESULTS.mkdir(parents=True, exist_ok=True)
-        (RESULTS / "audit_throughput.json").write_text(json.dumps(record, indent=2) + "\n")
-        (RESULTS / "audit_throughput.md").write_text(table)
-    print(table)
+    record_results("audit_throughput", record, markdown(record), no_record=args.no_record)
     return 0
 
 

@@ -4,15 +4,19 @@ median turn of each, the ratio turn by turn, CPU per event by process)."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
 import platform
 import socket
 import statistics
 import subprocess
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
@@ -107,3 +111,36 @@ def cpu_table(rows: Mapping[str, Mapping[str, int]], columns: Sequence[str]) -> 
         total = cpu.get("all", sum(v for k, v in cpu.items() if k != "all"))
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {total} |")
     return lines
+
+
+def record_results(name: str, record: Mapping[str, Any], table: str, *, no_record: bool) -> None:
+    """Print the table; unless `no_record`, keep both as bench/results/<name>.{json,md}."""
+    if not no_record:
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        (RESULTS / f"{name}.json").write_text(json.dumps(record, indent=2) + "\n")
+        (RESULTS / f"{name}.md").write_text(table)
+    print(table, flush=True)
+
+
+Batches = dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]
+
+
+async def consume_until(
+    consumer: AIOKafkaConsumer,
+    stop: asyncio.Event,
+    ready: asyncio.Event,
+    handle: Callable[[Batches], Awaitable[None]],
+) -> None:
+    """A direct baseline's loop: batches from `consumer` to `handle`, offsets committed after
+    each; `ready` once it has partitions; until `stop`."""
+    await consumer.start()
+    try:
+        while not stop.is_set():
+            batches = await consumer.getmany(timeout_ms=100, max_records=500)
+            if consumer.assignment():
+                ready.set()
+            await handle(batches)
+            if batches:
+                await consumer.commit()
+    finally:
+        await consumer.stop()

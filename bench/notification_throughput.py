@@ -55,19 +55,21 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.common import (  # noqa: E402
+    Batches,
     compare_turns,
+    consume_until,
     cpu_table,
     cpu_us_per_event,
     daprd_path,
     free_port,
     machine,
+    record_results,
     say,
 )
 from bench.procfs import CpuMeter, kafka_pids, one_process, postgres_pids, rss_kib  # noqa: E402
 from bench.tokens import operator_headers  # noqa: E402
 
 COMPONENTS = ROOT / "dapr-components"
-RESULTS = ROOT / "bench" / "results"
 VENV_BIN = Path(sys.executable).parent
 # KAFKA_BROKERS and the other client settings (TLS, SASL) of taskevents.kafka.
 KAFKA = KafkaSettings()
@@ -255,19 +257,14 @@ async def direct_consumer(
         for value in values:
             await one(value)
 
-    await consumer.start()
+    async def handle(batches: Batches) -> None:
+        await asyncio.gather(
+            *(in_order([r.value or b"" for r in records]) for records in batches.values())
+        )
+
     try:
-        while not stop.is_set():
-            batches = await consumer.getmany(timeout_ms=100, max_records=500)
-            if consumer.assignment():
-                ready.set()
-            await asyncio.gather(
-                *(in_order([r.value or b"" for r in records]) for records in batches.values())
-            )
-            if batches:
-                await consumer.commit()
+        await consume_until(consumer, stop, ready, handle)
     finally:
-        await consumer.stop()
         await mailer.close()
         await pool.close()
 
@@ -522,12 +519,7 @@ async def main() -> int:
         f"{results['direct']['notifications_per_second']} direct "
         f"(ratio {results['vs_direct']['ratio']})"
     )
-    text = markdown(record)
-    if not args.no_record:
-        RESULTS.mkdir(parents=True, exist_ok=True)
-        (RESULTS / "notification_throughput.json").write_text(json.dumps(record, indent=2) + "\n")
-        (RESULTS / "notification_throughput.md").write_text(text)
-    print(text)
+    record_results("notification_throughput", record, markdown(record), no_record=args.no_record)
     return 0
 
 

@@ -44,7 +44,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.common import compare_turns, cpu_table, cpu_us_per_event  # noqa: E402
+from bench.common import compare_turns, cpu_table, cpu_us_per_event, record_results  # noqa: E402
 from bench.procfs import CpuMeter, cpu_seconds, kafka_pids, postgres_pids  # noqa: E402
 from recurring_task_service.adapters.postgres import (  # noqa: E402
     MIGRATION_LEDGER,
@@ -74,7 +74,6 @@ BENCH_DATABASE = "taskevents_bench"
 INTERVAL_SECONDS = 60
 REPLICAS = 2
 TARGET_P99_SECONDS = 1.0
-RESULTS = ROOT / "bench" / "results"
 STAT_COLUMNS = (
     "xact_commit",
     "xact_rollback",
@@ -585,13 +584,7 @@ def main() -> None:
     args = parser.parse_args()
     result = asyncio.run(run(args.schedules, args.window))
     result["note"] = args.note
-    text = markdown(result)
-    sys.stdout.write(text)
-    if not args.no_record:
-        RESULTS.mkdir(parents=True, exist_ok=True)
-        (RESULTS / "recurring_lateness.json").write_text(json.dumps(result, indent=2) + "\n")
-        (RESULTS / "recurring_lateness.md").write_text(text)
-        log(f"recorded in {RESULTS}/recurring_lateness.{{json,md}}")
+    record_results("recurring_lateness", result, markdown(result), no_record=args.no_record)
 
 
 if __name__ == "__main__":

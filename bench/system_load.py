@@ -58,7 +58,7 @@ os.environ.update(
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer  # noqa: E402
 from aiokafka.admin import AIOKafkaAdminClient  # noqa: E402
 
-from bench.common import RESULTS, cpu_table, cpu_us_per_event, machine, say  # noqa: E402
+from bench.common import cpu_table, cpu_us_per_event, machine, record_results, say  # noqa: E402
 from bench.procfs import CpuMeter, kafka_pids, one_process, postgres_pids  # noqa: E402
 from bench.recurring_lateness import store_schedules  # noqa: E402
 from bench.websocket_latency import client_process  # noqa: E402
@@ -308,12 +308,7 @@ async def main() -> int:
         if not args.keep_stack:
             down = ["bash", str(ROOT / "scripts" / "stack.sh"), "down"]  # its own stack only
             await asyncio.to_thread(subprocess.run, down, env=own, check=False)
-    text = markdown(record)
-    if not args.no_record:
-        RESULTS.mkdir(parents=True, exist_ok=True)
-        (RESULTS / "system_load.json").write_text(json.dumps(record, indent=2) + "\n")
-        (RESULTS / "system_load.md").write_text(text)
-    print(text)
+    record_results("system_load", record, markdown(record), no_record=args.no_record)
     return 0
 
 

@@ -53,6 +53,7 @@ from bench.common import (  # noqa: E402
     free_port,
     percentile,
     ratio,
+    record_results,
 )
 from bench.procfs import CpuMeter, kafka_pids, one_process, rss_kib  # noqa: E402
 from taskevents.kafka import kafka_client_options  # noqa: E402
@@ -62,7 +63,6 @@ from tests.support.stack import Stack, ensure_stack  # noqa: E402
 
 BENCH_TOPIC = "taskevents-bench"
 DIRECT_TOPIC = "taskevents-bench-direct"
-RESULTS = ROOT / "bench" / "results"
 CLIENTS_PER_PROCESS = 250
 MOST_CONNECTIONS_TRIED = 20_000
 FD_HEADROOM = 1000
@@ -689,12 +689,7 @@ async def main() -> None:
         if not args.quick:
             record["most_connections"] = await most_connections(dapr, args.hold)
             print(json.dumps(record["most_connections"]), flush=True)
-        table = markdown(record)
-        if not args.no_record:
-            RESULTS.mkdir(parents=True, exist_ok=True)
-            (RESULTS / "websocket_latency.json").write_text(json.dumps(record, indent=2) + "\n")
-            (RESULTS / "websocket_latency.md").write_text(table)
-        print(table, flush=True)
+        record_results("websocket_latency", record, markdown(record), no_record=args.no_record)
     finally:
         direct_process.terminate()
         direct_process.wait(30)
