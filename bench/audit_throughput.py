@@ -51,11 +51,20 @@ from taskevents_cli.devrun import AppSpec, RunningApp, start_app
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.common import (  # noqa: E402
+    Batches,
+    consume_until,
+    cpu_table,
+    daprd_path,
+    free_port,
+    machine,
+    record_results,
+    say,
+)
 from bench.procfs import CpuMeter, kafka_pids, one_process, postgres_pids  # noqa: E402
 from bench.tokens import operator_headers  # noqa: E402
 
 COMPONENTS = ROOT / "dapr-components"
-RESULTS = ROOT / "bench" / "results"
 # KAFKA_BROKERS and the other client settings (TLS, SASL) of taskevents.kafka.
 KAFKA = KafkaSettings()
 BROKERS = KAFKA.brokers
@@ -68,10 +77,6 @@ APP_ID = "audit-bench"
 PARTITIONS = 6
 QUERY_ROUNDS = 200
 EVENT_TYPE = "task.updated"
-
-
-def say(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 def bench_url() -> str:
@@ -92,15 +97,6 @@ async def ensure_database() -> None:
         AUDIT_MIGRATIONS,
         connect_timeout_seconds=5,
     )
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def event_message(run: str, n: int) -> tuple[bytes, bytes]:
@@ -229,16 +225,6 @@ def render_resources(target: Path, topic: str, group: str, *, bulk: bool) -> Non
     (target / "subscription.yaml").write_text(yaml.safe_dump(subscription, sort_keys=False))
 
 
-def daprd_path() -> str:
-    out = subprocess.run(
-        ["bash", str(ROOT / "scripts" / "dapr-runtime.sh")],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return str(Path(out.stdout.strip().splitlines()[-1]) / "daprd")
-
-
 async def wait_for(probe: Callable[[], Awaitable[bool]], what: str, timeout: float = 90) -> None:
     deadline = time.monotonic() + timeout
     while not await probe():
@@ -316,27 +302,23 @@ async def direct_consumer(
         auto_offset_reset="earliest",
         max_poll_records=500,
     )
-    await consumer.start()
+
+    async def handle(batches: Batches) -> None:
+        for records in batches.values():
+            batch = []
+            for record in records:
+                envelope = parse_cloud_event(record.value or b"")
+                delivery = Delivery(
+                    source=envelope.source,
+                    kafka_partition=record.partition,
+                    kafka_offset=record.offset,
+                )
+                batch.append((envelope.task_event(), delivery))
+            await writer.record_events(batch)
+
     try:
-        while not stop.is_set():
-            batches = await consumer.getmany(timeout_ms=100, max_records=500)
-            if consumer.assignment():
-                ready.set()
-            for records in batches.values():
-                batch = []
-                for record in records:
-                    envelope = parse_cloud_event(record.value or b"")
-                    delivery = Delivery(
-                        source=envelope.source,
-                        kafka_partition=record.partition,
-                        kafka_offset=record.offset,
-                    )
-                    batch.append((envelope.task_event(), delivery))
-                await writer.record_events(batch)
-            if batches:
-                await consumer.commit()
+        await consume_until(consumer, stop, ready, handle)
     finally:
-        await consumer.stop()
         await close_pool(pool)
 
 
@@ -520,27 +502,15 @@ def versions() -> dict[str, str]:
     }
 
 
-def machine() -> dict[str, Any]:
-    cpu = "unknown"
-    with open("/proc/cpuinfo") as info:
-        for line in info:
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    return {
-        "cpus": os.cpu_count(),
-        "cpu": cpu,
-        "system": platform.platform(),
-        "load_average_at_start": os.getloadavg(),
-    }
-
-
 async def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=20_000)
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--repeat", type=int, default=3, help="turns of direct vs bulk")
     parser.add_argument("--note", default="", help="recorded with the results")
+    parser.add_argument(
+        "--no-record", action="store_true", help="print only; leave bench/results/ alone"
+    )
     args = parser.parse_args()
     record: dict[str, Any] = {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -603,11 +573,7 @@ async def main() -> int:
             await admin.delete_topics(topics)
         await admin.close()
         shutil.rmtree(work, ignore_errors=True)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "audit_throughput.json").write_text(json.dumps(record, indent=2) + "\n")
-    table = markdown(record)
-    (RESULTS / "audit_throughput.md").write_text(table)
-    print(table)
+    record_results("audit_throughput", record, markdown(record), no_record=args.no_record)
     return 0
 
 
@@ -621,19 +587,7 @@ def row(name: str, run: dict[str, Any]) -> str:
 
 
 CPU_COLUMNS = ("audit-log-service", "daprd", "postgres", "kafka", "benchmark process")
-
-
-def cpu_table(throughput: dict[str, Any]) -> list[str]:
-    lines = [
-        "| CPU µs per event | " + " | ".join(CPU_COLUMNS) + " | all |",
-        "|---|" + "---:|" * (len(CPU_COLUMNS) + 1),
-    ]
-    names = {"direct": "direct baseline", "dapr_bulk": "Dapr, bulk", "dapr_single": "Dapr, single"}
-    for key, name in names.items():
-        cpu = throughput[key]["cpu_us_per_event"]
-        cells = [str(cpu[c]) if c in cpu else "-" for c in CPU_COLUMNS]
-        lines.append(f"| {name} | " + " | ".join(cells) + f" | {sum(cpu.values())} |")
-    return lines
+PATHS = {"direct": "direct baseline", "dapr_bulk": "Dapr, bulk", "dapr_single": "Dapr, single"}
 
 
 def markdown(record: dict[str, Any]) -> str:
@@ -664,7 +618,7 @@ def markdown(record: dict[str, Any]) -> str:
         "broker, and the benchmark's own process: producer and row counting, for the "
         "baseline its consumer too):",
         "",
-        *cpu_table(t),
+        *cpu_table({name: t[key]["cpu_us_per_event"] for key, name in PATHS.items()}, CPU_COLUMNS),
         "",
         f"| query over HTTP, {q['rows']:,} rows | p50 ms | p95 ms | max ms |",
         "|---|---:|---:|---:|",

@@ -51,25 +51,66 @@ def one_process(pid: int | None) -> Callable[[], list[int]]:
     return lambda: [] if pid is None else [pid]
 
 
+def _state() -> str:
+    """The local stack's state directory, as scripts/stack.sh and tests/support/stack.py
+    find it: the broker and database of that stack only, not another engineer's own."""
+    return os.environ.get("TASKEVENTS_STATE") or str(
+        Path(os.environ.get("XDG_STATE_HOME", Path.home() / ".local" / "state")) / "taskevents"
+    )
+
+
 def postgres_pids() -> list[int]:
-    return pids_where(lambda name, _: name == "postgres")
+    """The stack's postmaster (started with its data directory) and its children."""
+    data = f"{_state()}/postgres/data"
+    postmasters = pids_where(lambda name, line: name == "postgres" and data in line)
+    if not postmasters:  # a database the stack does not run (DATABASE_URL): every postgres
+        return pids_where(lambda name, _: name == "postgres")
+    children = pids_where(lambda name, _: name == "postgres")
+    return postmasters + [p for p in children if _parent(p) in postmasters]
 
 
 def kafka_pids() -> list[int]:
-    return pids_where(lambda name, command_line: name == "java" and "kafka.Kafka" in command_line)
+    """The stack's broker (its server.properties under the state directory); every broker
+    when the stack runs none (KAFKA_BROKERS elsewhere)."""
+    brokers = pids_where(lambda name, line: name == "java" and "kafka.Kafka" in line)
+    ours = [p for p in brokers if _state() in _command_line(p)]
+    return ours or brokers
+
+
+def _parent(pid: int) -> int:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
+def _command_line(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
 
 
 class CpuMeter:
     """CPU seconds used by named groups of processes between two readings. A group is a
-    function returning its pids now, so that processes started meanwhile count too (those
-    that end meanwhile are not)."""
+    function returning its pids now, so that processes started meanwhile count too (whole);
+    one that ended meanwhile is left out, rather than taking its past CPU off the sum (other
+    people's brokers and databases come and go on a shared machine)."""
 
     def __init__(self, groups: Mapping[str, Callable[[], Iterable[int]]]) -> None:
         self._groups = dict(groups)
 
-    def read(self) -> dict[str, float]:
-        return {name: sum(map(cpu_seconds, pids())) for name, pids in self._groups.items()}
+    def read(self) -> dict[str, dict[int, float]]:
+        return {name: {p: cpu_seconds(p) for p in pids()} for name, pids in self._groups.items()}
 
     @staticmethod
-    def used(before: Mapping[str, float], after: Mapping[str, float]) -> dict[str, float]:
-        return {name: after[name] - before[name] for name in before}
+    def used(
+        before: Mapping[str, Mapping[int, float]], after: Mapping[str, Mapping[int, float]]
+    ) -> dict[str, float]:
+        return {
+            name: sum(
+                max(0.0, seconds - before[name].get(pid, 0.0))
+                for pid, seconds in after[name].items()
+            )
+            for name in before
+        }

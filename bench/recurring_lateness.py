@@ -8,7 +8,10 @@ and lets them fire for the measured window. Lateness is the Kafka record timesta
 `task.recurring.triggered` (set by daprd's producer when it publishes) minus the
 occurrence's due time. Database load: `pg_stat_database` deltas of the bench database and
 the CPU time of the Postgres backends serving it (from /proc), idle (all schedules waiting)
-and firing.
+and firing. The baseline, after the service's window, in the same run: a plain timer loop
+(one asyncio task) publishing the same occurrences straight to Kafka (aiokafka, a topic of
+its own) when they are due, for as long; its lateness measured the same way, and the CPU per
+occurrence by process for both.
 
     .venv/bin/python bench/recurring_lateness.py [--schedules 10000] [--window 120]
 
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import os
 import platform
@@ -34,12 +38,14 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import httpx
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.procfs import cpu_seconds, postgres_pids  # noqa: E402
+from bench.common import compare_turns, cpu_table, cpu_us_per_event, record_results  # noqa: E402
+from bench.procfs import CpuMeter, cpu_seconds, kafka_pids, postgres_pids  # noqa: E402
 from recurring_task_service.adapters.postgres import (  # noqa: E402
     MIGRATION_LEDGER,
     PostgresSchedules,
@@ -68,7 +74,6 @@ BENCH_DATABASE = "taskevents_bench"
 INTERVAL_SECONDS = 60
 REPLICAS = 2
 TARGET_P99_SECONDS = 1.0
-RESULTS = ROOT / "bench" / "results"
 STAT_COLUMNS = (
     "xact_commit",
     "xact_rollback",
@@ -243,6 +248,96 @@ async def metrics_lateness(replicas: list[Service]) -> dict[str, float]:
     return buckets
 
 
+def cpu_meter(replicas: list[Service]) -> CpuMeter:
+    """Where the CPU of the firing goes: the replicas, their sidecars, Postgres, the broker,
+    and this process (for the baseline, the timer loop and its producer)."""
+    return CpuMeter(
+        {
+            "service": lambda: [p for r in replicas if r.app.app and (p := r.app.app.pid)],
+            "daprd": lambda: [p for r in replicas if (p := r.app.sidecar.pid)],
+            "postgres": postgres_pids,
+            "kafka": kafka_pids,
+            "benchmark process": lambda: [os.getpid()],
+        }
+    )
+
+
+CPU_COLUMNS = ("service", "daprd", "postgres", "kafka", "benchmark process")
+
+
+async def direct_timer_loop(
+    brokers: str, topic: str, count: int, first_at: datetime, until: datetime, prefix: str
+) -> int:
+    """The baseline: the same occurrences (`count` schedules every INTERVAL_SECONDS, the
+    first ones spread evenly over an interval from `first_at`), each published straight to
+    Kafka by one asyncio loop when it is due, until `until`; how many it published."""
+    spacing = timedelta(seconds=INTERVAL_SECONDS) / count
+    producer = AIOKafkaProducer(**kafka_client_options(brokers), linger_ms=0, acks="all")
+    await producer.start()
+    sent = 0
+    try:
+        for round_number in itertools.count():
+            for i in range(count):
+                due = first_at + timedelta(seconds=round_number * INTERVAL_SECONDS) + i * spacing
+                if due >= until:
+                    return sent
+                await sleep_until(due)
+                task_id = f"{prefix}-{i}"
+                data = {
+                    "event_id": f"{task_id}-{due.isoformat()}",
+                    "type": "task.recurring.triggered",
+                    "task_id": task_id,
+                    "user_id": f"{prefix}-user-{i % 100}",
+                    "timestamp": datetime.now(UTC).isoformat(),
+                    "payload": {"title": f"bench {i}", "occurrence": due.isoformat()},
+                }
+                envelope = {"specversion": "1.0", "id": data["event_id"], "data": data}
+                await producer.send(topic, json.dumps(envelope).encode(), key=task_id.encode())
+                sent += 1
+        raise AssertionError("unreachable")
+    finally:
+        await producer.flush()
+        await producer.stop()
+
+
+async def direct_baseline(
+    stack: Stack, count: int, window_seconds: int, prefix: str
+) -> tuple[list[float], dict[str, float], int]:
+    """Lateness of the timer loop over a window as long as the service's, CPU used, count."""
+    topic = f"recurring-bench-direct-{RUN_ID}"
+    admin = AIOKafkaAdminClient(**kafka_client_options(stack.kafka_brokers))
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(topic, 6, 1)])
+        start_offsets = await end_offsets(stack.kafka_brokers, topic)
+        first_at = datetime.now(UTC) + timedelta(seconds=2)
+        until = first_at + timedelta(seconds=window_seconds)
+        meter = cpu_meter([])
+        before = meter.read()
+        sent = await direct_timer_loop(
+            stack.kafka_brokers, topic, count, first_at, until, f"{prefix}-direct"
+        )
+        used = CpuMeter.used(before, meter.read())
+        lateness = await read_lateness(stack.kafka_brokers, start_offsets, prefix, until)
+    finally:
+        await admin.delete_topics([topic])
+        await admin.close()
+    return lateness, used, sent
+
+
+def lateness_figures(lateness: list[float]) -> dict[str, float]:
+    if not lateness:
+        return {}
+    return {
+        "p50": round(percentile(lateness, 50), 3),
+        "p90": round(percentile(lateness, 90), 3),
+        "p99": round(percentile(lateness, 99), 3),
+        "max": round(max(lateness), 3),
+        "min": round(min(lateness), 3),
+        "mean": round(statistics.fmean(lateness), 3),
+    }
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     index = min(len(ordered) - 1, max(0, round(q / 100 * len(ordered)) - 1))
@@ -310,9 +405,12 @@ async def run(count: int, window_seconds: int) -> dict[str, Any]:
             await sleep_until(first_at)
             log(f"firing for {window_seconds}s")
             firing_start = await sample(admin, replicas)
+            meter = cpu_meter(replicas)
+            cpu_before = meter.read()
             until = first_at + timedelta(seconds=window_seconds)
             await sleep_until(until)
             firing_end = await sample(admin, replicas)
+            cpu_used_firing = CpuMeter.used(cpu_before, meter.read())
             database_size = await admin.fetchval("SELECT pg_database_size($1)", BENCH_DATABASE)
             postgres_version = await admin.fetchval("SHOW server_version")
         finally:
@@ -323,7 +421,12 @@ async def run(count: int, window_seconds: int) -> dict[str, Any]:
             service.app.stop()
     log("reading the topic")
     lateness = await read_lateness(stack.kafka_brokers, start_offsets, prefix, until)
+    log(f"the baseline: a timer loop publishing straight to Kafka for {window_seconds}s")
+    direct_lateness, direct_cpu, direct_sent = await direct_baseline(
+        stack, count, window_seconds, prefix
+    )
     expected = count * window_seconds // INTERVAL_SECONDS
+    dapr_figures, direct_figures = lateness_figures(lateness), lateness_figures(direct_lateness)
     return {
         "benchmark": "recurring_lateness",
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -338,16 +441,19 @@ async def run(count: int, window_seconds: int) -> dict[str, Any]:
         },
         "occurrences_expected": expected,
         "occurrences_published": len(lateness),
-        "lateness_seconds": {
-            "p50": round(percentile(lateness, 50), 3),
-            "p90": round(percentile(lateness, 90), 3),
-            "p99": round(percentile(lateness, 99), 3),
-            "max": round(max(lateness), 3),
-            "min": round(min(lateness), 3),
-            "mean": round(statistics.fmean(lateness), 3),
-        }
-        if lateness
+        "lateness_seconds": dapr_figures,
+        "direct": {
+            "occurrences_published": len(direct_lateness),
+            "occurrences_sent": direct_sent,
+            "lateness_seconds": direct_figures,
+        },
+        "vs_direct": compare_turns([dapr_figures], [direct_figures], ("p50", "p99"))
+        if dapr_figures and direct_figures
         else {},
+        "cpu_us_per_occurrence": {
+            "dapr": cpu_us_per_event(cpu_used_firing, len(lateness)),
+            "direct": cpu_us_per_event(direct_cpu, len(direct_lateness)),
+        },
         "target_p99_seconds": TARGET_P99_SECONDS,
         "service_histogram_buckets": histogram,
         "database_load": {
@@ -364,6 +470,35 @@ async def run(count: int, window_seconds: int) -> dict[str, Any]:
         },
         "machine": machine(),
     }
+
+
+def direct_lines(result: dict[str, Any]) -> list[str]:
+    """The service against the plain timer loop (the baseline), and CPU per occurrence."""
+    direct, versus = result["direct"], result["vs_direct"]
+    lines = [
+        "Against the baseline, a plain timer loop publishing the same occurrences straight to "
+        "Kafka (one asyncio task, aiokafka), run after the service's window for as long "
+        f"({direct['occurrences_published']:,} occurrences):",
+        "",
+        "| lateness s | service (Dapr) | timer loop (direct) | ratio |",
+        "|---|---:|---:|---:|",
+    ]
+    for name in ("p50", "p99"):
+        figures = versus.get(name)
+        if figures:
+            lines.append(
+                f"| {name} | {figures['dapr']} | {figures['direct']} | {figures['ratio']} |"
+            )
+    cpu = result["cpu_us_per_occurrence"]
+    lines += [
+        "",
+        "CPU µs per occurrence while firing (benchmark process: for the baseline, the loop):",
+        "",
+        *cpu_table(
+            {"service (Dapr)": cpu["dapr"], "timer loop (direct)": cpu["direct"]}, CPU_COLUMNS
+        ),
+    ]
+    return lines
 
 
 def markdown(result: dict[str, Any]) -> str:
@@ -420,6 +555,8 @@ def markdown(result: dict[str, Any]) -> str:
         f"{result['occurrences_expected']:,} |",
         f"| target p99 | < {result['target_p99_seconds']} |",
         "",
+        *direct_lines(result),
+        "",
         "| database load | idle (all waiting) | firing |",
         "|---|---|---|",
         *(f"| {name} | {a} | {b} |" for name, a, b in rows),
@@ -433,6 +570,7 @@ def markdown(result: dict[str, Any]) -> str:
         f"Dapr Python SDK {v['dapr_python_sdk']}, asyncpg {v['asyncpg']}, "
         f"APScheduler {v['apscheduler']}.",
         "",
+        *([f"Note: {result['note']}", ""] if result.get("note") else []),
     ]
     return "\n".join(lines)
 
@@ -442,15 +580,11 @@ def main() -> None:
     parser.add_argument("--schedules", type=int, default=10_000)
     parser.add_argument("--window", type=int, default=120, help="seconds of firing measured")
     parser.add_argument("--no-record", action="store_true", help="print only")
+    parser.add_argument("--note", default="", help="recorded with the results")
     args = parser.parse_args()
     result = asyncio.run(run(args.schedules, args.window))
-    text = markdown(result)
-    sys.stdout.write(text)
-    if not args.no_record:
-        RESULTS.mkdir(parents=True, exist_ok=True)
-        (RESULTS / "recurring_lateness.json").write_text(json.dumps(result, indent=2) + "\n")
-        (RESULTS / "recurring_lateness.md").write_text(text)
-        log(f"recorded in {RESULTS}/recurring_lateness.{{json,md}}")
+    result["note"] = args.note
+    record_results("recurring_lateness", result, markdown(result), no_record=args.no_record)
 
 
 if __name__ == "__main__":
