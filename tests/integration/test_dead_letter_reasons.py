@@ -91,6 +91,37 @@ async def test_an_event_every_subscriber_refuses_is_one_reasoned_dead_letter_per
         assert item["metadata"]["__key"] == key
 
 
+async def test_an_event_over_the_size_limit_is_dead_lettered_by_every_app_with_that_reason(
+    cluster: Cluster, stack: Stack, unique: str
+) -> None:
+    """A valid event, but larger than TASKEVENTS_MAX_EVENT_BYTES (256 KiB; Kafka takes up to
+    1 MB): every subscriber refuses it unread and files it with the limit as the reason."""
+    key = f"task-{unique}"
+    event = {
+        "event_id": f"e-{unique}",
+        "type": "task.created",
+        "task_id": key,
+        "user_id": f"user-{unique}",
+        "timestamp": datetime.now(UTC).isoformat(),
+        "payload": {"title": "big", "notes": "x" * (300 * 1024)},
+    }
+    start = await end_offsets(stack.kafka_brokers, DLQ_TOPIC)
+    await produce_raw(stack.kafka_brokers, cloud_event(event), key=key)
+
+    letters = await eventually(
+        lambda: dead_letters_keyed(stack, start, key, at_least=len(SUBSCRIBERS)),
+        timeout=60,
+        what="a dead letter from every subscriber",
+        check=cluster.check_alive,
+    )
+    by_app = {m["headers"].get(DEAD_LETTER_SOURCE_HEADER): m for m in letters}
+    assert set(by_app) == SUBSCRIBERS
+    for app, message in by_app.items():
+        reason = message["headers"][DEAD_LETTER_REASON_HEADER]
+        assert "over the limit of 262144" in reason, (app, reason)
+        assert message["key"] == key
+
+
 async def test_a_message_daprd_dead_letters_itself_keeps_its_key_and_says_what_is_known(
     cluster: Cluster, stack: Stack, http: httpx.AsyncClient, unique: str
 ) -> None:
