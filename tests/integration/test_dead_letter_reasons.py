@@ -38,6 +38,17 @@ async def dead_letters_keyed(
     return found if len(found) >= at_least else None
 
 
+async def one_from_every_subscriber(
+    cluster: Cluster, stack: Stack, start: dict[Any, int], key: str
+) -> list[dict[str, Any]]:
+    return await eventually(
+        lambda: dead_letters_keyed(stack, start, key, at_least=len(SUBSCRIBERS)),
+        timeout=60,
+        what="a dead letter from every subscriber",
+        check=cluster.check_alive,
+    )
+
+
 async def audit_letters(
     http: httpx.AsyncClient, cluster: Cluster, event_type: str
 ) -> list[dict[str, Any]]:
@@ -66,12 +77,7 @@ async def test_an_event_every_subscriber_refuses_is_one_reasoned_dead_letter_per
     start = await end_offsets(stack.kafka_brokers, DLQ_TOPIC)
     await produce_raw(stack.kafka_brokers, cloud_event(invalid), key=key)
 
-    letters = await eventually(
-        lambda: dead_letters_keyed(stack, start, key, at_least=len(SUBSCRIBERS)),
-        timeout=60,
-        what="a dead letter from every subscriber",
-        check=cluster.check_alive,
-    )
+    letters = await one_from_every_subscriber(cluster, stack, start, key)
 
     by_app = {m["headers"].get(DEAD_LETTER_SOURCE_HEADER): m for m in letters}
     assert set(by_app) == SUBSCRIBERS  # each says who, none came from daprd reasonless
@@ -108,12 +114,7 @@ async def test_an_event_over_the_size_limit_is_dead_lettered_by_every_app_with_t
     start = await end_offsets(stack.kafka_brokers, DLQ_TOPIC)
     await produce_raw(stack.kafka_brokers, cloud_event(event), key=key)
 
-    letters = await eventually(
-        lambda: dead_letters_keyed(stack, start, key, at_least=len(SUBSCRIBERS)),
-        timeout=60,
-        what="a dead letter from every subscriber",
-        check=cluster.check_alive,
-    )
+    letters = await one_from_every_subscriber(cluster, stack, start, key)
     by_app = {m["headers"].get(DEAD_LETTER_SOURCE_HEADER): m for m in letters}
     assert set(by_app) == SUBSCRIBERS
     for app, message in by_app.items():
