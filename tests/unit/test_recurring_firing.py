@@ -12,10 +12,9 @@ from typing import Any
 
 import pytest
 import structlog
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from structlog.contextvars import get_contextvars, merge_contextvars
 from structlog.testing import capture_logs
-
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from recurring_task_service import firing
 from recurring_task_service.firing import (
