@@ -959,9 +959,8 @@ def test_the_record_timestamp_daprd_passes_is_read_in_either_form() -> None:
     assert record_timestamp({"__timestamp": "soon"}) is None
 
 
-async def test_a_channel_that_just_failed_is_not_tried_again_in_the_same_round(
-    world: World,
-) -> None:
+async def two_kept_and_their_relay(world: World) -> tuple[list[TaskEvent], DeferredDelivery]:
+    """Two events whose emails timed out, kept for the relay of retries; that relay."""
     events = [created(), created()]
     for event in events:
         world.mailer.failures.append(MailTemporarilyFailedError("timed out"))
@@ -970,6 +969,13 @@ async def test_a_channel_that_just_failed_is_not_tried_again_in_the_same_round(
         ports=world.ports(), policy=KEEPING, poll_seconds=1.0, batch=10, lease_seconds=60.0,
         retention=None,
     )  # fmt: skip
+    return events, relay
+
+
+async def test_a_channel_that_just_failed_is_not_tried_again_in_the_same_round(
+    world: World,
+) -> None:
+    events, relay = await two_kept_and_their_relay(world)
     world.mailer.failures.append(MailTemporarilyFailedError("timed out"))
 
     assert await relay.run_once() == 2
@@ -986,14 +992,7 @@ async def test_a_channel_that_just_failed_is_not_tried_again_in_the_same_round(
 async def test_each_deferred_item_is_sent_in_a_span_and_logged_with_its_event(
     world: World, spans: InMemorySpanExporter, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    events = [created(), created()]
-    for event in events:
-        world.mailer.failures.append(MailTemporarilyFailedError("timed out"))
-        await notify_user(event, ports=world.ports(), policy=KEEPING)
-    relay = DeferredDelivery(
-        ports=world.ports(), policy=KEEPING, poll_seconds=1.0, batch=10, lease_seconds=60.0,
-        retention=None,
-    )  # fmt: skip
+    events, relay = await two_kept_and_their_relay(world)
 
     with capture_logs(processors=[merge_contextvars, add_trace_context]) as lines:
         # Loggers made under the capture: ones cached before it would log past it.
