@@ -26,7 +26,8 @@ from recurring_task_service.firing import (
     relay_outbox,
     triggered_event,
 )
-from recurring_task_service.schedules import NewSchedule, interval_rule
+from recurring_task_service.ports import ScheduleUpdate
+from recurring_task_service.schedules import NewSchedule, Schedule, interval_rule
 from recurring_task_service.settings import PACKAGE
 from taskevents.events import EventType, TaskEvent
 from taskevents.postgres import (
@@ -328,3 +329,44 @@ async def _audit_events(
     response.raise_for_status()
     events: list[object] = response.json()["items"]
     return events
+
+
+MADE_IN = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+CHANGED_IN = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+ASKED_IN = "00-5bf92f3577b34da6a3ce929d0e0e4736-10f067aa0ba902b7-01"
+
+
+async def test_each_outbox_row_carries_the_cause_of_its_schedule_or_of_its_trigger(
+    replicas: list[PostgresSchedules],
+) -> None:
+    store = replicas[0]
+    due = datetime.now(UTC) - timedelta(seconds=1)
+    made = await store.create(
+        NewSchedule("cause-made", "u", interval_rule(3600), {}, due, cause=MADE_IN)
+    )
+    changed = await store.create(NewSchedule("cause-changed", "u", interval_rule(3600), {}, due))
+
+    def unchanged(current: Schedule) -> ScheduleUpdate:
+        return ScheduleUpdate(
+            rule=current.rule,
+            payload=dict(current.payload),
+            options=current.options,
+            paused=False,
+            next_fire_at=current.next_fire_at,
+            active=True,
+        )
+
+    assert (await store.update(changed.id, unchanged, cause=CHANGED_IN)) is not None
+    await claim_due_occurrences(store, batch_size=10, grace=GRACE)
+    await store.enqueue(
+        made.id, lambda s: triggered_event(s, due + timedelta(minutes=1)), cause=ASKED_IN
+    )
+
+    lease = await store.lease(limit=10, lease_seconds=30)
+    causes: dict[str, list[str | None]] = {}
+    for entry in lease.entries:
+        causes.setdefault(entry.task_id, []).append(entry.cause)
+    assert causes == {"cause-made": [MADE_IN, ASKED_IN], "cause-changed": [CHANGED_IN]}
+    read_back = await store.get(changed.id)
+    assert read_back is not None
+    assert read_back.cause == CHANGED_IN

@@ -1,5 +1,7 @@
 """One event, one trace: published through the CLI, handled by every subscriber, and found
-whole in Jaeger's query API (scripts/jaeger.sh, started with the stack)."""
+whole in Jaeger's query API (scripts/jaeger.sh, started with the stack). A recurring trigger
+is a trace of its own (the outbox relay's) whose publish links back to the event that made
+its schedule."""
 
 from __future__ import annotations
 
@@ -35,6 +37,7 @@ class TraceSpan:
     service: str
     operation: str
     tags: dict[str, Any]
+    links: list[tuple[int, int]]  # (trace id, span id) of each span it follows from
 
 
 def _database(span: TraceSpan) -> bool:
@@ -55,6 +58,13 @@ def spans_of(trace: dict[str, Any]) -> list[TraceSpan]:
     result = []
     for item in trace["spans"]:
         parents = [r["spanID"] for r in item["references"] if r["refType"] == "CHILD_OF"]
+        # OpenTelemetry's span links: Jaeger's FOLLOWS_FROM references (hex ids, which it
+        # may write without leading zeros).
+        links = [
+            (int(r["traceID"], 16), int(r["spanID"], 16))
+            for r in item["references"]
+            if r["refType"] == "FOLLOWS_FROM"
+        ]
         result.append(
             TraceSpan(
                 span_id=item["spanID"],
@@ -62,6 +72,7 @@ def spans_of(trace: dict[str, Any]) -> list[TraceSpan]:
                 service=processes[item["processID"]],
                 operation=item["operationName"],
                 tags={t["key"]: t["value"] for t in item["tags"]},
+                links=links,
             )
         )
     return result
@@ -84,20 +95,44 @@ async def traces_tagged(http: httpx.AsyncClient, stack: Stack, event_id: str) ->
     """The ids of the traces in which any of the apps tagged a span with the event id."""
     ids: set[str] = set()
     for service in ("taskevents-cli", *SUBSCRIBERS):
-        response = await http.get(
-            f"{stack.jaeger_url}/api/traces",
-            params={
-                "service": service,
-                "tags": json.dumps({EVENT_TAG: event_id}),
-                "lookback": "1h",
-                "limit": "20",
-            },
+        ids.update(
+            t["traceID"] for t in await find_traces(http, stack, service, {EVENT_TAG: event_id})
         )
-        if response.status_code == 404:  # the service has sent no span yet
-            continue
-        response.raise_for_status()
-        ids.update(t["traceID"] for t in response.json()["data"] or [])
     return ids
+
+
+async def find_traces(
+    http: httpx.AsyncClient, stack: Stack, service: str, tags: dict[str, str]
+) -> list[dict[str, Any]]:
+    """The traces in which `service` tagged a span with all of `tags`."""
+    response = await http.get(
+        f"{stack.jaeger_url}/api/traces",
+        params={"service": service, "tags": json.dumps(tags), "lookback": "1h", "limit": "20"},
+    )
+    if response.status_code == 404:  # the service has sent no span yet
+        return []
+    response.raise_for_status()
+    return list(response.json()["data"] or [])
+
+
+async def publish_through_cli(
+    cluster: Cluster, stack: Stack, user: str, task_id: str, payload: dict[str, Any]
+) -> str:
+    """Publish a task.created with the CLI, tracing on; its event id."""
+    cli = Path(sys.executable).parent / "taskevents"
+    process = await asyncio.create_subprocess_exec(
+        str(cli),
+        "--dapr-http-port", str(cluster.cli.dapr_http_port),
+        "--dapr-grpc-port", str(cluster.cli.dapr_grpc_port),
+        "publish", "task.created", "--task-id", task_id,
+        "--user-id", user, "--payload", json.dumps(payload),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, "OTEL_EXPORTER_OTLP_ENDPOINT": stack.otlp_endpoint},
+    )  # fmt: skip
+    stdout, stderr = await process.communicate()
+    assert process.returncode == 0, stderr.decode()[-2000:]
+    return stdout.decode().strip()
 
 
 async def test_one_event_published_through_the_cli_is_one_trace_across_every_subscriber(
@@ -109,20 +144,8 @@ async def test_one_event_published_through_the_cli_is_one_trace_across_every_sub
         "user_email": f"{user}@example.com",
         "recurrence": {"interval_seconds": 3600},
     }
-    cli = Path(sys.executable).parent / "taskevents"
-    process = await asyncio.create_subprocess_exec(
-        str(cli),
-        "--dapr-http-port", str(cluster.cli.dapr_http_port),
-        "--dapr-grpc-port", str(cluster.cli.dapr_grpc_port),
-        "publish", "task.created", "--task-id", f"task-{uuid.uuid4().hex[:12]}",
-        "--user-id", user, "--payload", json.dumps(payload),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env={**os.environ, "OTEL_EXPORTER_OTLP_ENDPOINT": stack.otlp_endpoint},
-    )  # fmt: skip
-    stdout, stderr = await process.communicate()
-    assert process.returncode == 0, stderr.decode()[-2000:]
-    event_id = stdout.decode().strip()
+    task_id = f"task-{uuid.uuid4().hex[:12]}"
+    event_id = await publish_through_cli(cluster, stack, user, task_id, payload)
 
     def handling(spans: list[TraceSpan], service: str) -> TraceSpan | None:
         return next(
@@ -177,3 +200,44 @@ async def test_one_event_published_through_the_cli_is_one_trace_across_every_sub
         assert handler.tags.get("taskevents.outcome") == "SUCCESS", (service, handler.tags)
         # Each handling span descends from the CLI's publish.
         assert handler in descendants(spans, publish[0]), service
+
+
+async def test_a_recurring_trigger_links_to_the_event_that_made_its_schedule(
+    cluster: Cluster, http: httpx.AsyncClient, stack: Stack, unique: str
+) -> None:
+    user = f"trace-{unique}"
+    task_id = f"task-{uuid.uuid4().hex[:12]}"
+    # Fires once, a second after the schedule is made.
+    payload = {"title": "Traced trigger", "recurrence": {"interval_seconds": 1, "max_count": 1}}
+    event_id = await publish_through_cli(cluster, stack, user, task_id, payload)
+
+    async def scheduling_span() -> TraceSpan | None:
+        """recurring-task-service's handling of the task.created: what made the schedule."""
+        for found in await find_traces(
+            http, stack, "recurring-task-service", {EVENT_TAG: event_id}
+        ):
+            for item in spans_of(found):
+                if item.operation == "handle task.created" and item.tags.get(EVENT_TAG) == event_id:
+                    return item
+        return None
+
+    async def trigger_publish() -> tuple[str, TraceSpan] | None:
+        """The relay's publish of the schedule's triggered event, with its trace id."""
+        tags = {"taskevents.task_id": task_id, "taskevents.event_type": "task.recurring.triggered"}
+        for found in await find_traces(http, stack, "recurring-task-service", tags):
+            for item in spans_of(found):
+                if (
+                    item.operation == "publish task-events"
+                    and item.tags.get("taskevents.task_id") == task_id
+                ):
+                    return found["traceID"], item
+        return None
+
+    cause = await eventually(scheduling_span, timeout=60, what="the schedule's making in Jaeger")
+    trigger_trace, publish = await eventually(
+        trigger_publish, timeout=60, what="the triggered event's publish in Jaeger"
+    )
+    (creating_trace,) = await traces_tagged(http, stack, event_id)
+
+    assert int(trigger_trace, 16) != int(creating_trace, 16)  # the relay's trace, not the event's
+    assert publish.links == [(int(creating_trace, 16), int(cause.span_id, 16))]

@@ -6,7 +6,12 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+import structlog
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from structlog.contextvars import merge_contextvars
+from structlog.testing import capture_logs
 
+from notification_service import deferred, handlers
 from notification_service.api.subscriptions import record_timestamp
 from notification_service.deferred import DeferredDelivery
 from notification_service.emails import EmailComposer
@@ -43,6 +48,7 @@ from notification_service.ports import (
 from notification_service.preferences import Preferences
 from notification_service.sms import SmsComposer
 from taskevents.events import TaskEvent
+from taskevents.logging import add_trace_context
 from taskevents.status import DaprStatus, Outcome
 
 NOTIFYING = frozenset({"task.created", "task.completed", "task.recurring.triggered"})
@@ -953,9 +959,8 @@ def test_the_record_timestamp_daprd_passes_is_read_in_either_form() -> None:
     assert record_timestamp({"__timestamp": "soon"}) is None
 
 
-async def test_a_channel_that_just_failed_is_not_tried_again_in_the_same_round(
-    world: World,
-) -> None:
+async def two_kept_and_their_relay(world: World) -> tuple[list[TaskEvent], DeferredDelivery]:
+    """Two events whose emails timed out, kept for the relay of retries; that relay."""
     events = [created(), created()]
     for event in events:
         world.mailer.failures.append(MailTemporarilyFailedError("timed out"))
@@ -964,6 +969,13 @@ async def test_a_channel_that_just_failed_is_not_tried_again_in_the_same_round(
         ports=world.ports(), policy=KEEPING, poll_seconds=1.0, batch=10, lease_seconds=60.0,
         retention=None,
     )  # fmt: skip
+    return events, relay
+
+
+async def test_a_channel_that_just_failed_is_not_tried_again_in_the_same_round(
+    world: World,
+) -> None:
+    events, relay = await two_kept_and_their_relay(world)
     world.mailer.failures.append(MailTemporarilyFailedError("timed out"))
 
     assert await relay.run_once() == 2
@@ -975,3 +987,31 @@ async def test_a_channel_that_just_failed_is_not_tried_again_in_the_same_round(
     assert second.reason == "SMTP: timed out (not tried: it failed for another one just now)"
     assert await relay.run_once() == 2
     assert len(world.mailer.sent) == 2
+
+
+async def test_each_deferred_item_is_sent_in_a_span_and_logged_with_its_event(
+    world: World, spans: InMemorySpanExporter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    events, relay = await two_kept_and_their_relay(world)
+
+    with capture_logs(processors=[merge_contextvars, add_trace_context]) as lines:
+        # Loggers made under the capture: ones cached before it would log past it.
+        for module in (deferred, handlers):
+            monkeypatch.setattr(module, "log", structlog.stdlib.get_logger(module.__name__))
+        assert await relay.run_once() == 2
+
+    assert len(world.mailer.sent) == 2
+    items = {
+        s.attributes["taskevents.event_id"]: s  # type: ignore[index]
+        for s in spans.get_finished_spans()
+        if s.name == "deliver deferred event"
+    }
+    assert set(items) == {e.event_id for e in events}
+    for event in events:
+        context = items[event.event_id].context
+        assert context is not None
+        mine = [line for line in lines if line.get("event_id") == event.event_id]
+        # Its handling line and the handler's own ("email sent"), in its span's trace.
+        assert {line["event"] for line in mine} >= {"deferred item handled", "email sent"}
+        assert all(line["task_id"] == event.task_id for line in mine)
+        assert all(line["trace_id"] == f"{context.trace_id:032x}" for line in mine)

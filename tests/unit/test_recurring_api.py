@@ -68,7 +68,11 @@ class FakeSchedules:
         return self.by_id.pop(schedule_id, None) is not None
 
     async def update(
-        self, schedule_id: uuid.UUID, edit: Callable[[Schedule], ScheduleUpdate]
+        self,
+        schedule_id: uuid.UUID,
+        edit: Callable[[Schedule], ScheduleUpdate],
+        *,
+        cause: str | None = None,
     ) -> Schedule | None:
         self._check()
         current = self.by_id.get(schedule_id)
@@ -83,11 +87,16 @@ class FakeSchedules:
             paused=change.paused,
             next_fire_at=change.next_fire_at,
             active=change.active,
+            cause=cause,
         )
         return self.by_id[schedule_id]
 
     async def enqueue(
-        self, schedule_id: uuid.UUID, make_event: Callable[[Schedule], TaskEvent]
+        self,
+        schedule_id: uuid.UUID,
+        make_event: Callable[[Schedule], TaskEvent],
+        *,
+        cause: str | None = None,
     ) -> TaskEvent | None:
         self._check()
         current = self.by_id.get(schedule_id)
@@ -119,7 +128,12 @@ class FakeSchedules:
         return TaskChange.APPLIED if found else TaskChange.NOTHING
 
     async def complete_task(
-        self, task_id: str, *, completed_at: datetime, plan: Callable[[Schedule], datetime | None]
+        self,
+        task_id: str,
+        *,
+        completed_at: datetime,
+        plan: Callable[[Schedule], datetime | None],
+        cause: str | None = None,
     ) -> TaskChange:
         return TaskChange.NOTHING
 
@@ -139,6 +153,7 @@ class FakeSchedules:
             updated_at=now,
             options=new.options,
             paused=new.paused,
+            cause=new.cause,
         )
         self.by_id[schedule.id] = schedule
         return schedule

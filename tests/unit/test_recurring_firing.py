@@ -8,9 +8,15 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
+import pytest
+import structlog
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from structlog.contextvars import get_contextvars, merge_contextvars
+from structlog.testing import capture_logs
 
+from recurring_task_service import firing
 from recurring_task_service.firing import (
     RelayPolicy,
     claim_due_occurrences,
@@ -27,6 +33,7 @@ from recurring_task_service.schedules import (
     interval_rule,
 )
 from taskevents.events import TaskEvent
+from taskevents.logging import add_trace_context
 
 NOW = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)
 GRACE = timedelta(minutes=5)
@@ -38,6 +45,7 @@ def schedule(
     next_fire_at: datetime,
     payload: dict[str, str] | None = None,
     options: ScheduleOptions | None = None,
+    cause: str | None = None,
 ) -> Schedule:
     return Schedule(
         id=uuid.uuid5(uuid.NAMESPACE_URL, task_id),
@@ -52,6 +60,7 @@ def schedule(
         created_at=NOW - timedelta(days=1),
         updated_at=NOW - timedelta(days=1),
         options=options or ScheduleOptions(),
+        cause=cause,
     )
 
 
@@ -112,7 +121,11 @@ class FakeStore:
             for planned in events:
                 entry_id = len(self.outbox) + 1 + max(self.outbox, default=0)
                 self.outbox[entry_id] = OutboxEntry(
-                    entry_id, planned.event, planned.due_at, planned.event.task_id
+                    entry_id,
+                    planned.event,
+                    planned.due_at,
+                    planned.event.task_id,
+                    cause=planned.cause,
                 )
             self.missed.extend(missed)
             self.by_id[claimed.id] = replace(
@@ -166,11 +179,16 @@ class RecordingPublisher:
     def __init__(self, *, failing_tasks: set[str] | None = None) -> None:
         self.published: list[TaskEvent] = []
         self.failing_tasks = failing_tasks or set()
+        self.causes: dict[str, str | None] = {}  # event id: the cause its publish links to
+        # event id: what the log lines written during its publish are bound to
+        self.logged_with: dict[str, dict[str, Any]] = {}
 
-    async def publish(self, event: TaskEvent) -> None:
+    async def publish(self, event: TaskEvent, *, cause: str | None = None) -> None:
+        self.logged_with[event.event_id] = get_contextvars()
         if event.task_id in self.failing_tasks:
             raise ConnectionError("sidecar unavailable")
         self.published.append(event)
+        self.causes[event.event_id] = cause
 
 
 def occurrence(entry: OutboxEntry) -> str:
@@ -443,3 +461,53 @@ def test_the_back_off_doubles_up_to_its_cap_and_the_attempts_are_bounded() -> No
         NOW + timedelta(seconds=4),
         None,
     ]
+
+
+CREATED_IN = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+
+
+async def test_each_triggered_event_is_published_linked_to_what_set_its_schedule() -> None:
+    store = FakeStore(
+        [
+            schedule("caused", interval_rule(60), NOW - timedelta(seconds=61), cause=CREATED_IN),
+            schedule("older", interval_rule(60), NOW),  # set before causes were kept
+        ]
+    )
+    publisher = RecordingPublisher()
+
+    await fire(store, publisher)
+
+    by_task: dict[str, list[str | None]] = {}
+    for event in publisher.published:
+        by_task.setdefault(event.task_id, []).append(publisher.causes[event.event_id])
+    assert by_task == {"caused": [CREATED_IN, CREATED_IN], "older": [None]}
+
+
+async def test_the_relay_logs_each_event_with_its_ids_and_the_relay_trace(
+    spans: InMemorySpanExporter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = FakeStore(
+        [schedule("fails", interval_rule(60), NOW), schedule("works", interval_rule(60), NOW)]
+    )
+    publisher = RecordingPublisher(failing_tasks={"fails"})
+    await claim_due_occurrences(store, batch_size=10, grace=GRACE)
+    event_ids = {e.task_id: e.event.event_id for e in store.outbox.values() if e.event}
+
+    with capture_logs(processors=[merge_contextvars, add_trace_context]) as lines:
+        # A logger made under the capture: one cached before it would log past it.
+        monkeypatch.setattr(firing, "log", structlog.stdlib.get_logger(firing.__name__))
+        await relay_outbox(store, publisher, batch_size=10, clock=lambda: NOW)
+
+    # While each event is published (the publisher's own lines), it is bound.
+    for task_id, event_id in event_ids.items():
+        bound = publisher.logged_with[event_id]
+        assert (bound["event_id"], bound["task_id"]) == (event_id, task_id)
+    # The failure's line names its event, in the relay's trace.
+    (relay,) = [s for s in spans.get_finished_spans() if s.name == "outbox relay"]
+    assert relay.context is not None
+    (failure,) = [line for line in lines if line["log_level"] == "warning"]
+    assert failure["event_id"] == event_ids["fails"]
+    assert failure["task_id"] == "fails"
+    assert failure["trace_id"] == f"{relay.context.trace_id:032x}"
+    assert failure["span_id"] == f"{relay.context.span_id:016x}"
+    assert get_contextvars().get("event_id") is None  # nothing stays bound after the relay

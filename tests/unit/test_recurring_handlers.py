@@ -50,6 +50,7 @@ class FakeTaskSchedules:
             created_at=existing.created_at if existing else NOW,
             updated_at=NOW,
             options=new.options,
+            cause=new.cause,
         )
         return TaskChange.APPLIED
 
@@ -61,7 +62,12 @@ class FakeTaskSchedules:
         return TaskChange.APPLIED if found else TaskChange.NOTHING
 
     async def complete_task(
-        self, task_id: str, *, completed_at: datetime, plan: Callable[[Schedule], datetime | None]
+        self,
+        task_id: str,
+        *,
+        completed_at: datetime,
+        plan: Callable[[Schedule], datetime | None],
+        cause: str | None = None,
     ) -> TaskChange:
         self._check()
         schedule = self.by_task.get(task_id)
@@ -75,6 +81,7 @@ class FakeTaskSchedules:
             next_fire_at=next_fire_at,
             last_completed_at=completed_at,
             active=next_fire_at is not None,
+            cause=cause,
         )
         return TaskChange.APPLIED
 
@@ -296,6 +303,28 @@ async def test_completion_schedules_the_next_occurrence_n_days_later() -> None:
     await sync_task_schedule(completed, schedules=store, now=NOW)
     await sync_task_schedule(event("task.completed", at=NOW), schedules=store, now=NOW)
     assert store.by_task["task-1"].next_fire_at == NOW + timedelta(days=3, hours=5)
+
+
+CREATED_IN = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+COMPLETED_IN = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+
+
+async def test_the_schedule_keeps_the_trace_of_the_event_that_last_set_it() -> None:
+    store = FakeTaskSchedules()
+    recurrence = {"after_completion_days": 1}
+
+    await sync_task_schedule(
+        event("task.created", {"recurrence": recurrence}),
+        schedules=store,
+        now=NOW,
+        cause=CREATED_IN,
+    )
+    assert store.by_task["task-1"].cause == CREATED_IN
+
+    # The completion sets the next occurrence: it is that occurrence's cause.
+    completed = event("task.completed", at=NOW + timedelta(hours=1))
+    await sync_task_schedule(completed, schedules=store, now=NOW, cause=COMPLETED_IN)
+    assert store.by_task["task-1"].cause == COMPLETED_IN
 
 
 async def test_completion_of_a_task_without_a_completion_schedule_changes_nothing() -> None:

@@ -17,9 +17,10 @@ from opentelemetry import trace
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.sdk.trace.sampling import Decision
 from opentelemetry.trace import SpanKind
+from structlog.contextvars import merge_contextvars
 
 from taskevents import tracing
-from taskevents.logging import add_trace_context
+from taskevents.logging import about_event, add_trace_context
 from taskevents.status import Outcome
 from taskevents.web import BulkEntry, deliver_bulk
 
@@ -156,6 +157,27 @@ def test_log_lines_inside_a_span_carry_its_trace_and_span_ids(
     # A trace id bound by the delivery stays.
     with tracing.span("work"):
         assert add_trace_context(None, "info", {"trace_id": TRACE_A})["trace_id"] == TRACE_A
+
+
+def test_a_log_line_about_one_event_outside_a_delivery_names_it_and_its_span(
+    spans: InMemorySpanExporter,
+) -> None:
+    def line() -> dict[str, Any]:
+        fields = merge_contextvars(None, "info", {"event": "published"})
+        return dict(add_trace_context(None, "info", fields))
+
+    with about_event("event-1", "task-1", outbox_id=7), tracing.span("outbox relay") as current:
+        inside = line()
+        context = current.get_span_context()
+    assert inside == {
+        "event": "published",
+        "event_id": "event-1",
+        "task_id": "task-1",
+        "outbox_id": 7,
+        "trace_id": trace.format_trace_id(context.trace_id),
+        "span_id": trace.format_span_id(context.span_id),
+    }
+    assert line() == {"event": "published"}  # nothing stays bound after the block
 
 
 async def test_the_grpc_interceptor_sends_the_current_context_as_traceparent(

@@ -9,16 +9,39 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 
 from notification_service.handlers import Policy, Ports, deliver_due
-from notification_service.ports import Channel, LedgerUnavailableError
-from taskevents.logging import get_logger
+from notification_service.ports import Channel, DueItem, LedgerUnavailableError
+from taskevents.logging import about_event, get_logger
 from taskevents.status import DaprStatus
+from taskevents.tracing import Span, event_attributes, mark_outcome, span
 
 log = get_logger(__name__)
 
 PRUNE_EVERY_SECONDS = 3600.0
+
+
+@contextmanager
+def _handling(item: DueItem) -> Iterator[Span]:
+    """One due item, outside any delivery: a span of its own (its SMTP send below it) and
+    every log line written meanwhile naming its event, task and the span's trace."""
+    notification = item.notification
+    with (
+        about_event(notification.event_id, notification.task_id),
+        span(
+            f"deliver deferred {item.kind.value}",
+            attributes={
+                **event_attributes(
+                    notification.event_id, notification.event_type, notification.task_id
+                ),
+                "taskevents.channel": notification.channel.value,
+            },
+        ) as current,
+    ):
+        yield current
 
 
 class DeferredDelivery:
@@ -68,22 +91,23 @@ class DeferredDelivery:
                     reason=f"{down[channel]} (not tried: it failed for another one just now)",
                 )  # fmt: skip
                 continue
-            try:
-                outcome = await deliver_due(item, ports=self._ports, policy=self._policy)
-            except Exception:
-                # The lease runs out and the item is taken again.
-                log.exception("deferred delivery failed", event_id=item.notification.event_id)
-                continue
+            with _handling(item) as current:
+                try:
+                    outcome = await deliver_due(item, ports=self._ports, policy=self._policy)
+                except Exception:
+                    # The lease runs out and the item is taken again.
+                    log.exception("deferred delivery failed")
+                    continue
+                mark_outcome(current, outcome.status.value, outcome.reason)
+                log.info(
+                    "deferred item handled",
+                    channel=item.notification.channel.value,
+                    kind=item.kind.value,
+                    status=outcome.status.value,
+                    reason=outcome.reason,
+                )
             if outcome.status is DaprStatus.RETRY and item.give_up_at is not None:
                 down[channel] = outcome.reason or "failed"
-            log.info(
-                "deferred item handled",
-                event_id=item.notification.event_id,
-                channel=item.notification.channel.value,
-                kind=item.kind.value,
-                status=outcome.status.value,
-                reason=outcome.reason,
-            )
         return len(items)
 
     async def _run(self) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -34,7 +35,7 @@ from recurring_task_service.schedules import (
     plan_claim,
 )
 from taskevents.events import EventType, TaskEvent
-from taskevents.logging import get_logger
+from taskevents.logging import about_event, get_logger
 from taskevents.tracing import span
 
 log = get_logger(__name__)
@@ -79,7 +80,9 @@ def planned_event(schedule: Schedule, planned: OccurrenceToPublish) -> PlannedEv
             "occurrences": (run.count or 0) + 1,  # the run and this one
         }
     return PlannedEvent(
-        triggered_event(schedule, planned.occurrence, coalesced=coalesced), planned.occurrence
+        triggered_event(schedule, planned.occurrence, coalesced=coalesced),
+        planned.occurrence,
+        cause=schedule.cause,
     )
 
 
@@ -232,38 +235,40 @@ async def relay_one_batch(
         outcomes = await asyncio.gather(
             *(_publish_in_order(entries, publisher, clock) for entries in by_task.values())
         )
-    relayed: list[RelayedEvent] = []
-    published: list[int] = []
-    failed: list[FailedAttempt] = []
-    released: list[int] = []
-    now = clock()
-    for r in (r for task_outcomes in outcomes for r in task_outcomes):
-        if r.published_at is not None:
-            published.append(r.entry.id)
-        elif r.error is None:
-            released.append(r.entry.id)  # an earlier event of its task failed: it waits
-        else:
-            attempts = r.entry.attempts + 1
-            retry_at = None if r.parked else policy.retry_at(attempts, now)
-            reason = r.error
-            if retry_at is None and not r.parked:
-                reason = f"gave up after {attempts} attempts: {r.error}"
-            failed.append(FailedAttempt(r.entry.id, reason, retry_at))
-            r = RelayedEvent(r.entry, None, reason, parked=retry_at is None)
-            _log_failure(r, attempts, retry_at)
-        relayed.append(r)
+        relayed: list[RelayedEvent] = []
+        published: list[int] = []
+        failed: list[FailedAttempt] = []
+        released: list[int] = []
+        now = clock()
+        for r in (r for task_outcomes in outcomes for r in task_outcomes):
+            if r.published_at is not None:
+                published.append(r.entry.id)
+            elif r.error is None:
+                released.append(r.entry.id)  # an earlier event of its task failed: it waits
+            else:
+                attempts = r.entry.attempts + 1
+                retry_at = None if r.parked else policy.retry_at(attempts, now)
+                reason = r.error
+                if retry_at is None and not r.parked:
+                    reason = f"gave up after {attempts} attempts: {r.error}"
+                failed.append(FailedAttempt(r.entry.id, reason, retry_at))
+                r = RelayedEvent(r.entry, None, reason, parked=retry_at is None)
+                with about_entry(r.entry):  # in the relay's span: its trace ids too
+                    _log_failure(r, attempts, retry_at)
+            relayed.append(r)
     await outbox.settle(lease, published=published, failed=failed, released=released)
     return relayed
 
 
+def about_entry(entry: OutboxEntry) -> AbstractContextManager[None]:
+    """Log lines about one outbox row name its event and task (the logging processor adds
+    the current span's trace ids)."""
+    event_id = entry.event.event_id if entry.event is not None else None
+    return about_event(event_id, entry.task_id, outbox_id=entry.id)
+
+
 def _log_failure(r: RelayedEvent, attempts: int, retry_at: datetime | None) -> None:
-    context = {
-        "outbox_id": r.entry.id,
-        "event_id": r.entry.event.event_id if r.entry.event is not None else None,
-        "task_id": r.entry.task_id,
-        "attempts": attempts,
-        "error": r.error,
-    }
+    context = {"attempts": attempts, "error": r.error}
     if retry_at is None:
         log.error("a triggered event is parked: it will not be published", **context)
     else:
@@ -282,7 +287,9 @@ async def _publish_in_order(
         try:
             if entry.event is None:
                 raise UnpublishableError(entry.unreadable or "no event")
-            await publisher.publish(entry.event)
+            with about_entry(entry):
+                # Its span links to what set the schedule (or asked for the trigger).
+                await publisher.publish(entry.event, cause=entry.cause)
         except UnpublishableError as error:
             # Can never be published: every attempt left is spent at once.
             results.append(RelayedEvent(entry, None, f"unreadable outbox row: {error}", True))

@@ -25,18 +25,24 @@ RECURRENCE = "recurrence"
 
 
 async def sync_task_schedule(
-    event: TaskEvent, *, schedules: TaskSchedules, now: datetime | None = None
+    event: TaskEvent,
+    *,
+    schedules: TaskSchedules,
+    now: datetime | None = None,
+    cause: str | None = None,
 ) -> Outcome:
     """Keep a task's schedule in step with its events: `recurrence` in a task.created or
     task.updated payload sets the schedule (`"recurrence": null` removes it; no key leaves
     it alone), task.deleted removes it, task.completed schedules the next occurrence of an
     "N days after completion" recurrence. Idempotent: a redelivered event sets the same
     schedule again (an unchanged rule keeps its next fire time), and an event older than
-    the newest one applied for the task — a replay after a deletion, say — is ignored."""
+    the newest one applied for the task — a replay after a deletion, say — is ignored.
+    `cause`, the `traceparent` of this event's handling, is kept with the schedule it sets
+    (or advances after a completion): its triggered events link to it."""
     try:
         match event.known_type:
             case EventType.TASK_CREATED | EventType.TASK_UPDATED:
-                return await _apply_recurrence(event, schedules, now or datetime.now(UTC))
+                return await _apply_recurrence(event, schedules, now or datetime.now(UTC), cause)
             case EventType.TASK_DELETED:
                 change = await schedules.delete_for_task(event.task_id, event_at=event.timestamp)
                 return _outcome(change, applied="schedule removed", nothing="no schedule")
@@ -50,7 +56,7 @@ async def sync_task_schedule(
                     )
 
                 change = await schedules.complete_task(
-                    event.task_id, completed_at=completed_at, plan=after_completion
+                    event.task_id, completed_at=completed_at, plan=after_completion, cause=cause
                 )
                 return _outcome(change, applied="next occurrence scheduled after completion")
             case _:
@@ -61,7 +67,9 @@ async def sync_task_schedule(
         return Outcome.drop(f"the schedule store refuses this event's values: {error}")
 
 
-async def _apply_recurrence(event: TaskEvent, schedules: TaskSchedules, now: datetime) -> Outcome:
+async def _apply_recurrence(
+    event: TaskEvent, schedules: TaskSchedules, now: datetime, cause: str | None
+) -> Outcome:
     if RECURRENCE not in event.payload:
         return Outcome.success()
     recurrence = event.payload[RECURRENCE]
@@ -82,6 +90,7 @@ async def _apply_recurrence(event: TaskEvent, schedules: TaskSchedules, now: dat
             payload=template,
             next_fire_at=first_occurrence(rule, now, options),
             options=options,
+            cause=cause,
         ),
         event_at=event.timestamp,
     )

@@ -68,17 +68,27 @@ class ScheduleStore(Protocol):
     async def delete(self, schedule_id: uuid.UUID) -> bool: ...
 
     async def update(
-        self, schedule_id: uuid.UUID, edit: Callable[[Schedule], ScheduleUpdate]
+        self,
+        schedule_id: uuid.UUID,
+        edit: Callable[[Schedule], ScheduleUpdate],
+        *,
+        cause: str | None = None,
     ) -> Schedule | None:
         """Lock the schedule, compute its new state from the current one with `edit`
-        (which may raise to refuse the change), store it. None: no such schedule."""
+        (which may raise to refuse the change), store it with `cause` (the request's
+        `traceparent`). None: no such schedule."""
         ...
 
     async def enqueue(
-        self, schedule_id: uuid.UUID, make_event: Callable[[Schedule], TaskEvent]
+        self,
+        schedule_id: uuid.UUID,
+        make_event: Callable[[Schedule], TaskEvent],
+        *,
+        cause: str | None = None,
     ) -> TaskEvent | None:
         """Put the event `make_event` builds from the schedule into the outbox (a manual
-        trigger); None: no such schedule. An event id already waiting is not added twice."""
+        trigger; `cause`, the request's `traceparent`); None: no such schedule. An event id
+        already waiting is not added twice."""
         ...
 
     async def missed(self, schedule_id: uuid.UUID, *, limit: int) -> list[MissedRecord]: ...
@@ -103,11 +113,16 @@ class TaskSchedules(Protocol):
     async def delete_for_task(self, task_id: str, *, event_at: datetime) -> TaskChange: ...
 
     async def complete_task(
-        self, task_id: str, *, completed_at: datetime, plan: Callable[[Schedule], datetime | None]
+        self,
+        task_id: str,
+        *,
+        completed_at: datetime,
+        plan: Callable[[Schedule], datetime | None],
+        cause: str | None = None,
     ) -> TaskChange:
         """For a completion-based schedule of the task: set its next fire time to what
-        `plan` says (None: the schedule is over). A completion not newer than the last
-        one applied changes nothing."""
+        `plan` says (None: the schedule is over) and its cause to the completion's. A
+        completion not newer than the last one applied changes nothing."""
         ...
 
 
@@ -115,6 +130,7 @@ class TaskSchedules(Protocol):
 class PlannedEvent:
     event: TaskEvent
     due_at: datetime
+    cause: str | None = None  # the `traceparent` its publish links to
 
 
 class ClaimedSchedules(Protocol):
@@ -164,6 +180,7 @@ class OutboxEntry:
     task_id: str
     attempts: int = 0  # failed attempts before this one
     unreadable: str | None = None
+    cause: str | None = None  # the `traceparent` its publish links to
 
 
 @dataclass(frozen=True, slots=True)
@@ -227,7 +244,8 @@ class ParkedOutbox(Protocol):
 
 
 class Publisher(Protocol):
-    async def publish(self, event: TaskEvent) -> None: ...
+    async def publish(self, event: TaskEvent, *, cause: str | None = None) -> None:
+        """`cause`: the `traceparent` of what the event follows from, in another trace."""
 
 
 class ConnectingPublisher(Publisher, Protocol):

@@ -474,6 +474,7 @@ class NewSchedule:
     next_fire_at: datetime | None
     options: ScheduleOptions = ScheduleOptions()
     paused: bool = False
+    cause: str | None = None  # the `traceparent` of what sets it (a task event, a request)
 
 
 @dataclass(frozen=True, slots=True)
@@ -493,6 +494,8 @@ class Schedule:
     paused: bool = False
     last_completed_at: datetime | None = None
     broken: str | None = None  # why it can no longer fire (its rule cannot be read)
+    # The `traceparent` of what last set it: its triggered events' publishes link to it.
+    cause: str | None = None
 
 
 def _weekdays_by_name(day_of_week: str, expression: str) -> str:

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import logging
 import sys
+from contextlib import AbstractContextManager
+from typing import Any
 
 import structlog
 from opentelemetry import trace
@@ -28,6 +30,15 @@ def add_trace_context(
     if (event_id := current_event_id()) is not None:
         event_dict.setdefault("event_id", event_id)
     return event_dict
+
+
+def about_event(
+    event_id: str | None, task_id: str | None = None, **more: Any
+) -> AbstractContextManager[None]:
+    """The log lines written in the block name the event (and task) they are about: for
+    work on one event outside its delivery (a relay publishing it, a deferred send), which
+    binds them itself. `add_trace_context` adds the current span's ids."""
+    return structlog.contextvars.bound_contextvars(event_id=event_id, task_id=task_id, **more)
 
 
 def configure_logging(service: str, *, level: str = "INFO", json: bool = False) -> None:

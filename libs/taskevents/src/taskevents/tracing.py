@@ -36,7 +36,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "EntrySpan",
-    "SpanKind",  # re-exported for the services' own spans
+    "Span",  # re-exported for the services' own spans
+    "SpanKind",
     "bulk_spans",
     "configure_tracing",
     "context_of",

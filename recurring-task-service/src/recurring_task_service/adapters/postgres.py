@@ -68,8 +68,8 @@ def _translating_outages(
 
 _INSERT_SCHEDULE = """INSERT INTO recurring_schedules (task_id, user_id, cron,
         interval_seconds, after_completion_seconds, timezone, payload, next_fire_at,
-        starts_at, ends_at, max_count, coalesce_missed, paused, active)
-    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"""
+        starts_at, ends_at, max_count, coalesce_missed, paused, active, traceparent)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)"""
 _INSERT_SCHEDULE_UNLESS_THE_TASK_HAS_ONE = (
     _INSERT_SCHEDULE
     + """
@@ -137,7 +137,11 @@ class PostgresSchedules:
 
     @_translating_outages
     async def update(
-        self, schedule_id: uuid.UUID, edit: Callable[[Schedule], ScheduleUpdate]
+        self,
+        schedule_id: uuid.UUID,
+        edit: Callable[[Schedule], ScheduleUpdate],
+        *,
+        cause: str | None = None,
     ) -> Schedule | None:
         async with self._pool.acquire() as connection, connection.transaction():
             row = await connection.fetchrow(
@@ -153,7 +157,7 @@ class PostgresSchedules:
                        timezone = $5, payload = $6, next_fire_at = $7, starts_at = $8,
                        ends_at = $9, max_count = $10, coalesce_missed = $11, paused = $12,
                        active = $13, broken_reason = NULL, broken_at = NULL,
-                       updated_at = now()
+                       traceparent = $14, updated_at = now()
                    WHERE id = $1
                    RETURNING *""",
                 schedule_id,
@@ -163,12 +167,17 @@ class PostgresSchedules:
                 *_option_columns(change.options),
                 change.paused,
                 change.active,
+                cause,
             )
         return _schedule(updated)
 
     @_translating_outages
     async def enqueue(
-        self, schedule_id: uuid.UUID, make_event: Callable[[Schedule], TaskEvent]
+        self,
+        schedule_id: uuid.UUID,
+        make_event: Callable[[Schedule], TaskEvent],
+        *,
+        cause: str | None = None,
     ) -> TaskEvent | None:
         async with self._pool.acquire() as connection, connection.transaction():
             row = await connection.fetchrow(
@@ -178,10 +187,11 @@ class PostgresSchedules:
                 return None
             event = make_event(_schedule(row))
             await connection.execute(
-                """INSERT INTO recurring_outbox (event_id, schedule_id, task_id, event, due_at)
-                   SELECT $1, $2, $3, $4, $5
+                """INSERT INTO recurring_outbox
+                          (event_id, schedule_id, task_id, event, due_at, traceparent)
+                   SELECT $1, $2, $3, $4, $5, $6
                     WHERE NOT EXISTS (SELECT 1 FROM recurring_outbox WHERE event_id = $1)""",
-                *_outbox_values(schedule_id, PlannedEvent(event, event.timestamp)),
+                *_outbox_values(schedule_id, PlannedEvent(event, event.timestamp, cause)),
             )
         return event
 
@@ -231,7 +241,7 @@ class PostgresSchedules:
                        after_completion_seconds = $5, timezone = $6, payload = $7,
                        next_fire_at = $8, starts_at = $9, ends_at = $10, max_count = $11,
                        coalesce_missed = $12, active = $13, broken_reason = NULL,
-                       broken_at = NULL, updated_at = now()
+                       broken_at = NULL, traceparent = $14, updated_at = now()
                    WHERE id = $1""",
                 row["id"],
                 new.user_id,
@@ -240,6 +250,7 @@ class PostgresSchedules:
                 next_fire_at,
                 *_option_columns(new.options),
                 active,
+                new.cause,
             )
             return TaskChange.APPLIED
 
@@ -255,7 +266,12 @@ class PostgresSchedules:
 
     @_translating_outages
     async def complete_task(
-        self, task_id: str, *, completed_at: datetime, plan: Callable[[Schedule], datetime | None]
+        self,
+        task_id: str,
+        *,
+        completed_at: datetime,
+        plan: Callable[[Schedule], datetime | None],
+        cause: str | None = None,
     ) -> TaskChange:
         async with self._pool.acquire() as connection, connection.transaction():
             row = await connection.fetchrow(
@@ -273,11 +289,12 @@ class PostgresSchedules:
             await connection.execute(
                 """UPDATE recurring_schedules SET next_fire_at = $2::timestamptz,
                        last_completed_at = $3, active = $2::timestamptz IS NOT NULL,
-                       updated_at = now()
+                       traceparent = $4, updated_at = now()
                    WHERE id = $1""",
                 row["id"],
                 next_fire_at,
                 completed_at,
+                cause,
             )
         return TaskChange.APPLIED
 
@@ -318,8 +335,8 @@ class PostgresSchedules:
                 if claimed.outbox:
                     await connection.executemany(
                         """INSERT INTO recurring_outbox
-                               (event_id, schedule_id, task_id, event, due_at)
-                           VALUES ($1, $2, $3, $4, $5)""",
+                               (event_id, schedule_id, task_id, event, due_at, traceparent)
+                           VALUES ($1, $2, $3, $4, $5, $6)""",
                         claimed.outbox,
                     )
                 if claimed.missed:
@@ -363,7 +380,7 @@ class PostgresSchedules:
                   SET leased_until = now() + make_interval(secs => $2), lease_token = $3
                  FROM waiting
                 WHERE o.id = waiting.id
-            RETURNING o.id, o.event, o.due_at, o.task_id, o.attempts""",
+            RETURNING o.id, o.event, o.due_at, o.task_id, o.attempts, o.traceparent""",
             limit,
             lease_seconds,
             token,
@@ -441,7 +458,12 @@ class PostgresSchedules:
 
 
 def _outbox_entry(row: asyncpg.Record) -> OutboxEntry:
-    common = {"id": row["id"], "due_at": row["due_at"], "task_id": row["task_id"]}
+    common = {
+        "id": row["id"],
+        "due_at": row["due_at"],
+        "task_id": row["task_id"],
+        "cause": row["traceparent"],
+    }
     try:
         event = TaskEvent.model_validate_json(row["event"])
     except ValueError as error:
@@ -531,7 +553,14 @@ class _Lease:
 
 def _outbox_values(schedule_id: uuid.UUID, planned: PlannedEvent) -> tuple[Any, ...]:
     event = planned.event
-    return (event.event_id, schedule_id, event.task_id, event.to_json(), planned.due_at)
+    return (
+        event.event_id,
+        schedule_id,
+        event.task_id,
+        event.to_json(),
+        planned.due_at,
+        planned.cause,
+    )
 
 
 def _starts_active(new: NewSchedule) -> bool:
@@ -567,6 +596,7 @@ def _new_values(
         *_option_columns(new.options),
         new.paused,
         active,
+        new.cause,
     )
 
 
@@ -612,4 +642,5 @@ def _schedule(row: asyncpg.Record, *, strict: bool = False) -> Schedule:
         paused=row["paused"],
         last_completed_at=row["last_completed_at"],
         broken=broken,
+        cause=row["traceparent"],
     )

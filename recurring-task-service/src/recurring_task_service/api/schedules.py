@@ -30,6 +30,7 @@ from recurring_task_service.schedules import (
 )
 from taskevents.auth import Caller, Identity, ensure_may_act_for, user_filter_for
 from taskevents.events import EventType, NonEmptyId, TaskEvent
+from taskevents.tracing import current_traceparent
 
 MAX_LIST_LIMIT = 1000
 MAX_PREVIEW = 1000
@@ -309,6 +310,7 @@ def schedules_router() -> APIRouter:
                     next_fire_at=first_occurrence(rule, datetime.now(UTC), options),
                     options=options,
                     paused=bool(body.paused),
+                    cause=current_traceparent(),
                 )
             )
         except ScheduleExistsError as error:
@@ -424,7 +426,7 @@ def schedules_router() -> APIRouter:
                 timestamp=now,
             )
 
-        event = await schedules.enqueue(schedule_id, manual_event)
+        event = await schedules.enqueue(schedule_id, manual_event, cause=current_traceparent())
         if event is None:
             raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no schedule {schedule_id}")
         waker.wake_at(now)
@@ -469,7 +471,9 @@ async def _edit(
     await _owned(schedules, schedule_id, caller, "changing a schedule")
     now = _now()
     try:
-        schedule = await schedules.update(schedule_id, lambda c: change.edit(c, now))
+        schedule = await schedules.update(
+            schedule_id, lambda c: change.edit(c, now), cause=current_traceparent()
+        )
     except InvalidScheduleError as error:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, detail=str(error)) from None
     if schedule is None:

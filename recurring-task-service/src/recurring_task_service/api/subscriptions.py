@@ -15,7 +15,7 @@ from taskevents.cloudevents import CloudEvent
 from taskevents.events import TaskEvent
 from taskevents.logging import get_logger
 from taskevents.status import Outcome
-from taskevents.tracing import within
+from taskevents.tracing import current_traceparent, within
 from taskevents.web import BulkEntry, DeadLettersDep, app_token, deliver_bulk, deliver_event
 
 log = get_logger(__name__)
@@ -34,7 +34,8 @@ def subscriptions_router(settings: Settings) -> APIRouter:
         request: Request, schedules: TaskSchedulesDep, dead_letters: DeadLettersDep
     ) -> JSONResponse:
         async def handle(event: TaskEvent, _envelope: CloudEvent) -> Outcome:
-            return await sync_task_schedule(event, schedules=schedules)
+            # Within the delivery's handling span: the schedule's cause.
+            return await sync_task_schedule(event, schedules=schedules, cause=current_traceparent())
 
         return await deliver_event(request, handle, dead_letters=dead_letters)
 
@@ -60,7 +61,8 @@ def subscriptions_router(settings: Settings) -> APIRouter:
 
 async def _one(event: TaskEvent, schedules: TaskSchedules) -> Outcome:
     try:
-        return await sync_task_schedule(event, schedules=schedules)
+        # Within the entry's handling span: the schedule's cause.
+        return await sync_task_schedule(event, schedules=schedules, cause=current_traceparent())
     except Exception as error:
         log.exception("bulk entry failed; asking Dapr to retry it", event_id=event.event_id)
         return Outcome.retry(f"{type(error).__name__}: {error}")
