@@ -9,7 +9,7 @@ import asyncio
 import json
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -138,10 +138,22 @@ async def read_from(
         await consumer.stop()
 
 
-async def produce_raw(brokers: Brokers, value: bytes, *, key: str, topic: str = TOPIC) -> None:
+async def produce_raw(
+    brokers: Brokers,
+    value: bytes,
+    *,
+    key: str,
+    topic: str = TOPIC,
+    headers: Mapping[str, str] | None = None,
+) -> None:
     producer = AIOKafkaProducer(**kafka_client_options(brokers))
     await producer.start()
     try:
-        await producer.send_and_wait(topic, value, key=key.encode())
+        await producer.send_and_wait(
+            topic,
+            value,
+            key=key.encode(),
+            headers=[(k, v.encode()) for k, v in (headers or {}).items()] or None,
+        )
     finally:
         await producer.stop()
