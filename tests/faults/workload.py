@@ -100,6 +100,7 @@ class WsClient:
     events: list[dict[str, Any]] = field(default_factory=list)
     resumes: list[dict[str, Any]] = field(default_factory=list)
     connections: int = 0
+    welcomed: int = 0  # the number of the last connection that got its welcome
     connected_once: asyncio.Event = field(default_factory=asyncio.Event)
     stopped: asyncio.Event = field(default_factory=asyncio.Event)
     socket: Any = None
@@ -129,12 +130,18 @@ class WsClient:
                             elif one["kind"] == "resume":
                                 self.resumes.append(one)
                             elif one["kind"] == "welcome":
+                                self.welcomed = self.connections
                                 self.connected_once.set()
             except (OSError, ConnectionClosed, InvalidStatus, InvalidHandshake, TimeoutError):
                 pass
             self.socket = None
             if not self.stopped.is_set():
                 await asyncio.sleep(0.5)  # back-off before reconnecting, as a browser would
+
+    @property
+    def live(self) -> bool:
+        """Connected, and welcomed on this connection: events published now reach it."""
+        return self.socket is not None and self.welcomed == self.connections
 
     async def cut(self) -> None:
         if self.socket is not None:
@@ -290,6 +297,12 @@ async def refused_notification(system: System, client: WsClient) -> str:
         TaskEvent.create(EventType.TASK_UPDATED, task_id=task_id, user_id=client.user_id),
     ]
     headers = {"dapr-api-token": system.stack.dapr_api_token}
+
+    async def live() -> bool:
+        return client.live
+
+    # A client with no events yet reconnects without resume: it must be there when they go.
+    await eventually(live, timeout=60, what="the refused user's client connected")
     async with httpx.AsyncClient(timeout=15.0, headers=headers) as http:
         for event in events:
             response = await http.post(
@@ -327,7 +340,7 @@ async def refused_notification(system: System, client: WsClient) -> str:
     await client.cut()
 
     async def back() -> bool:
-        return client.connections > connections and client.socket is not None
+        return client.connections > connections and client.live
 
     await eventually(back, timeout=60, what="the client back after the cut")
     return events[0].event_id
