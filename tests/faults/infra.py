@@ -19,7 +19,16 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from tests.support.stack import ROOT, RUN_ID, SCRIPTS, STATE, Stack, free_port
+from tests.support.stack import (
+    JAEGER_URL,
+    OTLP_ENDPOINT,
+    ROOT,
+    RUN_ID,
+    SCRIPTS,
+    STATE,
+    Stack,
+    free_port,
+)
 
 
 @dataclass
@@ -147,6 +156,8 @@ def suite_stack(infra: OwnInfra, log_dir: Path) -> Stack:
         log_dir=log_dir,
         sentry_address=f"127.0.0.1:{os.environ.get('SENTRY_PORT', '50100')}",
         trust_anchors=(STATE / "sentry" / "credentials" / "ca.crt").read_text(),
+        otlp_endpoint=OTLP_ENDPOINT,
+        jaeger_url=JAEGER_URL,
     )
 
 

@@ -19,9 +19,11 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
+from taskevents.events import EventType, TaskEvent
 from taskevents_cli.demo import DemoStream
 from tests.faults.system import Replica, System
 from tests.support.live_stream import hs_token
+from tests.support.waiting import eventually
 
 TOPIC = "task-events"
 PUBLISH_GIVE_UP_SECONDS = 180.0
@@ -98,6 +100,7 @@ class WsClient:
     events: list[dict[str, Any]] = field(default_factory=list)
     resumes: list[dict[str, Any]] = field(default_factory=list)
     connections: int = 0
+    welcomed: int = 0  # the number of the last connection that got its welcome
     connected_once: asyncio.Event = field(default_factory=asyncio.Event)
     stopped: asyncio.Event = field(default_factory=asyncio.Event)
     socket: Any = None
@@ -127,12 +130,18 @@ class WsClient:
                             elif one["kind"] == "resume":
                                 self.resumes.append(one)
                             elif one["kind"] == "welcome":
+                                self.welcomed = self.connections
                                 self.connected_once.set()
             except (OSError, ConnectionClosed, InvalidStatus, InvalidHandshake, TimeoutError):
                 pass
             self.socket = None
             if not self.stopped.is_set():
                 await asyncio.sleep(0.5)  # back-off before reconnecting, as a browser would
+
+    @property
+    def live(self) -> bool:
+        """Connected, and welcomed on this connection: events published now reach it."""
+        return self.socket is not None and self.welcomed == self.connections
 
     async def cut(self) -> None:
         if self.socket is not None:
@@ -265,3 +274,73 @@ async def replay_dead_letters(system: System, *, rounds: int = 5) -> int:
             if not replayed:
                 break
     return total
+
+
+async def refused_notification(system: System, client: WsClient) -> str:
+    """A dead letter an operator's replay must bring back to one app only: a valid
+    `task.created` of `client`'s user (who has no preferences) whose address
+    notification-service refuses for good, so that it dead-letters the event itself, then a
+    later event of the same task. Once the client has both and the letter is filed, the
+    client is cut and comes back with resume — a client that already had the event when the
+    replay arrives. Returns the refused event's id."""
+    assert system.publisher is not None
+    port = system.publisher.service.dapr_http_port
+    url = f"http://127.0.0.1:{port}/v1.0/publish/kafka-pubsub/{TOPIC}"
+    task_id = f"task-{client.user_id}"
+    events = [
+        TaskEvent.create(
+            EventType.TASK_CREATED,
+            task_id=task_id,
+            user_id=client.user_id,
+            payload={"title": "Refused address", "user_email": "not-an-address"},
+        ),
+        TaskEvent.create(EventType.TASK_UPDATED, task_id=task_id, user_id=client.user_id),
+    ]
+    headers = {"dapr-api-token": system.stack.dapr_api_token}
+
+    async def live() -> bool:
+        return client.live
+
+    # A client with no events yet reconnects without resume: it must be there when they go.
+    await eventually(live, timeout=60, what="the refused user's client connected")
+    async with httpx.AsyncClient(timeout=15.0, headers=headers) as http:
+        for event in events:
+            response = await http.post(
+                url,
+                content=event.to_json().encode(),
+                params={
+                    "metadata.partitionKey": event.task_id,
+                    "metadata.cloudevent.id": event.event_id,
+                },
+                headers={"content-type": "application/json"},
+            )
+            response.raise_for_status()
+        ids = {e.event_id for e in events}
+
+        async def received() -> bool:
+            return ids <= {str(e["event_id"]) for e in client.events}
+
+        await eventually(received, timeout=60, what="the refused event at its client")
+        audit = system.of("audit")[0]
+        operator = {"authorization": f"Bearer {hs_token('faults-operator', roles=['operator'])}"}
+
+        async def filed() -> bool:
+            response = await http.get(
+                f"{audit.url}/audit/dead-letters",
+                params={"type": "task.created", "limit": 100},
+                headers=operator,
+            )
+            return response.is_success and any(
+                i["event_id"] == events[0].event_id and i["app"] == "notification-service"
+                for i in response.json()["items"]
+            )
+
+        await eventually(filed, timeout=60, what="notification-service's dead letter")
+    connections = client.connections
+    await client.cut()
+
+    async def back() -> bool:
+        return client.connections > connections and client.live
+
+    await eventually(back, timeout=60, what="the client back after the cut")
+    return events[0].event_id

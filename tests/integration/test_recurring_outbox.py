@@ -118,7 +118,12 @@ class LockProbe(EventPublisher):
         self.problems: list[str] = []
 
     async def publish(
-        self, event: TaskEvent, *, topic: str | None = None, cause: str | None = None
+        self,
+        event: TaskEvent,
+        *,
+        topic: str | None = None,
+        cause: str | None = None,
+        replay_for: str | None = None,
     ) -> None:
         # Named, so that the probes of events published side by side do not count each
         # other's short transactions.
@@ -145,7 +150,7 @@ class LockProbe(EventPublisher):
             self.problems.append(f"{event.event_id}: its row is locked while publishing")
         finally:
             await connection.close()
-        await self._inner.publish(event, topic=topic, cause=cause)
+        await self._inner.publish(event, topic=topic, cause=cause, replay_for=replay_for)
 
 
 async def test_the_relay_publishes_with_no_lock_or_transaction_held(

@@ -9,7 +9,7 @@ import asyncio
 import json
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -17,6 +17,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
 from taskevents.kafka import KafkaSettings, kafka_client_options
+from tests.support.waiting import eventually
 
 Brokers = str | KafkaSettings
 
@@ -55,10 +56,21 @@ def probe_data() -> dict[str, Any]:
 
 
 async def wait_until_consuming(
-    brokers: Brokers, groups: Iterable[str], *, timeout: float = 90.0
+    brokers: Brokers,
+    groups: Iterable[str],
+    *,
+    timeout: float = 90.0,
+    every_partition: bool = False,
 ) -> None:
     """Wait until every consumer group has consumed and committed a probe published after
-    the call started: only then are messages published from now on sure to reach it."""
+    the call started: only then are messages published from now on sure to reach it.
+    `every_partition`: a probe on each partition, each committed by every group — a group
+    with no committed offset on a partition starts it at its initialOffset again when its
+    sidecar restarts (websocket-pubsub: the newest, skipping what came meanwhile)."""
+    if every_partition:
+        for partition in range(6):
+            await _committed_everywhere(brokers, set(groups), partition, timeout=timeout)
+        return
     pending = set(groups)
     deadline = time.monotonic() + timeout
     producer = AIOKafkaProducer(**kafka_client_options(brokers))
@@ -85,6 +97,34 @@ async def wait_until_consuming(
                     if committed is not None and committed.offset > sent.offset:
                         pending.discard(group)
                 await asyncio.sleep(POLL_SECONDS)
+    finally:
+        await producer.stop()
+        await admin.close()
+
+
+async def _committed_everywhere(
+    brokers: Brokers, groups: set[str], partition: int, *, timeout: float
+) -> None:
+    """Publish a probe on `partition` and wait until every group committed past it."""
+    producer = AIOKafkaProducer(**kafka_client_options(brokers))
+    admin = AIOKafkaAdminClient(**kafka_client_options(brokers))
+    await producer.start()
+    await admin.start()
+    try:
+        sent = await producer.send_and_wait(
+            TOPIC, cloud_event(probe_data()), key=b"probe", partition=partition
+        )
+        tp = TopicPartition(TOPIC, sent.partition)
+
+        async def committed() -> bool:
+            for group in list(groups):
+                offsets = await admin.list_consumer_group_offsets(group, partitions=[tp])
+                found = offsets.get(tp)
+                if found is not None and found.offset > sent.offset:
+                    groups.discard(group)
+            return not groups
+
+        await eventually(committed, timeout=timeout, interval=POLL_SECONDS, what=f"commits on {tp}")
     finally:
         await producer.stop()
         await admin.close()
@@ -138,10 +178,22 @@ async def read_from(
         await consumer.stop()
 
 
-async def produce_raw(brokers: Brokers, value: bytes, *, key: str, topic: str = TOPIC) -> None:
+async def produce_raw(
+    brokers: Brokers,
+    value: bytes,
+    *,
+    key: str,
+    topic: str = TOPIC,
+    headers: Mapping[str, str] | None = None,
+) -> None:
     producer = AIOKafkaProducer(**kafka_client_options(brokers))
     await producer.start()
     try:
-        await producer.send_and_wait(topic, value, key=key.encode())
+        await producer.send_and_wait(
+            topic,
+            value,
+            key=key.encode(),
+            headers=[(k, v.encode()) for k, v in (headers or {}).items()] or None,
+        )
     finally:
         await producer.stop()

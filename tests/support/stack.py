@@ -47,6 +47,11 @@ class Stack:
     app_api_token: str = field(default_factory=lambda: secrets.token_urlsafe(24))
 
 
+# The shared stack's Jaeger (scripts/jaeger.sh), for every harness's sidecars and services.
+OTLP_ENDPOINT = f"http://127.0.0.1:{os.environ.get('JAEGER_OTLP_GRPC_PORT', '4317')}"
+JAEGER_URL = f"http://127.0.0.1:{os.environ.get('JAEGER_UI_PORT', '16686')}"
+
+
 def ensure_stack() -> Stack:
     env = {**os.environ, "PYTHON": str(ROOT / ".venv" / "bin" / "python")}
     _run(["bash", str(SCRIPTS / "stack.sh"), "up"], env)
@@ -66,8 +71,8 @@ def ensure_stack() -> Stack:
         log_dir=log_dir,
         sentry_address=f"127.0.0.1:{os.environ.get('SENTRY_PORT', '50100')}",
         trust_anchors=(STATE / "sentry" / "credentials" / "ca.crt").read_text(),
-        otlp_endpoint=f"http://127.0.0.1:{os.environ.get('JAEGER_OTLP_GRPC_PORT', '4317')}",
-        jaeger_url=f"http://127.0.0.1:{os.environ.get('JAEGER_UI_PORT', '16686')}",
+        otlp_endpoint=OTLP_ENDPOINT,
+        jaeger_url=JAEGER_URL,
     )
 
 

@@ -50,6 +50,7 @@ class FakeAudit:
     batches: list[list[tuple[TaskEvent, Delivery]]] = field(default_factory=list)
     letters: dict[int, StoredDeadLetter] = field(default_factory=dict)
     republished: list[TaskEvent] = field(default_factory=list)
+    replayed_for: list[str | None] = field(default_factory=list)
     stats_of: list[str | None] = field(default_factory=list)
 
     async def record_event(self, event: TaskEvent, delivery: Delivery) -> bool:
@@ -102,12 +103,16 @@ class FakeAudit:
         self.letters[letter_id] = self.letters[letter_id].model_copy(update=changes)
         return self.letters[letter_id]
 
-    async def republish(self, event: TaskEvent, *, cause: str | None = None) -> None:
+    async def republish(
+        self, event: TaskEvent, *, cause: str | None = None, replay_for: str | None = None
+    ) -> None:
         self.republished.append(event)
+        self.replayed_for.append(replay_for)
 
 
-def stored_dead_letter(letter_id: int, raw: str) -> StoredDeadLetter:
+def stored_dead_letter(letter_id: int, raw: str, app: str | None = None) -> StoredDeadLetter:
     return StoredDeadLetter(
+        app=app,
         id=letter_id,
         message_id=f"m-{letter_id}",
         topic="task-events-dlq",
@@ -384,6 +389,24 @@ async def test_a_replay_publishes_the_event_again_and_records_who(
     assert (response.json()["status"], response.json()["replayed_by"]) == ("replayed", "ada")
     [event] = audit.republished
     assert (event.event_id, event.task_id) == ("e-1", "t-1")
+    assert audit.replayed_for == [None]  # daprd's letter, of no app: for every subscriber
+
+
+async def test_a_replay_is_addressed_to_the_app_whose_dead_letter_it_is(
+    client: httpx.AsyncClient, audit: FakeAudit
+) -> None:
+    audit.letters[7] = stored_dead_letter(7, cloud_event(EVENT), app="notification-service")
+    audit.letters[8] = stored_dead_letter(8, cloud_event(EVENT), app="websocket-service")
+
+    response = await client.post("/audit/dead-letters/replay", json={})
+
+    assert sorted(response.json()["replayed"]) == [7, 8]
+    # One publish per letter, each for its own app only.
+    assert sorted(str(a) for a in audit.replayed_for) == [
+        "notification-service",
+        "websocket-service",
+    ]
+    assert {e.event_id for e in audit.republished} == {"e-1"}
 
 
 async def test_what_cannot_be_replayed_gets_409_and_missing_letters_404(

@@ -8,10 +8,10 @@ from contextlib import asynccontextmanager
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse
 from fastapi.testclient import TestClient
-from prometheus_client import generate_latest
+from prometheus_client import REGISTRY, generate_latest
 from pydantic import SecretStr
 
-from taskevents.cloudevents import CloudEvent
+from taskevents.cloudevents import REPLAY_FOR_ATTRIBUTE, CloudEvent
 from taskevents.events import TaskEvent
 from taskevents.settings import ServiceSettings
 from taskevents.status import Outcome
@@ -315,3 +315,96 @@ def test_bulk_drops_are_dead_lettered_each_with_its_reason_and_key() -> None:
     assert by_key["t-1"] == (good, "refused")
     assert by_key["t-2"][0] == bad
     assert "task_id" in by_key["t-2"][1]
+
+
+# --- A replayed dead letter is for the app that gave up on it ----------------------------
+
+
+def replay_of(data: object, replay_for: str) -> dict[str, object]:
+    return {**json.loads(envelope(data)), REPLAY_FOR_ATTRIBUTE: replay_for}
+
+
+def replaying_app(app_id: str, handler: RecordingHandler) -> TestClient:
+    """A subscriber whose app id is `app_id`, with a single and a bulk route."""
+    app = FastAPI()
+    app.state.app_id = app_id  # as service_app sets it
+
+    @app.post("/events")
+    async def events(request: Request) -> JSONResponse:
+        return await deliver_event(request, handler)
+
+    @app.post("/events/bulk")
+    async def bulk(request: Request) -> JSONResponse:
+        async def handle(entries: Sequence[BulkEntry]) -> list[Outcome]:
+            return [await handler(e.event, e.envelope) for e in entries]
+
+        return await deliver_bulk(request, handle)
+
+    return TestClient(app)
+
+
+def skipped(route: str, app: str) -> float:
+    value = REGISTRY.get_sample_value(
+        "taskevents_replays_for_other_apps_total", {"route": route, "app": app}
+    )
+    return value or 0.0
+
+
+def test_a_replay_for_another_app_is_acknowledged_without_being_handled() -> None:
+    handler = RecordingHandler()
+    client = replaying_app("websocket-service", handler)
+    before = skipped("/events", "notification-service")
+
+    answer = client.post("/events", json=replay_of(EVENT, "notification-service"))
+
+    assert answer.json() == {"status": "SUCCESS"}
+    assert handler.seen == []
+    assert skipped("/events", "notification-service") == before + 1
+
+
+def test_a_replay_for_this_app_and_a_replay_for_everyone_are_handled() -> None:
+    handler = RecordingHandler()
+    client = replaying_app("websocket-service", handler)
+
+    own = client.post("/events", json=replay_of(EVENT, "websocket-service"))
+    everyone = client.post("/events", content=envelope({**EVENT, "event_id": "e-2"}))
+
+    assert own.json() == everyone.json() == {"status": "SUCCESS"}
+    assert [e.event_id for e in handler.seen] == ["e-1", "e-2"]
+
+
+def test_a_replay_for_another_app_is_not_judged_here_even_when_unreadable() -> None:
+    handler = RecordingHandler(Outcome.drop("never"))
+    client = replaying_app("websocket-service", handler)
+
+    answer = client.post("/events", json=replay_of({"type": ""}, "audit-log-service"))
+
+    assert answer.json() == {"status": "SUCCESS"}  # not dropped: not ours to dead-letter
+    assert handler.seen == []
+
+
+def test_bulk_entries_replayed_for_another_app_are_acknowledged_the_others_handled() -> None:
+    handler = RecordingHandler()
+    client = replaying_app("notification-service", handler)
+    before = skipped("/events/bulk", "websocket-service")
+    body = {
+        "entries": [
+            {"entryId": "a", "event": replay_of(EVENT, "websocket-service")},
+            {
+                "entryId": "b",
+                "event": replay_of({**EVENT, "event_id": "e-2"}, "notification-service"),
+            },
+            {"entryId": "c", "event": json.loads(envelope({**EVENT, "event_id": "e-3"}))},
+        ]
+    }
+
+    statuses = client.post("/events/bulk", json=body).json()["statuses"]
+
+    assert statuses == [{"entryId": x, "status": "SUCCESS"} for x in ("a", "b", "c")]
+    assert [e.event_id for e in handler.seen] == ["e-2", "e-3"]
+    assert skipped("/events/bulk", "websocket-service") == before + 1
+
+
+def test_service_app_knows_its_app_id_for_the_replay_rule() -> None:
+    with limited_app() as client:
+        assert client.app.state.app_id == "demo-service"  # type: ignore[attr-defined]

@@ -91,6 +91,7 @@ async def bootstrap(settings: Settings) -> AsyncIterator[Services]:
             topic=settings.topic,
             http_port=settings.dapr_http_port,
             grpc_port=settings.dapr_grpc_port,
+            source=APP_ID,
         )
         stack.push_async_callback(republisher.close)
         if not schema.migrated:

@@ -94,20 +94,26 @@ async def replay_dead_letter(
     letter_id: int, *, operator: str, desk: DeadLetterDesk, publisher: EventRepublisher
 ) -> StoredDeadLetter | None:
     """Publish the dead letter's event to task-events again, with its own event id and task
-    id as the key, then mark it replayed. None when there is no such letter."""
+    id as the key, then mark it replayed. None when there is no such letter. The replay is
+    addressed to the app that gave up on the message (the letter's `app`): the other
+    subscribers handled it already and acknowledge it unhandled (taskevents.web). A letter
+    that names no app (daprd made it) is replayed to every subscriber."""
     letter = await desk.get_dead_letter(letter_id)
     if letter is None:
         return None
     if letter.status == "discarded":
         raise ReplayRefusedError(f"dead letter {letter_id} was discarded")
     event = event_of_dead_letter(letter)
-    await publisher.republish(event, cause=parse_cloud_event(letter.raw).traceparent)
+    await publisher.republish(
+        event, cause=parse_cloud_event(letter.raw).traceparent, replay_for=letter.app
+    )
     DEAD_LETTER_ACTIONS.labels("replayed").inc()
     log.info(
         "dead letter replayed",
         dead_letter_id=letter_id,
         event_id=event.event_id,
         task_id=event.task_id,
+        replay_for=letter.app,
         operator=operator,
     )
     return await desk.mark_replayed(letter_id, operator)

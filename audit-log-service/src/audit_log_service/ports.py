@@ -199,7 +199,11 @@ class DeadLetterDesk(Protocol):
 
 
 class EventRepublisher(Protocol):
-    async def republish(self, event: TaskEvent, *, cause: str | None = None) -> None:
+    async def republish(
+        self, event: TaskEvent, *, cause: str | None = None, replay_for: str | None = None
+    ) -> None:
         """Publish the event to task-events again (same event id, same partition key);
-        `cause`: the `traceparent` of its first delivery, which the replay's trace links to."""
+        `cause`: the `traceparent` of its first delivery, which the replay's trace links to;
+        `replay_for`: the app whose dead letter this is — the only subscriber that handles
+        the replay (None: every subscriber does)."""
         ...

@@ -14,6 +14,12 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from taskevents.events import InvalidEventError, TaskEvent, derive_event_id
 
+# The CloudEvent extension attribute that addresses an operator's replay of a dead letter to
+# the app that gave up on it (the audit log keeps one letter per message and app); the other
+# subscribers acknowledge it without handling it (taskevents.web). A replay of a letter that
+# names no app (daprd made it) carries none and goes to every subscriber.
+REPLAY_FOR_ATTRIBUTE = "replayfor"
+
 
 class CloudEvent(BaseModel):
     model_config = ConfigDict(extra="allow", frozen=True)
@@ -40,6 +46,13 @@ class CloudEvent(BaseModel):
             if header and header.count("-") == 3:
                 return header.split("-")[1]
         return None
+
+    @property
+    def replay_for(self) -> str | None:
+        """The app a replayed dead letter is for (the `replayfor` extension); None for any
+        other message, and for a replay meant for every subscriber."""
+        value = (self.model_extra or {}).get(REPLAY_FOR_ATTRIBUTE)
+        return value if isinstance(value, str) and value else None
 
     def decoded_data(self) -> Any:
         """`data` as a Python value: objects stay objects, JSON text is parsed, base64 is

@@ -11,12 +11,11 @@ import asyncio
 from contextlib import AsyncExitStack
 from typing import Protocol
 
-from taskevents.publisher import LazyDaprClient
+from taskevents.publisher import CLOUD_EVENT_JSON, LazyDaprClient
 from taskevents.settings import ServiceSettings
 from taskevents.status import DEAD_LETTER_REASON_HEADER, DEAD_LETTER_SOURCE_HEADER
 
 MAX_REASON_CHARS = 1000
-CLOUD_EVENT_CONTENT_TYPE = "application/cloudevents+json"
 
 
 class DeadLetterSink(Protocol):
@@ -60,7 +59,7 @@ class DaprDeadLetters:
                 topic_name=self._topic,
                 data=message,
                 publish_metadata=metadata,
-                data_content_type=CLOUD_EVENT_CONTENT_TYPE,
+                data_content_type=CLOUD_EVENT_JSON,
             )
 
     async def close(self) -> None:

@@ -15,6 +15,12 @@ DELIVERY_SECONDS = Histogram(
     ["route"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
 )
+REPLAYS_FOR_OTHER_APPS = Counter(
+    "taskevents_replays_for_other_apps_total",
+    "Replayed dead letters acknowledged without handling: the replay is for another app "
+    "(the one that gave up on the message).",
+    ["route", "app"],
+)
 PUBLISHED = Counter(
     "taskevents_published_total", "Events published through the sidecar.", ["topic", "type"]
 )

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import TYPE_CHECKING
 
 import httpx
 from opentelemetry.trace import SpanKind
 
+from taskevents.cloudevents import REPLAY_FOR_ATTRIBUTE
 from taskevents.events import TaskEvent
 from taskevents.retry import SIDECAR_STARTING
 from taskevents.tracing import event_attributes, grpc_trace_interceptors, link_to, span
@@ -17,6 +19,7 @@ if TYPE_CHECKING:
 
 SIDECAR_WAIT_SECONDS = 60.0
 JSON = "application/json"
+CLOUD_EVENT_JSON = "application/cloudevents+json"
 
 
 class SidecarUnavailableError(RuntimeError):
@@ -73,17 +76,34 @@ class EventPublisher:
     """Publishes events with a JSON content type (so subscribers get `data` as an object),
     the event id as the CloudEvent id and the task id as the Kafka partition key."""
 
-    def __init__(self, *, pubsub_name: str, topic: str, http_port: int, grpc_port: int) -> None:
+    def __init__(
+        self,
+        *,
+        pubsub_name: str,
+        topic: str,
+        http_port: int,
+        grpc_port: int,
+        source: str = "taskevents",
+    ) -> None:
         self.pubsub_name = pubsub_name
         self.topic = topic
+        self.source = source  # the CloudEvent source of an envelope we make ourselves
         self._dapr = LazyDaprClient(http_port=http_port, grpc_port=grpc_port)
 
     async def publish(
-        self, event: TaskEvent, *, topic: str | None = None, cause: str | None = None
+        self,
+        event: TaskEvent,
+        *,
+        topic: str | None = None,
+        cause: str | None = None,
+        replay_for: str | None = None,
     ) -> None:
         """Publish in a PRODUCER span of the current trace; `cause`, the `traceparent` of
         what this publish follows from in another trace (a replayed event's first publish),
-        becomes a link."""
+        becomes a link. `replay_for`: the app a replayed dead letter is for, carried as the
+        CloudEvent's `replayfor` extension (so the envelope is ours, not daprd's: daprd
+        keeps the attributes of a CloudEvent it is given and adds the trace, topic and
+        pubsubname)."""
         destination = topic or self.topic
         with span(
             f"publish {destination}",
@@ -95,10 +115,27 @@ class EventPublisher:
             },
             links=link_to(cause),
         ):
+            if replay_for is None:
+                await self.publish_raw(
+                    event.to_json().encode(),
+                    key=event.task_id,
+                    cloudevent_id=event.event_id,
+                    topic=topic,
+                )
+                return
+            envelope = {
+                "specversion": "1.0",
+                "id": event.event_id,
+                "source": self.source,
+                "type": "com.dapr.event.sent",
+                "datacontenttype": JSON,
+                "data": json.loads(event.to_json()),
+                REPLAY_FOR_ATTRIBUTE: replay_for,
+            }
             await self.publish_raw(
-                event.to_json().encode(),
+                json.dumps(envelope, separators=(",", ":"), ensure_ascii=False).encode(),
                 key=event.task_id,
-                cloudevent_id=event.event_id,
+                content_type=CLOUD_EVENT_JSON,
                 topic=topic,
             )
 

@@ -29,7 +29,12 @@ from taskevents.cloudevents import CloudEvent, parse_cloud_event
 from taskevents.dead_letters import DeadLetterSink
 from taskevents.events import InvalidEventError, TaskEvent
 from taskevents.logging import configure_logging, get_logger
-from taskevents.metrics import DELIVERIES, DELIVERY_SECONDS, render_latest
+from taskevents.metrics import (
+    DELIVERIES,
+    DELIVERY_SECONDS,
+    REPLAYS_FOR_OTHER_APPS,
+    render_latest,
+)
 from taskevents.settings import ServiceSettings
 from taskevents.status import DaprStatus, Outcome
 from taskevents.tracing import (
@@ -157,6 +162,7 @@ def service_app(
 
     app = FastAPI(title=app_id, summary=summary, version=_version(app_id), lifespan=lifespan)
     app.state.max_event_bytes = settings.max_event_bytes
+    app.state.app_id = app_id
     app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes)
     app.include_router(probes_router(app_id, kind))
     instrument_app(app)
@@ -313,8 +319,9 @@ async def deliver_event(
     dead_letters: DeadLetterSink | None = None,
 ) -> JSONResponse:
     """The edge of one delivered message: parse the CloudEvent, call the handler, answer
-    with the handler's outcome. An event that cannot be parsed is dropped unless
-    `on_invalid` says otherwise; an unexpected exception is a RETRY. A drop goes to
+    with the handler's outcome. A replayed dead letter of another app is acknowledged
+    unhandled (SUCCESS). An event that cannot be parsed is dropped unless `on_invalid` says
+    otherwise; an unexpected exception is a RETRY. A drop goes to
     `dead_letters` with its reason (then SUCCESS), else Dapr dead-letters it, reasonless."""
     path = request.url.path
     started = time.perf_counter()
@@ -323,19 +330,26 @@ async def deliver_event(
     metadata_token = _delivery_metadata.set(MappingProxyType(metadata))
     envelope: CloudEvent | None = None
     event_type = "unparsed"
+    event: TaskEvent | None = None
+    other_app: str | None = None
     try:
         limit = _max_event_bytes(request)
         if len(body) > limit:
             raise InvalidEventError(_too_large(len(body), limit))
         envelope = parse_cloud_event(body)
-        event = envelope.task_event()
+        other_app = replay_for_another_app(envelope, request)
+        if other_app is None:
+            event = envelope.task_event()
     except InvalidEventError as error:
         outcome = (
             await on_invalid(body, envelope, str(error))
             if on_invalid is not None
             else Outcome.drop(str(error))
         )
-    else:
+    if other_app is not None:
+        event_type = "replay"
+        outcome = _not_ours(path, other_app)
+    elif event is not None and envelope is not None:
         event_type = type_label(event)
         structlog.contextvars.bind_contextvars(
             event_id=event.event_id, task_id=event.task_id, trace_id=envelope.trace_id
@@ -365,6 +379,21 @@ async def deliver_event(
     structlog.contextvars.unbind_contextvars("event_id", "task_id", "trace_id")
     _delivery_metadata.reset(metadata_token)
     return JSONResponse(outcome.response())
+
+
+def replay_for_another_app(envelope: CloudEvent, request: Request) -> str | None:
+    """The app a replayed dead letter is addressed to, when that is not this app: the audit
+    log keeps one dead letter per message and app, and its replay is for that app only —
+    the others had the message already (a second WebSocket frame, a second mail)."""
+    target = envelope.replay_for
+    own: str | None = getattr(request.app.state, "app_id", None)
+    return target if target is not None and target != own else None
+
+
+def _not_ours(path: str, app: str) -> Outcome:
+    REPLAYS_FOR_OTHER_APPS.labels(path, app).inc()
+    log.info("a replay for another app: acknowledged, not handled", replay_for=app)
+    return Outcome.success(f"a replay for {app}: not handled here")
 
 
 @dataclass(frozen=True, slots=True)
@@ -407,8 +436,9 @@ async def deliver_bulk(
     """The edge of a bulk delivery (a subscription with `bulkSubscribe.enabled`):
     {"entries": [{"entryId", "event", "metadata", …}]}, answered with
     {"statuses": [{"entryId", "status"}]} — one status per entry. An entry that is not a
-    valid event is dropped with its reason logged; the readable ones go to the handler
-    together; an unexpected exception is a RETRY of those. Drops go to `dead_letters` with
+    valid event is dropped with its reason logged; a replay for another app is acknowledged
+    unhandled; the readable ones go to the handler together; an unexpected exception is a
+    RETRY of those. Drops go to `dead_letters` with
     their reasons (then SUCCESS), else Dapr dead-letters them, reasonless."""
     path = request.url.path
     started = time.perf_counter()
@@ -444,6 +474,11 @@ async def deliver_bulk(
                 if size > limit:
                     raise InvalidEventError(_too_large(size, limit))
             envelope = parse_cloud_event(entry_event)
+            other_app = replay_for_another_app(envelope, request)
+            if other_app is not None:
+                statuses[entry_id] = _not_ours(path, other_app).status
+                DELIVERIES.labels(path, "replay", DaprStatus.SUCCESS.value).inc()
+                continue
             event = envelope.task_event()
         except InvalidEventError as error:
             log.warning(
