@@ -190,9 +190,15 @@ async def refusing_subscriber(stack: Stack, cluster: Cluster) -> AsyncIterator[S
         },
         "scopes": ["poison-probe"],
     }
-    # It subscribes and dead-letters as notification-service does (its topic scopes).
+    # It subscribes and dead-letters as notification-service does (its topic scopes), with
+    # the seconds-long retries of the shared Resiliency (resiliency.yaml; notification's own
+    # rides out minutes of database outage) that websocket-service and the CLI follow.
     spec, consumer = service_spec(
-        stack, "poison-probe", extra_resources=[subscription], role="notification-service"
+        stack,
+        "poison-probe",
+        extra_resources=[subscription],
+        role="notification-service",
+        resiliency_of="websocket-service",
     )
     spec.command = [sys.executable, "-m", "tests.support.refusing_app", str(spec.app_port)]
     spec.env["PYTHONPATH"] = str(ROOT)

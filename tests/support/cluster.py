@@ -74,9 +74,11 @@ def render_resources(
     consumer_id: str,
     role: str | None = None,
     extra: Iterable[dict[str, Any]] = (),
+    resiliency_of: str | None = None,
 ) -> None:
     """Copy the components and subscriptions for one sidecar, with the test consumer group.
-    A test-only app-id gets the topic scopes of the app whose `role` it plays."""
+    A test-only app-id gets the topic scopes of the app whose `role` it plays, and the
+    Resiliency of `resiliency_of` (the role's by default)."""
     target.mkdir(parents=True, exist_ok=True)
     for source in [*COMPONENTS.glob("*.yaml"), *(COMPONENTS / "subscriptions").glob("*.yaml")]:
         documents = [d for d in yaml.safe_load_all(source.read_text()) if d]
@@ -104,7 +106,7 @@ def render_resources(
                 "scopes" in document
                 and app_id not in document["scopes"]
                 and source.parent == COMPONENTS
-                and _joins_resiliency(document, app_id, role or app_id)
+                and _joins_resiliency(document, app_id, resiliency_of or role or app_id)
             ):
                 document["scopes"].append(app_id)
         (target / source.name).write_text(yaml.safe_dump_all(documents, sort_keys=False))
@@ -174,17 +176,26 @@ def service_spec(
     with_app: bool = True,
     role: str | None = None,
     consumer_id: str | None = None,
+    resiliency_of: str | None = None,
 ) -> tuple[AppSpec, str]:
-    """`role`: the production app a test-only app-id stands in for (its configuration and
-    topic scopes); the app-id itself by default. `consumer_id`: the consumer group, for
-    replicas that share one (a group per app-id and replica by default)."""
+    """`role`: the production app a test-only app-id stands in for (its configuration,
+    topic scopes and Resiliency); the app-id itself by default. `resiliency_of`: another
+    app whose Resiliency it takes instead. `consumer_id`: the consumer group, for replicas
+    that share one (a group per app-id and replica by default)."""
     role = role or app_id
     suffix = f"{RUN_ID}-{replica}" if replica else RUN_ID
     consumer_id = consumer_id or f"{app_id}-{suffix}"
     resources = stack.log_dir / "resources" / f"{app_id}-{replica}"
     if resources.exists():
         shutil.rmtree(resources)
-    render_resources(resources, app_id, consumer_id=consumer_id, role=role, extra=extra_resources)
+    render_resources(
+        resources,
+        app_id,
+        consumer_id=consumer_id,
+        role=role,
+        extra=extra_resources,
+        resiliency_of=resiliency_of,
+    )
     app_port = free_port() if with_app else None
     spec = AppSpec(
         app_id=app_id,
