@@ -17,7 +17,8 @@ case "$name" in
   mailpit) package=github.com/axllent/mailpit; minutes="2-5" ;;
   *) fail "usage: $0 jaeger | mailpit" ;;
 esac
-sum=$(sha256sum "$MODULE_DIR/go.mod" "$MODULE_DIR/go.sum" | sha256sum | cut -c1-12)
+# The key is the files' content only: every checkout (worktree) of the same pins shares one build.
+sum=$(cat "$MODULE_DIR/go.mod" "$MODULE_DIR/go.sum" | sha256sum | cut -c1-12)
 BUILD_DIR="$TASKEVENTS_CACHE/go-tools/$sum"
 BINARY="$BUILD_DIR/bin/$name"
 LOG="$BUILD_DIR/$name.build.log"
