@@ -570,3 +570,12 @@ async def test_parked_outbox_events_are_listed_with_their_reason_and_can_be_requ
     )
     assert (requeued.status_code, again.status_code) == (204, 404)
     assert schedules.parked_events == {}
+
+
+async def test_an_outbox_id_beyond_a_bigint_is_refused_before_the_database(
+    client: httpx.AsyncClient,
+) -> None:
+    # The API fuzzer found this one answered 500 (an asyncpg overflow).
+    for entry_id in ("5907557811248037888000", "0", "-1"):
+        response = await client.post(f"/outbox/parked/{entry_id}/requeue")
+        assert response.status_code == 422, (entry_id, response.text)

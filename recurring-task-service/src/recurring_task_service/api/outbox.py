@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, HTTPException, Query, status
+from typing import Annotated
+
+from fastapi import APIRouter, HTTPException, Path, Query, status
 from pydantic import BaseModel
 
 from recurring_task_service.bootstrap import ParkedOutboxDep
@@ -10,6 +12,8 @@ from recurring_task_service.ports import ParkedEvent
 from taskevents.auth import Operator
 
 MAX_PARKED_LISTED = 500
+# Outbox ids are Postgres bigints: a larger number is no id, not a database error.
+OutboxId = Annotated[int, Path(ge=1, le=2**63 - 1)]
 
 
 class ParkedList(BaseModel):
@@ -33,7 +37,9 @@ def outbox_router() -> APIRouter:
         status_code=status.HTTP_204_NO_CONTENT,
         responses={404: {"description": "no such parked event"}},
     )
-    async def requeue_parked(entry_id: int, outbox: ParkedOutboxDep, _operator: Operator) -> None:
+    async def requeue_parked(
+        entry_id: OutboxId, outbox: ParkedOutboxDep, _operator: Operator
+    ) -> None:
         """Publish a parked event again (same event id), with a fresh attempt count."""
         if not await outbox.requeue(entry_id):
             raise HTTPException(status.HTTP_404_NOT_FOUND, f"no parked outbox event {entry_id}")
