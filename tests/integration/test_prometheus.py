@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -29,7 +28,7 @@ from tests.support.cluster import SERVICES as APP_IDS
 from tests.support.cluster import Service
 from tests.support.console import running_console
 from tests.support.stack import ROOT, SCRIPTS, Stack, free_port
-from tests.support.waiting import eventually
+from tests.support.waiting import eventually, eventually_sync
 
 pytestmark = pytest.mark.integration
 
@@ -97,10 +96,10 @@ def prometheus_url(stack: Stack, watched: list[Service]) -> Iterator[str]:
             except httpx.HTTPError:
                 return False
 
-        deadline = time.monotonic() + 30
-        while not ready():
-            assert time.monotonic() < deadline, f"Prometheus not ready:\n{process.tail()}"
-            time.sleep(0.2)
+        try:
+            eventually_sync(ready, timeout=30, interval=0.2, what="Prometheus ready")
+        except TimeoutError as error:
+            raise AssertionError(f"{error}:\n{process.tail()}") from error
         yield url
     finally:
         process.stop()
